@@ -165,6 +165,12 @@ export interface Layer {
   readonly size: number;
   /** Opens the blob as stored. The caller verifies `digest` while reading. */
   compressed(signal?: AbortSignal): Promise<ReadableStream<Uint8Array>>;
+  /**
+   * Opens the uncompressed tar. The stream verifies `digest` and `diffID` as it
+   * is read and errors, instead of closing, when either does not match: a
+   * consumer that saw the stream close normally has read verified bytes.
+   */
+  uncompressed(signal?: AbortSignal): Promise<ReadableStream<Uint8Array>>;
 }
 
 /** An image: a manifest, its config and its layers. */

@@ -1,0 +1,266 @@
+/**
+ * The one place strata talks to libc through Deno FFI. Everything else calls
+ * the typed wrappers in `sys/`, so the rest of the code reads as policy and a
+ * missing `--allow-ffi` is reported once, with the flag to add.
+ *
+ * Calls are synchronous: errno is per thread, and it is read on the same
+ * thread straight after the failing call.
+ *
+ * @module
+ */
+
+/** Errno numbers (x86_64 and aarch64 Linux agree on all of these). */
+export const Errno = {
+  EPERM: 1,
+  ENOENT: 2,
+  ESRCH: 3,
+  EINTR: 4,
+  EIO: 5,
+  ENXIO: 6,
+  E2BIG: 7,
+  EBADF: 9,
+  EAGAIN: 11,
+  ENOMEM: 12,
+  EACCES: 13,
+  EFAULT: 14,
+  EBUSY: 16,
+  EEXIST: 17,
+  EXDEV: 18,
+  ENODEV: 19,
+  ENOTDIR: 20,
+  EISDIR: 21,
+  EINVAL: 22,
+  EMFILE: 24,
+  ENOSPC: 28,
+  EROFS: 30,
+  EMLINK: 31,
+  ERANGE: 34,
+  ENAMETOOLONG: 36,
+  ENOSYS: 38,
+  ENOTEMPTY: 39,
+  ELOOP: 40,
+  ENODATA: 61,
+  EOVERFLOW: 75,
+  EOPNOTSUPP: 95,
+  ENOTSUP: 95,
+} as const;
+
+const errnoNames = new Map<number, string>();
+for (const [name, n] of Object.entries(Errno)) if (!errnoNames.has(n)) errnoNames.set(n, name);
+
+/** Returns the symbolic name of an errno value, for example `ENOENT`. */
+export function errnoName(errno: number): string {
+  return errnoNames.get(errno) ?? `E#${errno}`;
+}
+
+/**
+ * A failed libc call: `errno` and its name, the call and the path involved.
+ *
+ * @example Usage
+ * ```ts
+ * import { ErrnoError } from "./libc.ts";
+ * const e = new ErrnoError("mount", 1, "/mnt/x");
+ * console.log(e.message); // "mount /mnt/x: EPERM (Operation not permitted)"
+ * ```
+ */
+export class ErrnoError extends Error {
+  /** The errno value. */
+  readonly errno: number;
+  /** The errno's symbolic name, for example `ENOENT`. */
+  readonly code: string;
+  /** The libc call that failed. */
+  readonly syscall: string;
+  /** The path the call was about, when there is one. */
+  readonly path?: string;
+  /** Creates an error for `syscall` failing with `errno` on `path`. */
+  constructor(syscall: string, errno: number, path?: string, options?: ErrorOptions) {
+    const code = errnoName(errno);
+    super(`${syscall}${path ? ` ${path}` : ""}: ${code} (${strerrorText(errno)})`, options);
+    this.name = "ErrnoError";
+    this.errno = errno;
+    this.code = code;
+    this.syscall = syscall;
+    this.path = path;
+  }
+}
+
+const texts: Record<number, string> = {
+  1: "Operation not permitted",
+  2: "No such file or directory",
+  5: "Input/output error",
+  9: "Bad file descriptor",
+  12: "Cannot allocate memory",
+  13: "Permission denied",
+  16: "Device or resource busy",
+  17: "File exists",
+  18: "Invalid cross-device link",
+  19: "No such device",
+  20: "Not a directory",
+  21: "Is a directory",
+  22: "Invalid argument",
+  28: "No space left on device",
+  30: "Read-only file system",
+  36: "File name too long",
+  38: "Function not implemented",
+  39: "Directory not empty",
+  40: "Too many levels of symbolic links",
+  61: "No data available",
+  95: "Operation not supported",
+};
+
+function strerrorText(errno: number): string {
+  return texts[errno] ?? `errno ${errno}`;
+}
+
+/**
+ * Raised when FFI is needed but `--allow-ffi` was not granted; the message
+ * names the flag.
+ */
+export class FfiPermissionError extends Error {
+  /** Creates the error; `cause` is Deno's own permission error. */
+  constructor(options?: ErrorOptions) {
+    super(
+      "strata needs libc through Deno FFI for this: run deno with --allow-ffi (or -A)",
+      options,
+    );
+    this.name = "FfiPermissionError";
+  }
+}
+
+const symbols = {
+  __errno_location: { parameters: [], result: "pointer" },
+  getuid: { parameters: [], result: "u32" },
+  geteuid: { parameters: [], result: "u32" },
+  getgid: { parameters: [], result: "u32" },
+  umask: { parameters: ["u32"], result: "u32" },
+  syscall: { parameters: ["i64", "i64", "i64", "i64", "i64", "i64"], result: "i64" },
+  open: { parameters: ["buffer", "i32", "u32"], result: "i32" },
+  openat: { parameters: ["i32", "buffer", "i32", "u32"], result: "i32" },
+  close: { parameters: ["i32"], result: "i32" },
+  read: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+  write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+  pwrite: { parameters: ["i32", "buffer", "usize", "i64"], result: "isize" },
+  ftruncate: { parameters: ["i32", "i64"], result: "i32" },
+  mkdirat: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  mknodat: { parameters: ["i32", "buffer", "u32", "u64"], result: "i32" },
+  mkfifoat: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  symlinkat: { parameters: ["buffer", "i32", "buffer"], result: "i32" },
+  linkat: { parameters: ["i32", "buffer", "i32", "buffer", "i32"], result: "i32" },
+  unlinkat: { parameters: ["i32", "buffer", "i32"], result: "i32" },
+  renameat2: { parameters: ["i32", "buffer", "i32", "buffer", "u32"], result: "i32" },
+  readlinkat: { parameters: ["i32", "buffer", "buffer", "usize"], result: "isize" },
+  fchownat: { parameters: ["i32", "buffer", "u32", "u32", "i32"], result: "i32" },
+  fchown: { parameters: ["i32", "u32", "u32"], result: "i32" },
+  fchmodat: { parameters: ["i32", "buffer", "u32", "i32"], result: "i32" },
+  fchmod: { parameters: ["i32", "u32"], result: "i32" },
+  utimensat: { parameters: ["i32", "buffer", "buffer", "i32"], result: "i32" },
+  futimens: { parameters: ["i32", "buffer"], result: "i32" },
+  fstatat: { parameters: ["i32", "buffer", "buffer", "i32"], result: "i32" },
+  fsetxattr: { parameters: ["i32", "buffer", "buffer", "usize", "i32"], result: "i32" },
+  lsetxattr: { parameters: ["buffer", "buffer", "buffer", "usize", "i32"], result: "i32" },
+  lgetxattr: { parameters: ["buffer", "buffer", "buffer", "usize"], result: "isize" },
+  llistxattr: { parameters: ["buffer", "buffer", "usize"], result: "isize" },
+  lremovexattr: { parameters: ["buffer", "buffer"], result: "i32" },
+  mount: { parameters: ["buffer", "buffer", "buffer", "u64", "buffer"], result: "i32" },
+  umount2: { parameters: ["buffer", "i32"], result: "i32" },
+  fsopen: { parameters: ["buffer", "u32"], result: "i32" },
+  fsconfig: { parameters: ["i32", "u32", "buffer", "buffer", "i32"], result: "i32" },
+  fsmount: { parameters: ["i32", "u32", "u32"], result: "i32" },
+  move_mount: { parameters: ["i32", "buffer", "i32", "buffer", "u32"], result: "i32" },
+  unshare: { parameters: ["i32"], result: "i32" },
+} as const satisfies Deno.ForeignLibraryInterface;
+
+/** The libc symbols strata binds. */
+export type LibcSymbols = Deno.DynamicLibrary<typeof symbols>["symbols"];
+
+let lib: Deno.DynamicLibrary<typeof symbols> | undefined;
+
+/**
+ * Opens libc once and returns its bound symbols.
+ *
+ * @throws {FfiPermissionError} when `--allow-ffi` was not granted.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { libc } from "./libc.ts";
+ * console.log(libc().getuid());
+ * ```
+ */
+export function libc(): LibcSymbols {
+  if (lib) return lib.symbols;
+  try {
+    lib = Deno.dlopen("libc.so.6", symbols);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotCapable || e instanceof Deno.errors.PermissionDenied) {
+      throw new FfiPermissionError({ cause: e });
+    }
+    throw e;
+  }
+  return lib.symbols;
+}
+
+/**
+ * Tells whether FFI is usable without prompting (granted, or not needed).
+ *
+ * @example Usage
+ * ```ts
+ * import { ffiAvailable } from "./libc.ts";
+ * console.log(ffiAvailable());
+ * ```
+ */
+export function ffiAvailable(): boolean {
+  try {
+    return Deno.permissions.querySync({ name: "ffi" }).state === "granted";
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Reads errno of the calling thread; call it straight after the failing call.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { errno, libc } from "./libc.ts";
+ * if (libc().close(-1) < 0) console.log(errno()); // 9 (EBADF)
+ * ```
+ */
+export function errno(): number {
+  const p = libc().__errno_location();
+  return p === null ? 0 : new Deno.UnsafePointerView(p).getInt32();
+}
+
+const encoder = new TextEncoder();
+
+/**
+ * Encodes a string as a NUL-terminated C string.
+ *
+ * @example Usage
+ * ```ts
+ * import { cstr } from "./libc.ts";
+ * console.log(cstr("ab")); // Uint8Array(3) [ 97, 98, 0 ]
+ * ```
+ */
+export function cstr(s: string): Uint8Array<ArrayBuffer> {
+  const b = new Uint8Array(s.length * 3 + 1);
+  const { written } = encoder.encodeInto(s, b);
+  b[written] = 0;
+  return b.subarray(0, written + 1);
+}
+
+/**
+ * Throws an {@linkcode ErrnoError} when `ret` is negative, else returns it.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { check, libc, cstr } from "./libc.ts";
+ * check(libc().mkdirat(-100, cstr("/tmp/x"), 0o755), "mkdirat", "/tmp/x");
+ * ```
+ */
+export function check<T extends number | bigint>(ret: T, syscall: string, path?: string): T {
+  if (ret < 0) throw new ErrnoError(syscall, errno(), path);
+  return ret;
+}
+
+/** `AT_FDCWD`: resolve relative paths against the working directory. */
+export const AT_FDCWD = -100;

@@ -1,0 +1,148 @@
+/**
+ * Shared test fixtures: temporary directories that clean up after themselves,
+ * an unprivileged user with subordinate ids for the rootless paths, and small
+ * process helpers. Tests build every fixture in code or with Debian tools.
+ *
+ * @module
+ */
+import { join } from "@std/path";
+
+/** The unprivileged user the rootless tests run as. */
+export const TEST_USER = "strata-test";
+/** First subordinate id given to {@linkcode TEST_USER}. */
+export const TEST_SUBID_START = 300000;
+/** Number of subordinate ids given to {@linkcode TEST_USER}. */
+export const TEST_SUBID_COUNT = 65536;
+
+/** True when the tests run as real root. */
+export const isRoot = Deno.uid() === 0;
+
+/** Creates a temp dir; `Symbol.asyncDispose` unmounts anything below it and removes it. */
+export async function tempDir(prefix = "strata-test-"): Promise<string & AsyncDisposable> {
+  const path = await Deno.makeTempDir({ prefix });
+  // World-traversable so that the unprivileged test user can reach fixtures.
+  await Deno.chmod(path, 0o755);
+  const s = Object.assign(Object(path), {
+    [Symbol.asyncDispose]: () => removeTree(path),
+  });
+  return s as string & AsyncDisposable;
+}
+
+/** Unmounts every mount at or below `path` (deepest first), then removes it. */
+export async function removeTree(path: string): Promise<void> {
+  await unmountBelow(path);
+  await Deno.remove(path, { recursive: true }).catch((e) => {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+  });
+}
+
+/** Lists mountpoints at or below `path`, deepest first. */
+export async function mountsBelow(path: string): Promise<string[]> {
+  const text = await Deno.readTextFile("/proc/self/mountinfo");
+  const out: string[] = [];
+  for (const line of text.split("\n")) {
+    const mp = line.split(" ")[4];
+    if (!mp) continue;
+    const m = mp.replace(/\\(\d{3})/g, (_, o) => String.fromCharCode(parseInt(o, 8)));
+    if (m === path || m.startsWith(path + "/")) out.push(m);
+  }
+  return out.sort((a, b) => b.length - a.length);
+}
+
+/** Lazily unmounts everything at or below `path`. */
+export async function unmountBelow(path: string): Promise<void> {
+  for (const m of await mountsBelow(path)) {
+    await new Deno.Command("umount", { args: ["-l", m], stderr: "null" }).output();
+  }
+}
+
+/** Result of {@linkcode run}. */
+export interface RunResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs a command and captures its output. */
+export async function run(
+  cmd: string,
+  args: string[],
+  options: Deno.CommandOptions = {},
+): Promise<RunResult> {
+  const out = await new Deno.Command(cmd, {
+    args,
+    stdout: "piped",
+    stderr: "piped",
+    stdin: "null",
+    ...options,
+  }).output();
+  const d = new TextDecoder();
+  return { code: out.code, stdout: d.decode(out.stdout), stderr: d.decode(out.stderr) };
+}
+
+/** Runs a command and throws, with its stderr, unless it exits 0. */
+export async function sh(cmd: string, args: string[], options: Deno.CommandOptions = {}) {
+  const r = await run(cmd, args, options);
+  if (r.code !== 0) throw new Error(`${cmd} ${args.join(" ")} exited ${r.code}: ${r.stderr}`);
+  return r.stdout;
+}
+
+/** Tells whether `cmd` is on PATH. */
+export async function have(cmd: string): Promise<boolean> {
+  return (await run("sh", ["-c", `command -v ${cmd}`])).code === 0;
+}
+
+let userReady: Promise<{ uid: number; gid: number; home: string }> | undefined;
+
+/**
+ * Makes sure {@linkcode TEST_USER} exists with a subordinate id range in
+ * /etc/subuid and /etc/subgid (root only). Idempotent.
+ */
+export function ensureTestUser(): Promise<{ uid: number; gid: number; home: string }> {
+  userReady ??= (async () => {
+    if ((await run("id", ["-u", TEST_USER])).code !== 0) {
+      await sh("useradd", ["--create-home", "--shell", "/bin/sh", TEST_USER]);
+    }
+    for (const f of ["/etc/subuid", "/etc/subgid"]) {
+      const text = await Deno.readTextFile(f).catch(() => "");
+      if (!text.split("\n").some((l) => l.startsWith(`${TEST_USER}:`))) {
+        await Deno.writeTextFile(f, `${TEST_USER}:${TEST_SUBID_START}:${TEST_SUBID_COUNT}\n`, {
+          append: true,
+        });
+      }
+    }
+    const uid = Number((await sh("id", ["-u", TEST_USER])).trim());
+    const gid = Number((await sh("id", ["-g", TEST_USER])).trim());
+    return { uid, gid, home: join("/home", TEST_USER) };
+  })();
+  return userReady;
+}
+
+/**
+ * Runs `args` as {@linkcode TEST_USER} (via `setpriv`, no PAM, no TTY), with a
+ * clean environment whose HOME is the user's.
+ */
+export async function runAsUser(
+  args: string[],
+  options: { cwd?: string; env?: Record<string, string>; stdin?: "null" | "piped" } = {},
+): Promise<RunResult> {
+  const { uid, gid, home } = await ensureTestUser();
+  return await run("setpriv", [
+    `--reuid=${uid}`,
+    `--regid=${gid}`,
+    "--init-groups",
+    "--",
+    "env",
+    "-i",
+    `HOME=${home}`,
+    `PATH=${Deno.env.get("PATH") ?? "/usr/bin:/bin"}`,
+    ...Object.entries(options.env ?? {}).map(([k, v]) => `${k}=${v}`),
+    ...args,
+  ], { cwd: options.cwd ?? "/" });
+}
+
+/** The path of the deno binary running the tests. */
+export const denoPath = Deno.execPath();
+
+/** Absolute path of the repository root. */
+export const repoRoot = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
