@@ -168,6 +168,8 @@ const symbols = {
   fsmount: { parameters: ["i32", "u32", "u32"], result: "i32" },
   move_mount: { parameters: ["i32", "buffer", "i32", "buffer", "u32"], result: "i32" },
   unshare: { parameters: ["i32"], result: "i32" },
+  flock: { parameters: ["i32", "i32"], result: "i32" },
+  fchdir: { parameters: ["i32"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The libc symbols strata binds. */
