@@ -168,6 +168,18 @@ const symbols = {
   fsmount: { parameters: ["i32", "u32", "u32"], result: "i32" },
   move_mount: { parameters: ["i32", "buffer", "i32", "buffer", "u32"], result: "i32" },
   unshare: { parameters: ["i32"], result: "i32" },
+  // layer/applicator (L2): openat2 and getdents64 have no glibc wrapper; raw syscall aliases.
+  sys_openat2: {
+    name: "syscall",
+    parameters: ["i64", "i64", "buffer", "buffer", "u64"],
+    result: "i64",
+  },
+  sys_getdents64: { name: "syscall", parameters: ["i64", "i64", "buffer", "u64"], result: "i64" },
+  statx: { parameters: ["i32", "buffer", "i32", "u32", "buffer"], result: "i32" },
+  setxattr: { parameters: ["buffer", "buffer", "buffer", "usize", "i32"], result: "i32" },
+  fgetxattr: { parameters: ["i32", "buffer", "buffer", "usize"], result: "isize" },
+  flistxattr: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+  getegid: { parameters: [], result: "u32" },
   flock: { parameters: ["i32", "i32"], result: "i32" },
   fchdir: { parameters: ["i32"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
