@@ -182,6 +182,8 @@ const symbols = {
   getegid: { parameters: [], result: "u32" },
   flock: { parameters: ["i32", "i32"], result: "i32" },
   fchdir: { parameters: ["i32"], result: "i32" },
+  // bundle/ (B): probe whether the cgroup fs is writable before asking a runtime for limits.
+  faccessat: { parameters: ["i32", "buffer", "i32", "i32"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The libc symbols strata binds. */
