@@ -1,0 +1,214 @@
+/**
+ * The table of strata's commands and options: what `strata --help` and
+ * `strata CMD --help` print and what the parser accepts. One table, so the
+ * help can never disagree with the parser.
+ *
+ * @module
+ */
+import type { CommandSpec, OptionSpec } from "./args.ts";
+import { optionTable } from "./args.ts";
+
+/** Options every command accepts, before or after the command name. */
+export const GLOBAL_OPTIONS: readonly OptionSpec[] = [
+  {
+    name: "cache",
+    type: "string",
+    value: "DIR",
+    help: "cache directory (default $STRATA_CACHE, else /var/lib/strata as root, " +
+      "${XDG_CACHE_HOME:-~/.cache}/strata otherwise)",
+  },
+  { name: "quiet", short: "q", type: "boolean", help: "no progress and no notes on stderr" },
+  { name: "debug", type: "boolean", help: "on failure, print the stack and every cause" },
+  {
+    name: "platform",
+    type: "string",
+    value: "OS/ARCH[/VARIANT]",
+    help: "platform to pick from a multi-platform image (default linux/<host arch>)",
+  },
+  {
+    name: "tls-verify",
+    type: "boolean",
+    help: "--tls-verify=false allows plain HTTP and unverified TLS (a local registry)",
+  },
+  {
+    name: "creds",
+    type: "string",
+    value: "USER:PASS",
+    help: "registry credentials (else from $REGISTRY_AUTH_FILE, containers or docker auth files)",
+  },
+  { name: "help", short: "h", type: "boolean", help: "show help" },
+];
+
+/** Options only the top level takes. */
+export const TOP_OPTIONS: readonly OptionSpec[] = [
+  { name: "version", short: "V", type: "boolean", help: "print the version" },
+];
+
+const IMAGE_REFS = `IMAGE is one of:
+  oci:DIR[:TAG]                    an OCI image layout directory
+  oci-archive:FILE[:TAG]           a tarred OCI layout
+  docker-archive:FILE[:NAME:TAG]   a \`docker save\` archive
+  docker://HOST[:PORT]/REPO[:TAG|@DIGEST], or HOST/REPO:TAG   a registry
+  NAME                             an image already pulled under that name`;
+
+/** Every command. */
+export const COMMANDS: readonly CommandSpec[] = [
+  {
+    name: "supported",
+    usage: "",
+    summary:
+      "Tell whether the cache directory supports the overlay store (exit 0) or not (exit 1).",
+    description: "With --why, print the mode (root or user namespace, mapped ids), the mount\n" +
+      "backend in use, and the reason.",
+    positionals: [],
+    options: [{ name: "why", type: "boolean", help: "print the mode, mount backend and reason" }],
+  },
+  {
+    name: "pull",
+    usage: "IMAGE",
+    summary: "Fetch and extract every layer of IMAGE into the cache; print the image digest.",
+    description: IMAGE_REFS + "\n\nThe image is saved under the name given, so `strata run NAME` " +
+      "works offline.",
+    positionals: ["IMAGE"],
+    options: [],
+  },
+  {
+    name: "run",
+    usage: "IMAGE [--] [CMD [ARG...]]",
+    summary: "Run a container from IMAGE; its stdout, stderr and exit status are the container's.",
+    description:
+      `Options may come before or after IMAGE. After IMAGE, the first argument that is not
+an option starts the container's command, and everything after it is passed to
+the container verbatim (\`strata run IMG ls -l\` runs \`ls -l\`). \`--\` ends
+options: \`strata run IMG -- -x\` starts the command at \`-x\`. CMD replaces the
+image's Cmd; its Entrypoint is kept. IMAGE is pulled first when not cached.
+
+Exit status: the container's; 125 when strata fails before or around it.
+
+${IMAGE_REFS}`,
+    positionals: ["IMAGE"],
+    argv: true,
+    options: [
+      {
+        name: "runtime",
+        type: "string",
+        value: "R",
+        help: "OCI runtime: runc, crun or a path (default: the first that works)",
+      },
+      {
+        name: "user",
+        short: "u",
+        type: "string",
+        value: "U[:G]",
+        help: "user and group: name or id, resolved in the image",
+      },
+      { name: "workdir", short: "w", type: "string", value: "DIR", help: "working directory" },
+      {
+        name: "env",
+        short: "e",
+        type: "list",
+        value: "K=V",
+        help: "set an environment variable (repeatable)",
+      },
+      {
+        name: "network",
+        type: "string",
+        value: "none|host",
+        choices: ["none", "host"],
+        help: "none (default: a private network namespace with loopback only) or host",
+      },
+      {
+        name: "read-only",
+        type: "boolean",
+        help: "mount the container's root filesystem read-only",
+      },
+    ],
+  },
+  {
+    name: "export",
+    usage: "IMAGE DIR",
+    summary:
+      "Write IMAGE's flattened filesystem to DIR, read from an overlay of the cached layers.",
+    description:
+      "Owners, modes, times, xattrs (not overlay's own), hard links, symlinks, devices\nand fifos are kept. DIR must be missing or empty. IMAGE is pulled first when not cached.",
+    positionals: ["IMAGE", "DIR"],
+    options: [],
+  },
+  {
+    name: "ls",
+    usage: "",
+    summary: "List cached images (name, digest, layers, size) and the cache's disk use.",
+    positionals: [],
+    options: [{ name: "json", type: "boolean", help: "print JSON (see the README for its shape)" }],
+  },
+  {
+    name: "rm",
+    usage: "IMAGE",
+    summary: "Forget a cached image (its layers stay until `strata prune`).",
+    positionals: ["IMAGE"],
+    options: [],
+  },
+  {
+    name: "prune",
+    usage: "",
+    summary: "Remove layers no image references and every leftover (temp dirs, stale containers).",
+    description: "Never removes a layer that a running container uses.",
+    positionals: [],
+    options: [],
+  },
+  {
+    name: "verify",
+    usage: "",
+    summary: "Re-check every cached layer against the record made when it was extracted.",
+    description:
+      "Exit 1 naming damaged layers; they are removed so the next pull extracts them again.",
+    positionals: [],
+    options: [],
+  },
+  {
+    name: "demo",
+    usage: "",
+    summary:
+      "Build a 3-layer image from the host's busybox (no network), pull it, run it cold and warm, clean up.",
+    description:
+      "Uses a temporary cache unless --cache is given (then the image stays cached there).",
+    positionals: [],
+    options: [
+      {
+        name: "busybox",
+        type: "string",
+        value: "PATH",
+        help: "static busybox to build the image from (default /bin/busybox)",
+      },
+    ],
+  },
+];
+
+/**
+ * The top-level help text.
+ *
+ * @example Usage
+ * ```ts
+ * import { topHelp } from "./spec.ts";
+ * console.log(topHelp("0.1.0"));
+ * ```
+ */
+export function topHelp(version: string): string {
+  const width = Math.max(...COMMANDS.map((c) => c.name.length)) + 4;
+  return [
+    `strata ${version}: a daemonless OCI container store (overlay layers, runc bundles)`,
+    "",
+    "usage: strata [global options] COMMAND [options] [args]",
+    "",
+    "commands:",
+    ...COMMANDS.map((c) => `  ${c.name.padEnd(width)}${c.summary}`),
+    `  ${"help".padEnd(width)}help [COMMAND]: show help for a command`,
+    "",
+    "global options (before or after the command):",
+    ...optionTable([...GLOBAL_OPTIONS, ...TOP_OPTIONS]),
+    "",
+    "Progress and notes go to stderr, results to stdout. Exit status: 0 ok, 1 failure,",
+    "2 usage error; `run` returns the container's status, or 125 when strata fails.",
+    "Run `strata COMMAND --help` for a command's options.",
+  ].join("\n") + "\n";
+}
