@@ -1,0 +1,210 @@
+/**
+ * The cache directory: where it is by default, its layout (every directory
+ * 0700), and `idmap.json`, the uid/gid mapping its files were written under.
+ *
+ * Layout of a cache root:
+ * - `layers/sha256-<hex>/` one published layer keyed by diff_id: `fs/` (an
+ *   overlay lower directory) and `layer.json`.
+ * - `tmp/<random>/` work in progress; reclaimed when its owner is gone.
+ * - `locks/` flock(2) lock files.
+ * - `images/` image metadata; `containers/<id>/` live bundles.
+ * - `idmap.json` the uid/gid mapping of the user namespace the cache was
+ *   written from.
+ *
+ * @module
+ */
+import { join } from "@std/path";
+
+/** The sub-directories of a cache root. */
+export const CACHE_DIRS = ["layers", "tmp", "locks", "images", "containers"] as const;
+
+/** One line of `/proc/self/uid_map`: ids `[inside, inside+count)` are host ids `[outside, ...)`. */
+export type IdRange = [inside: number, outside: number, count: number];
+
+/** The uid and gid mappings of a user namespace. */
+export interface IdMap {
+  /** `/proc/self/uid_map`. */
+  uid: IdRange[];
+  /** `/proc/self/gid_map`. */
+  gid: IdRange[];
+}
+
+/** The mapping of the initial user namespace (every id is itself). */
+export const IDENTITY_MAP: IdMap = {
+  uid: [[0, 0, 4294967295]],
+  gid: [[0, 0, 4294967295]],
+};
+
+function parseMap(text: string): IdRange[] {
+  return text.split("\n").map((l) => l.trim()).filter(Boolean).map((l) => {
+    const [a, b, c] = l.split(/\s+/).map(Number);
+    return [a, b, c] as IdRange;
+  }).sort((x, y) => x[0] - y[0]);
+}
+
+/**
+ * Reads the uid/gid mapping of the current user namespace.
+ *
+ * @example Usage
+ * ```ts
+ * import { currentIdMap } from "./cache.ts";
+ * console.log((await currentIdMap()).uid); // [[0, 0, 4294967295]] outside any user namespace
+ * ```
+ */
+export async function currentIdMap(): Promise<IdMap> {
+  return {
+    uid: parseMap(await Deno.readTextFile("/proc/self/uid_map")),
+    gid: parseMap(await Deno.readTextFile("/proc/self/gid_map")),
+  };
+}
+
+/** Tells whether `map` is the identity mapping of the initial user namespace. */
+export function isIdentityMap(map: IdMap): boolean {
+  const one = (r: IdRange[]) =>
+    r.length === 1 && r[0][0] === 0 && r[0][1] === 0 && r[0][2] === 4294967295;
+  return one(map.uid) && one(map.gid);
+}
+
+/** Formats ranges the way `/proc/self/uid_map` does, on one line: `0 1001 1, 1 100000 65536`. */
+export function formatRanges(ranges: IdRange[]): string {
+  return ranges.map((r) => r.join(" ")).join(", ");
+}
+
+/** True when `current` maps every id `recorded` maps, to the same host id. */
+function covers(current: IdRange[], recorded: IdRange[]): boolean {
+  for (const [inside, outside, count] of recorded) {
+    let pos = inside;
+    const end = inside + count;
+    while (pos < end) {
+      const r = current.find(([ci, , cc]) => ci <= pos && pos < ci + cc);
+      if (!r || r[1] + (pos - r[0]) !== outside + (pos - inside)) return false;
+      pos = Math.min(r[0] + r[2], end);
+    }
+  }
+  return true;
+}
+
+/**
+ * Tells whether files written under `recorded` read back with the same
+ * owners under `current`: every id `recorded` maps must map to the same host
+ * id. A larger mapping is compatible; a smaller or shifted one is not (files
+ * would show other owners, or `nobody`).
+ *
+ * @example Usage
+ * ```ts
+ * import { idMapCompatible } from "./cache.ts";
+ * const rootOnly = { uid: [[0, 1001, 1]], gid: [[0, 1001, 1]] } as const;
+ * const withSub = { uid: [[0, 1001, 1], [1, 100000, 65536]], gid: [[0, 1001, 1], [1, 100000, 65536]] } as const;
+ * console.log(idMapCompatible(structuredClone(rootOnly), structuredClone(withSub))); // true
+ * console.log(idMapCompatible(structuredClone(withSub), structuredClone(rootOnly))); // false
+ * ```
+ */
+export function idMapCompatible(recorded: IdMap, current: IdMap): boolean {
+  return covers(current.uid, recorded.uid) && covers(current.gid, recorded.gid);
+}
+
+/** The cache was written under a uid/gid mapping the current process does not have. */
+export class IdMapMismatchError extends Error {
+  /** The cache root. */
+  readonly cacheRoot: string;
+  /** The mapping recorded in `idmap.json`. */
+  readonly recorded: IdMap;
+  /** The mapping of this process. */
+  readonly current: IdMap;
+  /** Creates the error. */
+  constructor(cacheRoot: string, recorded: IdMap, current: IdMap) {
+    super(
+      `Cannot use the cache ${cacheRoot}: it was written under uid map [${
+        formatRanges(recorded.uid)
+      }] gid map [${formatRanges(recorded.gid)}], but this process runs under uid map [${
+        formatRanges(current.uid)
+      }] gid map [${
+        formatRanges(current.gid)
+      }]; its files would show wrong owners. Use another cache (STRATA_CACHE) or the same mapping ` +
+        "(the same user, with the same /etc/subuid and /etc/subgid ranges)",
+    );
+    this.name = "IdMapMismatchError";
+    this.cacheRoot = cacheRoot;
+    this.recorded = recorded;
+    this.current = current;
+  }
+}
+
+function isRealRoot(): boolean {
+  if (Deno.uid() !== 0) return false;
+  try {
+    return isIdentityMap({
+      uid: parseMap(Deno.readTextFileSync("/proc/self/uid_map")),
+      gid: parseMap(Deno.readTextFileSync("/proc/self/gid_map")),
+    });
+  } catch {
+    return true;
+  }
+}
+
+/**
+ * The default cache root: `$STRATA_CACHE`, else `/var/lib/strata` for root
+ * (real root: uid 0 in the initial user namespace), else
+ * `${XDG_CACHE_HOME:-$HOME/.cache}/strata`. Root of a user namespace made by
+ * an unprivileged user counts as that user.
+ *
+ * @example Usage
+ * ```ts
+ * import { defaultCacheRoot } from "./cache.ts";
+ * console.log(defaultCacheRoot());
+ * ```
+ */
+export function defaultCacheRoot(): string {
+  const env = Deno.env.get("STRATA_CACHE");
+  if (env) return env;
+  if (isRealRoot()) return "/var/lib/strata";
+  const xdg = Deno.env.get("XDG_CACHE_HOME");
+  if (xdg) return join(xdg, "strata");
+  const home = Deno.env.get("HOME");
+  if (!home) throw new Error("Cannot find a cache directory: set STRATA_CACHE or HOME");
+  return join(home, ".cache", "strata");
+}
+
+async function mkdir700(path: string): Promise<void> {
+  await Deno.mkdir(path, { recursive: true, mode: 0o700 });
+  const st = await Deno.stat(path);
+  if (st.mode !== null && (st.mode & 0o777) !== 0o700) await Deno.chmod(path, 0o700);
+}
+
+/**
+ * Creates the cache layout (every directory 0700) and checks, or records,
+ * `idmap.json`. A process whose mapping covers the recorded one (same host
+ * ids for every recorded id) may use the cache, and records its own mapping
+ * when it is larger; any other mapping is refused.
+ *
+ * @throws {IdMapMismatchError} when the cache was written under another mapping.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { openCache } from "./cache.ts";
+ * const { idmap } = await openCache("/var/lib/strata");
+ * ```
+ */
+export async function openCache(root: string): Promise<{ root: string; idmap: IdMap }> {
+  await mkdir700(root);
+  for (const d of CACHE_DIRS) await mkdir700(join(root, d));
+  const current = await currentIdMap();
+  const file = join(root, "idmap.json");
+  let recorded: IdMap | undefined;
+  try {
+    recorded = JSON.parse(await Deno.readTextFile(file)) as IdMap;
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) {
+      throw new Error(`Cannot read ${file}: ${(e as Error).message}`, { cause: e });
+    }
+  }
+  if (recorded) {
+    if (!idMapCompatible(recorded, current)) throw new IdMapMismatchError(root, recorded, current);
+    if (idMapCompatible(current, recorded)) return { root, idmap: current };
+  }
+  // Record (or widen) the mapping: written to a temp name, then renamed.
+  const tmp = `${file}.${crypto.randomUUID()}`;
+  await Deno.writeTextFile(tmp, JSON.stringify(current, null, 2) + "\n", { mode: 0o600 });
+  await Deno.rename(tmp, file);
+  return { root, idmap: current };
+}

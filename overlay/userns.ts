@@ -1,0 +1,299 @@
+/**
+ * Privileges: {@linkcode ensureUserNamespace} re-executes the current Deno
+ * program inside a new mount namespace (and, when not root, a new user
+ * namespace) so that mounting works without root and no mount can outlive a
+ * crash. {@linkcode namespaceInfo} says which mode is in use.
+ *
+ * @module
+ */
+import { currentIdMap, formatRanges, type IdRange, isIdentityMap } from "./cache.ts";
+
+/** Set in the environment of the re-executed child, so it does not re-execute again. */
+export const USERNS_ENV = "STRATA_NAMESPACE";
+
+/** How strata runs: real root, inside a user namespace, or unprivileged (cannot mount). */
+export type PrivilegeMode = "root" | "userns" | "unprivileged";
+
+/** What {@linkcode namespaceInfo} reports. */
+export interface NamespaceInfo {
+  /** `root`: uid 0 of the initial user namespace; `userns`: inside a user namespace; `unprivileged`: neither. */
+  mode: PrivilegeMode;
+  /** The effective uid, as seen here. */
+  uid: number;
+  /** `/proc/self/uid_map`. */
+  uidMap: IdRange[];
+  /** `/proc/self/gid_map`. */
+  gidMap: IdRange[];
+  /** True when this process was re-executed by {@linkcode ensureUserNamespace}. */
+  reexecuted: boolean;
+  /** True when the mount namespace is not the one of PID 1 (unknown: `undefined`). */
+  privateMountNamespace?: boolean;
+  /** True in a user namespace that maps a single id: every file owner collapses to root. */
+  collapsed: boolean;
+  /** One line for humans, for `strata supported --why`. */
+  summary: string;
+}
+
+function privateMountNs(): boolean | undefined {
+  try {
+    return Deno.readLinkSync("/proc/self/ns/mnt") !== Deno.readLinkSync("/proc/1/ns/mnt");
+  } catch {
+    return Deno.env.get(USERNS_ENV) ? true : undefined;
+  }
+}
+
+/**
+ * Reports the privilege mode and the uid/gid mapping in use.
+ *
+ * @example Usage
+ * ```ts
+ * import { namespaceInfo } from "./userns.ts";
+ * const info = await namespaceInfo();
+ * console.log(info.mode, info.summary);
+ * ```
+ */
+export async function namespaceInfo(): Promise<NamespaceInfo> {
+  const map = await currentIdMap();
+  const uid = Deno.uid() ?? -1;
+  const identity = isIdentityMap(map);
+  const mode: PrivilegeMode = !identity ? "userns" : uid === 0 ? "root" : "unprivileged";
+  const collapsed = !identity && map.uid.reduce((n, r) => n + r[2], 0) <= 1;
+  const privateMountNamespace = privateMountNs();
+  const summary = mode === "root"
+    ? `root in the initial user namespace${
+      privateMountNamespace ? ", in a private mount namespace" : ""
+    }`
+    : mode === "userns"
+    ? `uid ${uid} in a user namespace mapping uids [${formatRanges(map.uid)}] gids [${
+      formatRanges(map.gid)
+    }]${collapsed ? " (only root is mapped: file owners collapse to root)" : ""}`
+    : `unprivileged uid ${uid} outside any user namespace: mounting needs ensureUserNamespace()`;
+  return {
+    mode,
+    uid,
+    uidMap: map.uid,
+    gidMap: map.gid,
+    reexecuted: Deno.env.get(USERNS_ENV) !== undefined,
+    privateMountNamespace,
+    collapsed,
+    summary,
+  };
+}
+
+/** The user namespace cannot be created; the message says what to change. */
+export class UserNamespaceError extends Error {
+  /** Creates the error. */
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "UserNamespaceError";
+  }
+}
+
+/** Options of {@linkcode ensureUserNamespace}. */
+export interface EnsureUserNamespaceOptions {
+  /** The command line to re-execute (default: this process' own, from `/proc/self/cmdline`). */
+  argv?: string[];
+  /** Do not print the "owners collapse to root" warning. */
+  quiet?: boolean;
+  /** Where warnings go (default: stderr). */
+  warn?: (message: string) => void;
+}
+
+let warned = false;
+
+/** Reads this process' command line, with the deno binary as `argv[0]`. */
+function ownArgv(): string[] {
+  try {
+    const raw = Deno.readTextFileSync("/proc/self/cmdline");
+    const argv = raw.split("\0");
+    if (argv.at(-1) === "") argv.pop();
+    if (argv.length > 0) return [Deno.execPath(), ...argv.slice(1)];
+  } catch {
+    // fall through: rebuild it from what Deno tells
+  }
+  const flags: string[] = [];
+  const names = ["read", "write", "net", "env", "run", "ffi", "sys", "import"] as const;
+  for (const name of names) {
+    try {
+      if (Deno.permissions.querySync({ name }).state === "granted") flags.push(`--allow-${name}`);
+    } catch {
+      // an unknown permission name in this Deno: skip it
+    }
+  }
+  return [Deno.execPath(), "run", ...flags, Deno.mainModule, ...Deno.args];
+}
+
+interface SubIds {
+  user: string;
+  uids: number;
+  gids: number;
+}
+
+/** Counts the subordinate ids /etc/subuid and /etc/subgid give this user (by name or uid). */
+async function subIds(uid: number): Promise<SubIds> {
+  let user = Deno.env.get("USER") ?? Deno.env.get("LOGNAME") ?? "";
+  try {
+    const passwd = await Deno.readTextFile("/etc/passwd");
+    for (const line of passwd.split("\n")) {
+      const f = line.split(":");
+      if (f.length > 2 && Number(f[2]) === uid) user = f[0];
+    }
+  } catch {
+    // no passwd: keep $USER
+  }
+  const count = async (file: string) => {
+    try {
+      let n = 0;
+      for (const line of (await Deno.readTextFile(file)).split("\n")) {
+        const [who, , c] = line.trim().split(":");
+        if (who === user || who === String(uid)) n += Number(c) || 0;
+      }
+      return n;
+    } catch {
+      return 0;
+    }
+  };
+  return { user, uids: await count("/etc/subuid"), gids: await count("/etc/subgid") };
+}
+
+async function tryUnshare(args: string[]): Promise<{ ok: boolean; stderr: string }> {
+  try {
+    const out = await new Deno.Command("unshare", {
+      args: [...args, "--", "true"],
+      stdin: "null",
+      stdout: "null",
+      stderr: "piped",
+    }).output();
+    return { ok: out.success, stderr: new TextDecoder().decode(out.stderr).trim() };
+  } catch (e) {
+    return { ok: false, stderr: (e as Error).message };
+  }
+}
+
+async function haveCommand(cmd: string): Promise<boolean> {
+  for (const dir of (Deno.env.get("PATH") ?? "/usr/bin:/bin").split(":")) {
+    try {
+      await Deno.stat(`${dir}/${cmd}`);
+      return true;
+    } catch {
+      // not here
+    }
+  }
+  return false;
+}
+
+const FORWARDED: Deno.Signal[] = ["SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2"];
+const SIGNALS: Record<string, number> = {
+  SIGHUP: 1,
+  SIGINT: 2,
+  SIGQUIT: 3,
+  SIGKILL: 9,
+  SIGUSR1: 10,
+  SIGSEGV: 11,
+  SIGUSR2: 12,
+  SIGPIPE: 13,
+  SIGTERM: 15,
+};
+
+/** Runs `argv` under `unshare unshareArgs` as a child and exits with its status; never returns. */
+async function reexec(unshareArgs: string[], argv: string[]): Promise<never> {
+  const child = new Deno.Command("unshare", {
+    args: [...unshareArgs, "--", ...argv],
+    env: { [USERNS_ENV]: "1" },
+    stdin: "inherit",
+    stdout: "inherit",
+    stderr: "inherit",
+  }).spawn();
+  // `unshare` execs the program, so the child's pid is the program itself.
+  // SIGINT from a terminal reaches the whole foreground process group, child
+  // included: the parent only outlives it. Other signals are passed on.
+  const forward = FORWARDED.map((sig) => {
+    const fn = () => {
+      try {
+        child.kill(sig);
+      } catch {
+        // already gone
+      }
+    };
+    Deno.addSignalListener(sig, fn);
+    return [sig, fn] as const;
+  });
+  const ignoreInt = () => {};
+  Deno.addSignalListener("SIGINT", ignoreInt);
+  const status = await child.status;
+  for (const [sig, fn] of forward) Deno.removeSignalListener(sig, fn);
+  Deno.removeSignalListener("SIGINT", ignoreInt);
+  Deno.exit(status.signal ? 128 + (SIGNALS[status.signal] ?? 0) : status.code);
+}
+
+/**
+ * The one call a program (or the CLI) makes before using the store, so that
+ * mounting works and a crash cannot leak a mount:
+ *
+ * - Not root: re-executes this Deno program under
+ *   `unshare --user --map-root-user [--map-auto] --mount --propagation private`.
+ *   `--map-auto` (util-linux 2.38, through `newuidmap`/`newgidmap`) maps the
+ *   user's `/etc/subuid` and `/etc/subgid` ranges when there are any, so image
+ *   files keep their owners; without them only root is mapped and every owner
+ *   collapses to root (a warning says so once, it is not an error).
+ * - Root: re-executes under `unshare --mount --propagation private` when not
+ *   in a private mount namespace yet (when `unshare` is missing or refused,
+ *   carries on in place).
+ * - Inside the child (marked by `STRATA_NAMESPACE` in the environment), or
+ *   already in a user namespace: returns at once.
+ *
+ * The parent passes stdio through, forwards SIGTERM/SIGHUP/SIGQUIT/SIGUSR1/2
+ * and exits with the child's status; it never returns. The child runs the
+ * same command line (`/proc/self/cmdline`: same flags, permissions, script
+ * and arguments). Needs `--allow-run` (for `unshare`) and `--allow-read`.
+ *
+ * @throws {UserNamespaceError} when not root and no user namespace can be made.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { ensureUserNamespace } from "./userns.ts";
+ * await ensureUserNamespace(); // from here on, mounting works
+ * ```
+ */
+export async function ensureUserNamespace(options: EnsureUserNamespaceOptions = {}): Promise<void> {
+  const warn = options.warn ?? ((m: string) => console.error(m));
+  const info = await namespaceInfo();
+  if (info.reexecuted || info.mode === "userns") {
+    if (info.collapsed && !options.quiet && !warned) {
+      warned = true;
+      const { user } = await subIds(-1);
+      warn(
+        `strata: warning: only root is mapped in this user namespace (no /etc/subuid and /etc/subgid ranges${
+          user ? ` for ${user}` : ""
+        }): files owned by other users in images will be owned by root`,
+      );
+    }
+    return;
+  }
+  const argv = options.argv ?? ownArgv();
+  if (info.mode === "root") {
+    if (info.privateMountNamespace) return;
+    const args = ["--mount", "--propagation", "private"];
+    if (!(await tryUnshare(args)).ok) return;
+    return await reexec(args, argv);
+  }
+  const base = ["--user", "--map-root-user", "--mount", "--propagation", "private"];
+  const probe = await tryUnshare(base);
+  if (!probe.ok) {
+    throw new UserNamespaceError(
+      `Cannot create a user namespace to mount without root (unshare ${base.join(" ")}: ${
+        probe.stderr || "failed"
+      }). Check that unshare (util-linux) is installed and that unprivileged user namespaces are ` +
+        "allowed (sysctl kernel.unprivileged_userns_clone=1, user.max_user_namespaces > 0, " +
+        "kernel.apparmor_restrict_unprivileged_userns=0), or run as root",
+    );
+  }
+  const ids = await subIds(info.uid);
+  if (ids.uids > 0 && ids.gids > 0 && await haveCommand("newuidmap")) {
+    const auto = ["--user", "--map-root-user", "--map-auto", "--mount", "--propagation", "private"];
+    const r = await tryUnshare(auto);
+    if (r.ok) return await reexec(auto, argv);
+    warn(`strata: warning: cannot map the subordinate ids of ${ids.user} (${r.stderr})`);
+  }
+  return await reexec(base, argv);
+}

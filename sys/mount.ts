@@ -1,0 +1,639 @@
+/**
+ * Mount backends: the only code in strata that mounts and unmounts. Three
+ * backends share one interface and are picked at run time:
+ *
+ * 1. `fsopen`: the new mount API (`fsopen`/`fsconfig`/`fsmount`/`move_mount`)
+ *    through Deno FFI. overlayfs takes one lower layer per
+ *    `fsconfig(FSCONFIG_SET_STRING, "lowerdir+", path)` call (Linux 6.8+), so
+ *    the one-page limit of mount options never applies, whatever the number
+ *    of layers or the length of their paths.
+ * 2. `mount2`: classic `mount(2)`/`umount2(2)` through FFI. Options must fit in
+ *    one page (4 KiB), so a long `lowerdir=` list is written with short
+ *    relative names of symlinks (like Docker's overlay2 `l/` directory) that
+ *    are resolved against a *thread-local* working directory: the calling
+ *    thread first un-shares its `fs_struct` (`unshare(CLONE_FS)`), so no other
+ *    thread of the process ever sees the working directory move.
+ * 3. `command`: `mount(8)`/`umount(8)` through `Deno.Command`, for programs run
+ *    without `--allow-ffi`. Long lists use the same symlinks, with the child's
+ *    own working directory.
+ *
+ * Lower directories are always given bottom first (image order); each backend
+ * stacks them so that the LAST one is on top.
+ *
+ * @module
+ */
+import { join } from "@std/path";
+import { AT_FDCWD, check, cstr, errno, ErrnoError, ffiAvailable, libc } from "./libc.ts";
+
+export { ErrnoError };
+
+/** The name of a mount backend. */
+export type MountBackendName = "fsopen" | "mount2" | "command";
+
+/** What an overlay mount is made of. */
+export interface OverlayMountOptions {
+  /** Lower directories, bottom (base layer) first. 1 to 500 of them. */
+  lower: readonly string[];
+  /** The upper directory; without it the overlay is read-only. */
+  upper?: string;
+  /** The work directory, on the same filesystem as `upper`; required with `upper`. */
+  work?: string;
+  /** Mount read-only (`MOUNT_ATTR_RDONLY`), even with an upper directory. */
+  readonly?: boolean;
+  /**
+   * Use `user.overlay.*` xattrs instead of `trusted.overlay.*` (default true).
+   * strata always mounts with it, as root too, so that one cache gives one
+   * tree to root and to user namespaces (Linux 5.11, commit 2d2f2d7322ff).
+   */
+  userxattr?: boolean;
+}
+
+/** What a tmpfs mount is made of. */
+export interface TmpfsMountOptions {
+  /** Size limit: bytes, or a tmpfs size string such as `"64m"` or `"50%"`. */
+  size?: string | number;
+  /** Mode of the root directory (default 0o755). */
+  mode?: number;
+}
+
+/** One way of mounting and unmounting. */
+export interface MountBackend {
+  /** Which backend this is. */
+  readonly name: MountBackendName;
+  /** Mounts an overlay on `target`. */
+  mountOverlay(target: string, options: OverlayMountOptions): Promise<void>;
+  /** Mounts a tmpfs on `target`. */
+  mountTmpfs(target: string, options?: TmpfsMountOptions): Promise<void>;
+  /**
+   * Unmounts `target`; a busy mount is detached lazily (`MNT_DETACH`).
+   * Resolves `false`, without error, when `target` is not a mountpoint.
+   */
+  unmount(target: string): Promise<boolean>;
+}
+
+/**
+ * A mount or unmount that failed: the errno, the path, and what the kernel
+ * said about it (the `fsopen` context log, or `mount(8)`'s stderr).
+ *
+ * @example Usage
+ * ```ts
+ * import { MountError } from "./mount.ts";
+ * const e = new MountError("fsconfig(upperdir)", 22, "/x/upper", "overlayfs: upper fs missing required features");
+ * console.log(e.message);
+ * ```
+ */
+export class MountError extends ErrnoError {
+  /** The kernel's (or the mount command's) own words, when there are any. */
+  readonly detail: string;
+  /** Creates the error; `detail` is appended to the message. */
+  constructor(
+    syscall: string,
+    errno: number,
+    path?: string,
+    detail = "",
+    options?: ErrorOptions,
+  ) {
+    super(syscall, errno, path, options);
+    this.name = "MountError";
+    this.detail = detail.trim();
+    if (this.detail) this.message += `: ${this.detail}`;
+  }
+}
+
+/** overlayfs stacks at most this many lower layers (`OVL_MAX_STACK`). */
+export const MAX_LOWER_LAYERS = 500;
+
+const FSOPEN_CLOEXEC = 1;
+const FSCONFIG_SET_FLAG = 0;
+const FSCONFIG_SET_STRING = 1;
+const FSCONFIG_CMD_CREATE = 6;
+const FSMOUNT_CLOEXEC = 1;
+const MOUNT_ATTR_RDONLY = 1;
+const MOVE_MOUNT_F_EMPTY_PATH = 4;
+const MS_RDONLY = 1;
+const MNT_DETACH = 2;
+const O_DIRECTORY = 0o200000;
+const O_CLOEXEC = 0o2000000;
+const O_PATH = 0o10000000;
+const CLONE_FS = 0x200;
+const EBUSY = 16;
+const EINVAL = 22;
+const ENOENT = 2;
+/** Options longer than this go through short symlink names (the limit is one 4 KiB page). */
+const OPTION_BUDGET = 3800;
+
+function validateOverlay(target: string, o: OverlayMountOptions): void {
+  if (o.lower.length === 0) {
+    throw new RangeError(`Cannot mount an overlay on ${target}: no lower directory`);
+  }
+  if (o.lower.length > MAX_LOWER_LAYERS) {
+    throw new RangeError(
+      `Cannot mount an overlay on ${target}: ${o.lower.length} lower directories, overlayfs stacks at most ${MAX_LOWER_LAYERS}`,
+    );
+  }
+  if (o.upper === undefined && o.lower.length < 2) {
+    // overlayfs: "at least 2 lowerdir are needed while upperdir nonexistent".
+    throw new RangeError(
+      `Cannot mount an overlay on ${target}: without an upper directory overlayfs needs at least 2 lower directories`,
+    );
+  }
+  if ((o.upper === undefined) !== (o.work === undefined)) {
+    throw new TypeError(
+      `Cannot mount an overlay on ${target}: upper and work directories go together`,
+    );
+  }
+}
+
+/** Escapes a path for a `lowerdir=`/`upperdir=` option string. */
+function escapeOption(path: string): string {
+  return path.replace(/[\\,:]/g, (c) => "\\" + c);
+}
+
+function tmpfsData(o: TmpfsMountOptions): string[] {
+  const opts: string[] = [];
+  if (o.size !== undefined) opts.push(`size=${o.size}`);
+  opts.push(`mode=${(o.mode ?? 0o755).toString(8)}`);
+  return opts;
+}
+
+/**
+ * Builds the option string of an overlay; when the list is too long for one
+ * page, `lowerdir=` names short symlinks that `shortDir` will hold (relative
+ * to it, so the caller must resolve them with `shortDir` as working directory).
+ */
+function overlayData(
+  o: OverlayMountOptions,
+): { data: string; links?: { name: string; target: string }[] } {
+  const topFirst = [...o.lower].reverse();
+  const rest: string[] = [];
+  if (o.upper !== undefined) rest.push(`upperdir=${escapeOption(o.upper)}`);
+  if (o.work !== undefined) rest.push(`workdir=${escapeOption(o.work)}`);
+  if (o.userxattr ?? true) rest.push("userxattr");
+  const plain = [`lowerdir=${topFirst.map(escapeOption).join(":")}`, ...rest].join(",");
+  if (plain.length <= OPTION_BUDGET) return { data: plain };
+  // Short names: base-36 indexes, at most 2 characters for 500 layers.
+  const links = topFirst.map((target, i) => ({ name: i.toString(36), target }));
+  const data = [`lowerdir=${links.map((l) => l.name).join(":")}`, ...rest].join(",");
+  if (data.length > OPTION_BUDGET) {
+    throw new RangeError(`overlay options too long even with short names (${data.length} bytes)`);
+  }
+  return { data, links };
+}
+
+/** Makes a directory of symlinks named `links[i].name`; returns its path. */
+function makeLinkDir(links: { name: string; target: string }[]): string {
+  const dir = Deno.makeTempDirSync({ prefix: "strata-l-" });
+  for (const l of links) Deno.symlinkSync(l.target, join(dir, l.name));
+  return dir;
+}
+
+/** Reads the messages the kernel queued on an fs context (`e overlayfs: ...`). */
+function fsContextLog(fd: number): string {
+  const buf = new Uint8Array(4096);
+  const lines: string[] = [];
+  for (let i = 0; i < 32; i++) {
+    const n = Number(libc().read(fd, buf, BigInt(buf.length)));
+    if (n <= 0) break;
+    lines.push(new TextDecoder().decode(buf.subarray(0, n)).replace(/^[ewi] /, ""));
+  }
+  return lines.join("; ");
+}
+
+function fsFail(fd: number, syscall: string, path?: string): never {
+  const e = errno();
+  const log = fsContextLog(fd);
+  throw new MountError(syscall, e, path, log);
+}
+
+function umountFfi(target: string): boolean {
+  const p = cstr(target);
+  if (libc().umount2(p, 0) === 0) return true;
+  let e = errno();
+  if (e === EBUSY) {
+    if (libc().umount2(p, MNT_DETACH) === 0) return true;
+    e = errno();
+  }
+  if (e === EINVAL || e === ENOENT) return false;
+  throw new MountError("umount2", e, target);
+}
+
+/** The new mount API: one `fsconfig` call per lower layer, no page limit. */
+class FsopenBackend implements MountBackend {
+  readonly name = "fsopen" as const;
+
+  #mount(
+    fstype: string,
+    target: string,
+    config: [key: string, value: string | null][],
+    attrs: number,
+  ): void {
+    const c = libc();
+    const fd = c.fsopen(cstr(fstype), FSOPEN_CLOEXEC);
+    if (fd < 0) throw new MountError(`fsopen(${fstype})`, errno(), target);
+    try {
+      for (const [key, value] of config) {
+        const r = value === null
+          ? c.fsconfig(fd, FSCONFIG_SET_FLAG, cstr(key), null, 0)
+          : c.fsconfig(fd, FSCONFIG_SET_STRING, cstr(key), cstr(value), 0);
+        if (r < 0) fsFail(fd, `fsconfig(${key})`, value ?? target);
+      }
+      if (c.fsconfig(fd, FSCONFIG_CMD_CREATE, null, null, 0) < 0) {
+        fsFail(fd, `fsconfig(create ${fstype})`, target);
+      }
+      const mfd = c.fsmount(fd, FSMOUNT_CLOEXEC, attrs);
+      if (mfd < 0) fsFail(fd, "fsmount", target);
+      try {
+        const r = c.move_mount(mfd, cstr(""), AT_FDCWD, cstr(target), MOVE_MOUNT_F_EMPTY_PATH);
+        if (r < 0) throw new MountError("move_mount", errno(), target);
+      } finally {
+        c.close(mfd);
+      }
+    } finally {
+      c.close(fd);
+    }
+  }
+
+  mountOverlay(target: string, o: OverlayMountOptions): Promise<void> {
+    validateOverlay(target, o);
+    const config: [string, string | null][] = [];
+    // "lowerdir+" appends below the layers given so far: top first.
+    for (let i = o.lower.length - 1; i >= 0; i--) config.push(["lowerdir+", o.lower[i]]);
+    if (o.upper !== undefined) config.push(["upperdir", o.upper]);
+    if (o.work !== undefined) config.push(["workdir", o.work]);
+    if (o.userxattr ?? true) config.push(["userxattr", null]);
+    this.#mount("overlay", target, config, o.readonly ? MOUNT_ATTR_RDONLY : 0);
+    return Promise.resolve();
+  }
+
+  mountTmpfs(target: string, o: TmpfsMountOptions = {}): Promise<void> {
+    const config = tmpfsData(o).map((kv): [string, string] => {
+      const i = kv.indexOf("=");
+      return [kv.slice(0, i), kv.slice(i + 1)];
+    });
+    this.#mount("tmpfs", target, config, 0);
+    return Promise.resolve();
+  }
+
+  unmount(target: string): Promise<boolean> {
+    return Promise.resolve(umountFfi(target));
+  }
+}
+
+let threadFsPrivate = false;
+
+/**
+ * Runs `fn` with the calling thread's working directory set to `dir`, after
+ * making the thread's fs_struct private so that other threads keep theirs.
+ */
+function inThreadCwd<T>(dir: string, fn: () => T): T {
+  const c = libc();
+  if (!threadFsPrivate) {
+    check(c.unshare(CLONE_FS), "unshare(CLONE_FS)");
+    threadFsPrivate = true;
+  }
+  const saved = check(c.open(cstr("."), O_PATH | O_DIRECTORY | O_CLOEXEC, 0), "open", ".");
+  try {
+    const d = check(c.open(cstr(dir), O_PATH | O_DIRECTORY | O_CLOEXEC, 0), "open", dir);
+    try {
+      check(c.fchdir(d), "fchdir", dir);
+    } finally {
+      c.close(d);
+    }
+    try {
+      return fn();
+    } finally {
+      check(c.fchdir(saved), "fchdir", "(previous working directory)");
+    }
+  } finally {
+    c.close(saved);
+  }
+}
+
+/** Classic mount(2): options in one page, long lists through short symlinks. */
+class Mount2Backend implements MountBackend {
+  readonly name = "mount2" as const;
+
+  #mount(source: string, fstype: string, target: string, flags: number, data: string): void {
+    const r = libc().mount(cstr(source), cstr(target), cstr(fstype), BigInt(flags), cstr(data));
+    if (r < 0) throw new MountError(`mount(${fstype})`, errno(), target);
+  }
+
+  mountOverlay(target: string, o: OverlayMountOptions): Promise<void> {
+    validateOverlay(target, o);
+    const { data, links } = overlayData(o);
+    const flags = o.readonly ? MS_RDONLY : 0;
+    if (!links) {
+      this.#mount("overlay", "overlay", target, flags, data);
+      return Promise.resolve();
+    }
+    const dir = makeLinkDir(links);
+    try {
+      // The target is absolute, the lowers are relative to the link dir.
+      inThreadCwd(dir, () => this.#mount("overlay", "overlay", target, flags, data));
+    } finally {
+      Deno.removeSync(dir, { recursive: true });
+    }
+    return Promise.resolve();
+  }
+
+  mountTmpfs(target: string, o: TmpfsMountOptions = {}): Promise<void> {
+    this.#mount("tmpfs", "tmpfs", target, 0, tmpfsData(o).join(","));
+    return Promise.resolve();
+  }
+
+  unmount(target: string): Promise<boolean> {
+    return Promise.resolve(umountFfi(target));
+  }
+}
+
+const errnoByText: [RegExp, number][] = [
+  [/permission denied|operation not permitted|must be superuser/i, 1],
+  [/no such file/i, 2],
+  [/busy/i, 16],
+  [/not mounted|not a mount ?point/i, 22],
+  [/unknown filesystem|no such device/i, 19],
+];
+
+function guessErrno(stderr: string): number {
+  for (const [re, n] of errnoByText) if (re.test(stderr)) return n;
+  return EINVAL;
+}
+
+/** mount(8)/umount(8) as child processes, for when FFI is not permitted. */
+class CommandBackend implements MountBackend {
+  readonly name = "command" as const;
+
+  async #run(args: string[], what: string, path: string, cwd?: string): Promise<void> {
+    const out = await new Deno.Command(args[0], {
+      args: args.slice(1),
+      cwd,
+      stdin: "null",
+      stdout: "null",
+      stderr: "piped",
+    }).output();
+    if (!out.success) {
+      const text = new TextDecoder().decode(out.stderr);
+      throw new MountError(what, guessErrno(text), path, text);
+    }
+  }
+
+  async mountOverlay(target: string, o: OverlayMountOptions): Promise<void> {
+    validateOverlay(target, o);
+    const { data, links } = overlayData(o);
+    const args = ["mount", "-t", "overlay", "-o", data, ...(o.readonly ? ["-r"] : [])];
+    args.push("overlay", target);
+    if (!links) return await this.#run(args, "mount(8) overlay", target);
+    const dir = makeLinkDir(links);
+    try {
+      await this.#run(args, "mount(8) overlay", target, dir);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  }
+
+  async mountTmpfs(target: string, o: TmpfsMountOptions = {}): Promise<void> {
+    const args = ["mount", "-t", "tmpfs", "-o", tmpfsData(o).join(","), "tmpfs", target];
+    await this.#run(args, "mount(8) tmpfs", target);
+  }
+
+  async unmount(target: string): Promise<boolean> {
+    try {
+      await this.#run(["umount", target], "umount(8)", target);
+      return true;
+    } catch (e) {
+      if (!(e instanceof MountError)) throw e;
+      if (e.errno === EINVAL || e.errno === ENOENT) return false;
+      if (e.errno !== EBUSY) throw e;
+    }
+    await this.#run(["umount", "-l", target], "umount(8) -l", target);
+    return true;
+  }
+}
+
+/** The backend picked at run time and why. */
+export interface MountBackendChoice {
+  /** The backend itself. */
+  backend: MountBackend;
+  /** Its name. */
+  name: MountBackendName;
+  /** Why it was picked, in a sentence (for `strata supported --why`). */
+  reason: string;
+}
+
+/**
+ * Returns the backend of that name (no probing).
+ *
+ * @example Usage
+ * ```ts
+ * import { mountBackend } from "./mount.ts";
+ * console.log(mountBackend("command").name); // "command"
+ * ```
+ */
+export function mountBackend(name: MountBackendName): MountBackend {
+  switch (name) {
+    case "fsopen":
+      return new FsopenBackend();
+    case "mount2":
+      return new Mount2Backend();
+    case "command":
+      return new CommandBackend();
+    default:
+      throw new TypeError(`Unknown mount backend ${JSON.stringify(name)}`);
+  }
+}
+
+function kernelAtLeast(major: number, minor: number): boolean {
+  const m = /^(\d+)\.(\d+)/.exec(Deno.osRelease());
+  if (!m) return false;
+  const [a, b] = [Number(m[1]), Number(m[2])];
+  return a > major || (a === major && b >= minor);
+}
+
+function probe(): MountBackendChoice {
+  const forced = Deno.env.get("STRATA_MOUNT_BACKEND");
+  if (forced) {
+    const backend = mountBackend(forced as MountBackendName);
+    return { backend, name: backend.name, reason: `STRATA_MOUNT_BACKEND=${forced} asks for it` };
+  }
+  if (!ffiAvailable()) {
+    return {
+      backend: new CommandBackend(),
+      name: "command",
+      reason: "FFI is not permitted (no --allow-ffi), so mount(8) and umount(8) are run instead",
+    };
+  }
+  const c = libc();
+  const fd = c.fsopen(cstr("overlay"), FSOPEN_CLOEXEC);
+  if (fd < 0) {
+    const e = errno();
+    const why = new ErrnoError("fsopen(overlay)", e).message;
+    if (e === 1 && kernelAtLeast(6, 8)) {
+      return {
+        backend: new FsopenBackend(),
+        name: "fsopen",
+        reason: `new mount API on Linux ${Deno.osRelease()} (>= 6.8); probing it said ${why}: ` +
+          "no mount privilege here yet (run as root or inside a user namespace)",
+      };
+    }
+    return {
+      backend: new Mount2Backend(),
+      name: "mount2",
+      reason: `the new mount API is unusable (${why}), so classic mount(2) is used`,
+    };
+  }
+  try {
+    const r = c.fsconfig(fd, FSCONFIG_SET_STRING, cstr("lowerdir+"), cstr("/"), 0);
+    if (r < 0) {
+      const e = errno();
+      return {
+        backend: new Mount2Backend(),
+        name: "mount2",
+        reason: `overlayfs does not take "lowerdir+" (${
+          new ErrnoError("fsconfig", e).code
+        }; Linux < 6.8), so classic mount(2) is used with short symlink names for long layer lists`,
+      };
+    }
+  } finally {
+    c.close(fd);
+  }
+  return {
+    backend: new FsopenBackend(),
+    name: "fsopen",
+    reason: `new mount API: fsopen("overlay") works and overlayfs takes one "lowerdir+" per ` +
+      `layer (Linux ${Deno.osRelease()}), so no limit on layer count or path length below 500 layers`,
+  };
+}
+
+let chosen: MountBackendChoice | undefined;
+
+/**
+ * Picks the mount backend once per process: the new mount API when `fsopen`
+ * works and overlayfs takes `lowerdir+`, else classic `mount(2)`, else (no
+ * FFI permission) `mount(8)`. `STRATA_MOUNT_BACKEND` forces one.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { chooseMountBackend } from "./mount.ts";
+ * const { name, reason } = chooseMountBackend();
+ * console.log(`${name}: ${reason}`);
+ * ```
+ */
+export function chooseMountBackend(): MountBackendChoice {
+  chosen ??= probe();
+  return chosen;
+}
+
+/**
+ * Tells whether a path is a mountpoint, from `/proc/self/mountinfo`.
+ *
+ * @example Usage
+ * ```ts
+ * import { isMountpoint } from "./mount.ts";
+ * console.log(await isMountpoint("/proc")); // true
+ * ```
+ */
+export async function isMountpoint(path: string): Promise<boolean> {
+  const text = await Deno.readTextFile("/proc/self/mountinfo");
+  return text.split("\n").some((l) => unescapeMountinfo(l.split(" ")[4] ?? "") === path);
+}
+
+/** One line of `/proc/self/mountinfo`, the fields strata reads. */
+export interface MountInfo {
+  /** Where it is mounted. */
+  mountpoint: string;
+  /** Filesystem type, for example `overlay`. */
+  fstype: string;
+  /** Mount source. */
+  source: string;
+  /** Superblock options (for overlay: lowerdir, upperdir, ...). */
+  superOptions: string;
+}
+
+function unescapeMountinfo(s: string): string {
+  return s.replace(/\\(\d{3})/g, (_, o) => String.fromCharCode(parseInt(o, 8)));
+}
+
+/**
+ * Finds the mount that holds `path` (the longest mountpoint that is a prefix
+ * of its real path).
+ *
+ * @example Usage
+ * ```ts
+ * import { mountOf } from "./mount.ts";
+ * console.log((await mountOf("/proc/self")).fstype); // "proc"
+ * ```
+ */
+export async function mountOf(path: string): Promise<MountInfo> {
+  const real = await Deno.realPath(path);
+  const text = await Deno.readTextFile("/proc/self/mountinfo");
+  let best: MountInfo | undefined;
+  for (const line of text.split("\n")) {
+    if (!line) continue;
+    const f = line.split(" ");
+    const sep = f.indexOf("-");
+    const mp = unescapeMountinfo(f[4]);
+    if (!(real === mp || real.startsWith(mp === "/" ? "/" : mp + "/"))) continue;
+    // Later lines are mounted later, so on a tie the later one hides the earlier.
+    if (!best || mp.length >= best.mountpoint.length) {
+      best = {
+        mountpoint: mp,
+        fstype: f[sep + 1],
+        source: unescapeMountinfo(f[sep + 2]),
+        superOptions: f[sep + 3] ?? "",
+      };
+    }
+  }
+  if (!best) throw new Error(`No mount holds ${path} (${real}) in /proc/self/mountinfo`);
+  return best;
+}
+
+/**
+ * Lists the mountpoints at or below `path` (real path), deepest first.
+ *
+ * @example Usage
+ * ```ts
+ * import { mountsBelow } from "./mount.ts";
+ * console.log(await mountsBelow("/proc")); // ["/proc/sys/fs/binfmt_misc", ..., "/proc"]
+ * ```
+ */
+export async function mountsBelow(path: string): Promise<string[]> {
+  let real: string;
+  try {
+    real = await Deno.realPath(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return [];
+    throw e;
+  }
+  const text = await Deno.readTextFile("/proc/self/mountinfo");
+  const out = new Set<string>();
+  for (const line of text.split("\n")) {
+    const f = line.split(" ");
+    if (f.length < 5) continue;
+    const mp = unescapeMountinfo(f[4]);
+    if (mp === real || mp.startsWith(real === "/" ? "/" : real + "/")) out.add(mp);
+  }
+  return [...out].sort((a, b) => b.length - a.length);
+}
+
+/**
+ * Unmounts everything at or below `path`, deepest first (lazily when busy):
+ * the leftovers of a process that crashed outside a private mount namespace.
+ * Returns the mountpoints unmounted.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { unmountBelow } from "./mount.ts";
+ * await unmountBelow("/var/lib/strata/tmp/0123456789abcdef");
+ * ```
+ */
+export async function unmountBelow(path: string): Promise<string[]> {
+  const mps = await mountsBelow(path);
+  if (mps.length === 0) return [];
+  const backend = chooseMountBackend().backend;
+  const done: string[] = [];
+  for (const mp of mps) {
+    // A path may carry several stacked mounts; unmount until it is none.
+    for (let i = 0; i < 16 && await backend.unmount(mp); i++) done.push(mp);
+  }
+  return done;
+}
