@@ -281,7 +281,8 @@ export class TarParser {
         if (this.#hdrFill > 0) {
           throw new TarFormatError(
             `the archive ends inside a header (${this.#hdrFill} of 512 bytes)`,
-            this.#offset - this.#hdrFill,
+            this.#pendingMeta ? this.#entryOffset : this.#offset - this.#hdrFill,
+            this.#pendingMeta ? this.#entryName : undefined,
           );
         }
         if (this.#pendingMeta) {
@@ -711,8 +712,10 @@ export class TarParser {
     const xattrs: Record<string, Uint8Array> = {};
     const addXattrs = (records: Map<string, Uint8Array>) => {
       for (const [k, val] of records) {
-        if (k.startsWith("SCHILY.xattr.")) xattrs[k.slice(13)] = val;
-        else if (k.startsWith("LIBARCHIVE.xattr.")) {
+        if (k.startsWith("SCHILY.xattr.")) {
+          // GNU tar writes '=' and '%' in xattr names as %3D and %25 (a pax keyword ends at '=').
+          xattrs[k.slice(13).replace(/%3D|%25/g, (m) => (m === "%3D" ? "=" : "%"))] = val;
+        } else if (k.startsWith("LIBARCHIVE.xattr.")) {
           let key: string;
           let bytes: Uint8Array;
           try {

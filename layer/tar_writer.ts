@@ -138,7 +138,7 @@ function paxRecord(key: string, value: Uint8Array): Uint8Array {
   return out;
 }
 
-function concat(parts: Uint8Array[]): Uint8Array {
+function concat(parts: Uint8Array[]): Uint8Array<ArrayBuffer> {
   let n = 0;
   for (const p of parts) n += p.length;
   const out = new Uint8Array(n);
@@ -378,14 +378,14 @@ export class TarWriter {
    * Returns the bytes appended since the last `take()` (no end-of-archive
    * blocks) and forgets them, so big archives can be written out piece by piece.
    */
-  take(): Uint8Array {
+  take(): Uint8Array<ArrayBuffer> {
     const out = concat(this.#parts);
     this.#parts = [];
     return out;
   }
 
   /** The archive: entries, then (by default) two zero blocks. */
-  bytes(options: TarOutputOptions = {}): Uint8Array {
+  bytes(options: TarOutputOptions = {}): Uint8Array<ArrayBuffer> {
     const parts = [...this.#parts];
     if (options.endOfArchive ?? true) parts.push(new Uint8Array(2 * BLOCK));
     const all = concat(parts);
@@ -516,8 +516,10 @@ export class TarWriter {
     pax: Record<string, Uint8Array>,
   ): void {
     for (const [k, v] of Object.entries(o.xattrs ?? {})) {
-      if (this.#xattrRecords === "schily") pax[`SCHILY.xattr.${k}`] = bytesOf(v);
-      else {
+      if (this.#xattrRecords === "schily") {
+        // As GNU tar: a pax keyword ends at the first '=', so '=' and '%' are escaped.
+        pax[`SCHILY.xattr.${k.replace(/[%=]/g, (c) => (c === "=" ? "%3D" : "%25"))}`] = bytesOf(v);
+      } else {
         const value = bytesOf(v);
         let bin = "";
         for (const b of value) bin += String.fromCharCode(b);
@@ -635,9 +637,9 @@ function ustarSplit(name: Uint8Array): number {
  * if (blob[0] !== 0x1f || blob[1] !== 0x8b) throw new Error("not gzip");
  * ```
  */
-export function gzip(bytes: Uint8Array, level = 6): Uint8Array {
+export function gzip(bytes: Uint8Array, level = 6): Uint8Array<ArrayBuffer> {
   const out = gzipSync(bytes, { level });
-  return new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
+  return new Uint8Array(out.buffer as ArrayBuffer, out.byteOffset, out.byteLength);
 }
 
 /**
@@ -650,7 +652,7 @@ export function gzip(bytes: Uint8Array, level = 6): Uint8Array {
  * if (blob[0] !== 0x28 || blob[1] !== 0xb5) throw new Error("not zstd");
  * ```
  */
-export function zstd(bytes: Uint8Array): Uint8Array {
+export function zstd(bytes: Uint8Array): Uint8Array<ArrayBuffer> {
   const out = zstdCompressSync(bytes);
-  return new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
+  return new Uint8Array(out.buffer as ArrayBuffer, out.byteOffset, out.byteLength);
 }
