@@ -7,7 +7,7 @@ import { assert, assertEquals, assertRejects, assertStringIncludes } from "@std/
 import {
   chooseMountBackend,
   isMountpoint,
-  MountBackendName,
+  type MountBackendName,
   MountError,
   mountOf,
   mountsBelow,
