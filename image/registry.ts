@@ -1,0 +1,615 @@
+/**
+ * A client for the OCI distribution spec (Docker registry HTTP API v2),
+ * enough to pull: manifests and blobs, anonymous or with bearer-token or
+ * basic authentication, plain HTTP for local registries when TLS
+ * verification is off, redirects to blob storage, bounded retries with
+ * backoff, and blob downloads that resume with a `Range` request when the
+ * connection drops, so a streaming digest simply carries on.
+ *
+ * @module
+ */
+import { type Credentials, findCredentials } from "./auth.ts";
+import { digestOf, parseDigest } from "./blob.ts";
+import { type RegistryRef, registryRefString } from "./ref.ts";
+import {
+  BlobNotFoundError,
+  type FetchedDocument,
+  type ImageSource,
+  MAX_DOCUMENT_SIZE,
+  resolveImage,
+  type ResolveOptions,
+  type SourceImage,
+  UNKNOWN_SIZE,
+} from "./source.ts";
+import { type Descriptor, MediaType } from "./types.ts";
+
+/** Options for {@linkcode RegistryClient}. */
+export interface RegistryOptions {
+  /** Verify TLS and require HTTPS (default true). With false, plain HTTP is allowed. */
+  tlsVerify?: boolean;
+  /** `USER:PASS`, overriding auth files. */
+  creds?: string;
+  /** An auth file to use instead of the default ones. */
+  authFile?: string;
+  /** Attempts per request on 5xx, 429 and network errors (default 4). */
+  retries?: number;
+  /** First backoff delay in ms, doubled each retry (default 200). */
+  retryDelay?: number;
+  /** Resumptions of one blob download after dropped connections (default 5). */
+  resumes?: number;
+  /** User-Agent header. */
+  userAgent?: string;
+}
+
+/**
+ * A registry request that failed: the status, the URL, and the registry's
+ * own error code and message when it sent them.
+ *
+ * @example Usage
+ * ```ts
+ * import { RegistryError } from "./registry.ts";
+ * const e = new RegistryError("GET https://r/v2/x/manifests/y", "404 MANIFEST_UNKNOWN", 404);
+ * console.assert(e.status === 404);
+ * ```
+ */
+export class RegistryError extends Error {
+  /** HTTP status, if a response was received. */
+  readonly status?: number;
+  /** Builds the error for request `what`. */
+  constructor(what: string, reason: string, status?: number, options?: ErrorOptions) {
+    super(`${what}: ${reason}`, options);
+    this.name = "RegistryError";
+    if (status !== undefined) this.status = status;
+  }
+}
+
+/**
+ * The registry refused the credentials, or wants some and none were found.
+ *
+ * @example Usage
+ * ```ts
+ * import { AuthenticationError } from "./registry.ts";
+ * console.assert(new AuthenticationError("GET x", "401").name === "AuthenticationError");
+ * ```
+ */
+export class AuthenticationError extends RegistryError {
+  /** Builds the error for request `what`. */
+  constructor(what: string, reason: string, status?: number, options?: ErrorOptions) {
+    super(what, reason, status, options);
+    this.name = "AuthenticationError";
+  }
+}
+
+/** The Accept header for manifests: OCI and Docker, images and indexes. */
+export const MANIFEST_ACCEPT = [
+  MediaType.OciIndex,
+  MediaType.DockerManifestList,
+  MediaType.OciManifest,
+  MediaType.DockerManifest,
+].join(", ");
+
+/** A parsed `WWW-Authenticate` challenge. */
+export interface Challenge {
+  /** `bearer` or `basic` (lowercase). */
+  scheme: string;
+  /** Parameters (`realm`, `service`, `scope`, ...). */
+  params: Record<string, string>;
+}
+
+/**
+ * Parses a `WWW-Authenticate` header value (the first challenge).
+ *
+ * @example Usage
+ * ```ts
+ * import { parseChallenge } from "./registry.ts";
+ * const c = parseChallenge('Bearer realm="https://auth.docker.io/token",service="registry.docker.io"');
+ * console.assert(c?.scheme === "bearer" && c.params.service === "registry.docker.io");
+ * ```
+ */
+export function parseChallenge(header: string | null): Challenge | undefined {
+  if (!header) return undefined;
+  const m = /^\s*([A-Za-z]+)\s*(.*)$/s.exec(header);
+  if (!m) return undefined;
+  const params: Record<string, string> = {};
+  const re = /([A-Za-z_]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))\s*,?\s*/g;
+  for (const p of m[2].matchAll(re)) {
+    params[p[1].toLowerCase()] = p[2] !== undefined ? p[2].replace(/\\(.)/g, "$1") : p[3];
+  }
+  return { scheme: m[1].toLowerCase(), params };
+}
+
+const isLocal = (host: string) => /^(localhost|127\.\d+\.\d+\.\d+|\[::1\])(:\d+)?$/.test(host);
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    signal?.throwIfAborted();
+    const t = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    const onAbort = () => {
+      clearTimeout(t);
+      reject(signal!.reason);
+    };
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+}
+
+const isAbort = (e: unknown, signal?: AbortSignal) =>
+  signal?.aborted || (e instanceof DOMException && e.name === "AbortError");
+
+async function registryErrorText(res: Response): Promise<string> {
+  let text = "";
+  try {
+    text = await res.text();
+  } catch { /* body unreadable */ }
+  try {
+    const j = JSON.parse(text) as { errors?: { code?: string; message?: string }[] };
+    if (Array.isArray(j.errors) && j.errors.length) {
+      return j.errors.map((e) => [e.code, e.message].filter(Boolean).join(" ")).join("; ");
+    }
+  } catch { /* not JSON */ }
+  return text.trim().slice(0, 200) || res.statusText;
+}
+
+/** A pull client for one registry host. */
+export class RegistryClient {
+  /** The registry as named (`docker.io`, `127.0.0.1:5000`). */
+  readonly domain: string;
+  /** The host contacted (`registry-1.docker.io` for Docker Hub). */
+  readonly host: string;
+  #options: RegistryOptions;
+  #scheme?: Promise<"https" | "http">;
+  #auth = new Map<string, string>(); // repository -> Authorization header
+  #creds?: Promise<Credentials | undefined>;
+
+  /**
+   * A client for `host`, which serves registry `domain`.
+   *
+   * @example Usage
+   * ```ts ignore
+   * const client = new RegistryClient("127.0.0.1:5000", "127.0.0.1:5000", { tlsVerify: false });
+   * const { bytes } = await client.getManifest("app", "latest");
+   * ```
+   */
+  constructor(domain: string, host = domain, options: RegistryOptions = {}) {
+    this.domain = domain;
+    this.host = host;
+    this.#options = options;
+  }
+
+  #credentials(repository: string): Promise<Credentials | undefined> {
+    this.#creds ??= findCredentials(this.domain, repository, this.#options);
+    return this.#creds;
+  }
+
+  /** The scheme to use: https, or http when TLS verification is off and https fails (or the host is local). */
+  #base(signal?: AbortSignal): Promise<"https" | "http"> {
+    this.#scheme ??= (async () => {
+      if (this.#options.tlsVerify === false && isLocal(this.host)) return "http";
+      try {
+        const res = await fetch(`https://${this.host}/v2/`, { signal, redirect: "manual" });
+        await res.body?.cancel();
+        return "https";
+      } catch (e) {
+        if (isAbort(e, signal)) throw e;
+        if (this.#options.tlsVerify === false) return "http";
+        throw new RegistryError(
+          `Cannot reach https://${this.host}/v2/`,
+          `${(e as Error).message}${
+            isLocal(this.host) ? " (a local plain-HTTP registry needs --tls-verify=false)" : ""
+          }`,
+          undefined,
+          { cause: e },
+        );
+      }
+    })();
+    this.#scheme.catch(() => this.#scheme = undefined);
+    return this.#scheme;
+  }
+
+  async #authorize(
+    repository: string,
+    challenge: Challenge | undefined,
+    what: string,
+    signal?: AbortSignal,
+  ): Promise<void> {
+    const creds = await this.#credentials(repository);
+    if (!challenge) {
+      throw new AuthenticationError(
+        what,
+        "401 Unauthorized without a WWW-Authenticate challenge",
+        401,
+      );
+    }
+    if (challenge.scheme === "basic") {
+      if (!creds) {
+        throw new AuthenticationError(
+          what,
+          `the registry requires a login (basic auth, realm ${
+            JSON.stringify(challenge.params.realm ?? "")
+          }); pass --creds USER:PASS or log in to ${this.domain} in an auth file`,
+          401,
+        );
+      }
+      this.#auth.set(repository, `Basic ${btoa(`${creds.username}:${creds.password}`)}`);
+      return;
+    }
+    if (challenge.scheme !== "bearer" || !challenge.params.realm) {
+      throw new AuthenticationError(
+        what,
+        `unsupported authentication challenge ${challenge.scheme}`,
+        401,
+      );
+    }
+    const url = new URL(challenge.params.realm);
+    if (challenge.params.service) url.searchParams.set("service", challenge.params.service);
+    url.searchParams.set("scope", `repository:${repository}:pull`);
+    const headers: Record<string, string> = {};
+    if (creds) headers.authorization = `Basic ${btoa(`${creds.username}:${creds.password}`)}`;
+    if (this.#options.userAgent) headers["user-agent"] = this.#options.userAgent;
+    const twhat = `token request to ${url.origin}${url.pathname} for ${this.domain}/${repository}`;
+    const res = await this.#retrying(twhat, signal, () => fetch(url, { headers, signal }));
+    if (res.status === 401 || res.status === 403) {
+      throw new AuthenticationError(
+        twhat,
+        `${res.status} ${await registryErrorText(res)}${
+          creds
+            ? " (the credentials were refused)"
+            : " (no credentials found; pass --creds USER:PASS)"
+        }`,
+        res.status,
+      );
+    }
+    if (!res.ok) {
+      throw new RegistryError(twhat, `${res.status} ${await registryErrorText(res)}`, res.status);
+    }
+    const body = await res.json() as { token?: string; access_token?: string };
+    const token = body.token ?? body.access_token;
+    if (!token) throw new AuthenticationError(twhat, "the token server answered without a token");
+    this.#auth.set(repository, `Bearer ${token}`);
+  }
+
+  /** Runs `attempt`, retrying with backoff on network errors, 5xx and 429. */
+  async #retrying(
+    what: string,
+    signal: AbortSignal | undefined,
+    attempt: () => Promise<Response>,
+  ): Promise<Response> {
+    const tries = Math.max(1, this.#options.retries ?? 4);
+    let delay = this.#options.retryDelay ?? 200;
+    for (let i = 1;; i++) {
+      let res: Response;
+      try {
+        res = await attempt();
+      } catch (e) {
+        if (isAbort(e, signal) || i >= tries || !(e instanceof TypeError)) {
+          if (isAbort(e, signal) || !(e instanceof TypeError)) throw e;
+          throw new RegistryError(what, `${e.message} (after ${i} attempts)`, undefined, {
+            cause: e,
+          });
+        }
+        await sleep(delay, signal);
+        delay *= 2;
+        continue;
+      }
+      if ((res.status >= 500 || res.status === 429) && i < tries) {
+        await res.body?.cancel();
+        const retryAfter = Number(res.headers.get("retry-after"));
+        await sleep(retryAfter > 0 && retryAfter < 30 ? retryAfter * 1000 : delay, signal);
+        delay *= 2;
+        continue;
+      }
+      return res;
+    }
+  }
+
+  /**
+   * GETs `/v2/REPOSITORY/PATH`, authenticating on a 401 challenge, following
+   * redirects (dropping Authorization when one leaves the registry's origin),
+   * and retrying transient failures. Returns the final response, whatever
+   * its status.
+   */
+  async #get(
+    repository: string,
+    path: string,
+    headers: Record<string, string>,
+    signal?: AbortSignal,
+  ): Promise<Response> {
+    const scheme = await this.#base(signal);
+    const start = new URL(`${scheme}://${this.host}/v2/${repository}/${path}`);
+    const what = `GET ${start}`;
+    for (let authTries = 0;; authTries++) {
+      let url = start;
+      let res: Response;
+      for (let hops = 0;; hops++) {
+        const h: Record<string, string> = { ...headers };
+        if (this.#options.userAgent) h["user-agent"] = this.#options.userAgent;
+        const auth = this.#auth.get(repository);
+        // Credentials go only to the registry itself, never to the storage it redirects to.
+        if (auth && url.origin === start.origin) h.authorization = auth;
+        const u = url;
+        res = await this.#retrying(
+          what,
+          signal,
+          () => fetch(u, { headers: h, signal, redirect: "manual" }),
+        );
+        if (res.status >= 300 && res.status < 400 && res.headers.get("location")) {
+          await res.body?.cancel();
+          if (hops >= 10) throw new RegistryError(what, "too many redirects");
+          url = new URL(res.headers.get("location")!, url);
+          continue;
+        }
+        break;
+      }
+      if (res.status === 401 && authTries === 0 && url.origin === start.origin) {
+        const challenge = parseChallenge(res.headers.get("www-authenticate"));
+        await res.body?.cancel();
+        await this.#authorize(repository, challenge, what, signal);
+        continue;
+      }
+      if (res.status === 401 || res.status === 403) {
+        throw new AuthenticationError(
+          what,
+          `${res.status} ${await registryErrorText(res)}${
+            this.#auth.has(repository) ? " (the credentials were refused)" : ""
+          }`,
+          res.status,
+        );
+      }
+      return res;
+    }
+  }
+
+  /**
+   * Fetches a manifest or index by tag or digest. A digest reference is
+   * verified against the bytes; for a tag, the digest is computed from them
+   * (and checked against `Docker-Content-Digest` when the registry sends it).
+   */
+  async getManifest(
+    repository: string,
+    reference: string,
+    signal?: AbortSignal,
+  ): Promise<FetchedDocument & { digest: string }> {
+    const res = await this.#get(
+      repository,
+      `manifests/${reference}`,
+      { accept: MANIFEST_ACCEPT },
+      signal,
+    );
+    const what = `manifest ${this.domain}/${repository}${
+      reference.includes(":") ? "@" : ":"
+    }${reference}`;
+    if (res.status === 404) {
+      throw new BlobNotFoundError(
+        reference,
+        `${this.domain}/${repository}`,
+        `404 ${await registryErrorText(res)}`,
+      );
+    }
+    if (!res.ok) {
+      throw new RegistryError(what, `${res.status} ${await registryErrorText(res)}`, res.status);
+    }
+    const length = Number(res.headers.get("content-length") ?? 0);
+    if (length > MAX_DOCUMENT_SIZE) {
+      await res.body?.cancel();
+      throw new RegistryError(what, `${length} bytes is larger than ${MAX_DOCUMENT_SIZE}`);
+    }
+    const bytes = new Uint8Array(await res.arrayBuffer());
+    if (bytes.length > MAX_DOCUMENT_SIZE) {
+      throw new RegistryError(what, `larger than ${MAX_DOCUMENT_SIZE} bytes`);
+    }
+    const mediaType = res.headers.get("content-type")?.split(";")[0].trim() || undefined;
+    let digest: string;
+    if (reference.includes(":")) digest = reference; // verified by the resolver
+    else {
+      const header = res.headers.get("docker-content-digest");
+      digest = digestOf(bytes);
+      let algorithm: string | undefined;
+      try {
+        if (header) algorithm = parseDigest(header).algorithm;
+      } catch { /* an odd header: rely on our own sha256 */ }
+      if (algorithm && digestOf(bytes, algorithm) !== header) {
+        throw new RegistryError(
+          what,
+          `the registry says its digest is ${header} but its bytes hash to ${
+            digestOf(bytes, algorithm)
+          }`,
+        );
+      }
+    }
+    return { bytes, mediaType, digest };
+  }
+
+  /** Fetches a small blob (a config) whole. */
+  async fetchBlob(repository: string, desc: Descriptor, signal?: AbortSignal): Promise<Uint8Array> {
+    if (desc.size > MAX_DOCUMENT_SIZE) {
+      throw new RegistryError(
+        `blob ${desc.digest}`,
+        `${desc.size} bytes is too large to read whole`,
+      );
+    }
+    const stream = await this.openBlob(repository, desc, signal);
+    return new Uint8Array(await new Response(stream).arrayBuffer());
+  }
+
+  async #blobResponse(
+    repository: string,
+    desc: Descriptor,
+    from: number,
+    signal?: AbortSignal,
+  ): Promise<Response> {
+    const headers: Record<string, string> = {};
+    if (from > 0) headers.range = `bytes=${from}-`;
+    const res = await this.#get(repository, `blobs/${desc.digest}`, headers, signal);
+    const where = `${this.domain}/${repository}`;
+    if (res.status === 404) {
+      throw new BlobNotFoundError(
+        desc.digest,
+        where,
+        `the registry answered 404 ${await registryErrorText(res)} (deleted from the registry?)`,
+      );
+    }
+    if (!res.ok) {
+      throw new RegistryError(
+        `GET blob ${desc.digest} from ${where}`,
+        `${res.status} ${await registryErrorText(res)}`,
+        res.status,
+      );
+    }
+    return res;
+  }
+
+  /**
+   * Opens a blob as a stream. The request is made before this resolves (a
+   * missing blob rejects here); the body then flows as the consumer reads.
+   * When the connection drops mid-blob, the download resumes from the last
+   * byte received with `Range: bytes=N-` (a registry that ignores ranges is
+   * read from the start and the first N bytes skipped), so the consumer sees
+   * one uninterrupted stream. More bytes than the descriptor's size is an error.
+   */
+  async openBlob(
+    repository: string,
+    desc: Descriptor,
+    signal?: AbortSignal,
+  ): Promise<ReadableStream<Uint8Array>> {
+    const what = `blob ${desc.digest} from ${this.domain}/${repository}`;
+    let res = await this.#blobResponse(repository, desc, 0, signal);
+    let reader = res.body!.getReader();
+    let received = 0;
+    let skip = 0;
+    let resumes = 0;
+    const maxResumes = this.#options.resumes ?? 5;
+    let delay = this.#options.retryDelay ?? 200;
+    const size = desc.size;
+    return new ReadableStream<Uint8Array>({
+      pull: async (c) => {
+        for (;;) {
+          let r: ReadableStreamReadResult<Uint8Array>;
+          try {
+            r = await reader.read();
+          } catch (e) {
+            if (isAbort(e, signal) || !(e instanceof TypeError)) throw e;
+            if (size !== UNKNOWN_SIZE && received >= size) {
+              return c.close(); // dropped after the last byte: nothing is missing
+            }
+            if (++resumes > maxResumes) {
+              throw new RegistryError(
+                what,
+                `connection lost after ${received} bytes; gave up after ${maxResumes} resumptions`,
+                undefined,
+                { cause: e },
+              );
+            }
+            await sleep(delay, signal);
+            delay *= 2;
+            res = await this.#blobResponse(repository, desc, received, signal);
+            if (res.status === 206) {
+              const m = /^bytes (\d+)-/.exec(res.headers.get("content-range") ?? "");
+              if (!m || Number(m[1]) !== received) {
+                await res.body?.cancel();
+                throw new RegistryError(
+                  what,
+                  `asked to resume at byte ${received}, got Content-Range ${
+                    res.headers.get("content-range")
+                  }`,
+                );
+              }
+              skip = 0;
+            } else skip = received; // the whole blob again: drop what we already passed on
+            reader = res.body!.getReader();
+            continue;
+          }
+          if (r.done) {
+            if (size !== UNKNOWN_SIZE && received < size) {
+              throw new RegistryError(what, `the body ended after ${received} of ${size} bytes`);
+            }
+            return c.close();
+          }
+          let chunk = r.value;
+          if (skip > 0) {
+            const n = Math.min(skip, chunk.length);
+            skip -= n;
+            chunk = chunk.subarray(n);
+            if (!chunk.length) continue;
+          }
+          received += chunk.length;
+          if (size !== UNKNOWN_SIZE && received > size) {
+            await reader.cancel();
+            throw new RegistryError(what, `more than the ${size} bytes its descriptor says`);
+          }
+          c.enqueue(chunk);
+          return;
+        }
+      },
+      cancel: (reason) => reader.cancel(reason),
+    }, { highWaterMark: 4 });
+  }
+}
+
+/** Reads an image's documents and blobs from one repository of a registry. */
+export class RegistrySource implements ImageSource {
+  readonly name: string;
+  /** The client. */
+  readonly client: RegistryClient;
+  /** The repository path. */
+  readonly repository: string;
+
+  /**
+   * A source for `ref`'s repository.
+   *
+   * @example Usage
+   * ```ts ignore
+   * const source = new RegistrySource(parseRegistryRef("127.0.0.1:5000/app"), { tlsVerify: false });
+   * ```
+   */
+  constructor(ref: RegistryRef, options: RegistryOptions = {}, client?: RegistryClient) {
+    this.client = client ?? new RegistryClient(ref.domain, ref.host, options);
+    this.repository = ref.repository;
+    this.name = registryRefString(ref);
+  }
+
+  /** Fetches a manifest by the descriptor's digest. */
+  fetchManifest(desc: Descriptor, signal?: AbortSignal): Promise<FetchedDocument> {
+    return this.client.getManifest(this.repository, desc.digest, signal);
+  }
+
+  /** Fetches a config blob. */
+  fetchBlob(desc: Descriptor, signal?: AbortSignal): Promise<Uint8Array> {
+    return this.client.fetchBlob(this.repository, desc, signal);
+  }
+
+  /** Streams a layer blob. */
+  openBlob(desc: Descriptor, signal?: AbortSignal): Promise<ReadableStream<Uint8Array>> {
+    return this.client.openBlob(this.repository, desc, signal);
+  }
+}
+
+/**
+ * Pulls the image `ref` names from its registry (documents only; layers
+ * stream when read).
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { parseRegistryRef } from "./ref.ts";
+ * import { openRegistryImage } from "./registry.ts";
+ * const image = await openRegistryImage(parseRegistryRef("127.0.0.1:5000/app:v1"), { tlsVerify: false });
+ * ```
+ */
+export async function openRegistryImage(
+  ref: RegistryRef,
+  options: RegistryOptions & ResolveOptions = {},
+): Promise<SourceImage> {
+  const source = new RegistrySource(ref, options);
+  const fetched = await source.client.getManifest(
+    ref.repository,
+    ref.digest ?? ref.tag ?? "latest",
+    options.signal,
+  );
+  const root: Descriptor = {
+    mediaType: fetched.mediaType ?? "",
+    digest: fetched.digest,
+    size: ref.digest ? fetched.bytes.length : UNKNOWN_SIZE,
+  };
+  return await resolveImage(source, root, { ...options, prefetched: fetched });
+}
