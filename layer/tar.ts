@@ -56,6 +56,12 @@ export interface TarHeader {
   mtime: number;
   /** Access time in seconds, when the archive records one. */
   atime?: number;
+  /**
+   * The exact nanoseconds part of a pax `mtime` with a fraction (a double
+   * cannot hold nanoseconds next to 1.7e9 seconds); `Math.floor(mtime)` is
+   * the seconds part then.
+   */
+  mtimeNsec?: number;
   /** Link target of symlinks and hardlinks ("" otherwise), unmodified. */
   linkname: string;
   /** Device major number (char and block devices). */
@@ -180,6 +186,18 @@ function asciiOf(b: Uint8Array, off: number, len: number): string {
       : `\\x${b[i].toString(16).padStart(2, "0")}`;
   }
   return s;
+}
+
+/**
+ * The nanoseconds of a validated pax time with a fraction ("123.4" -> 400000000),
+ * counted up from the floor for negative times; undefined without a fraction.
+ */
+function paxNsec(v: Uint8Array): number | undefined {
+  const s = utf8.decode(v);
+  const dot = s.indexOf(".");
+  if (dot < 0) return undefined;
+  const frac = Number(s.slice(dot + 1, dot + 10).padEnd(9, "0"));
+  return s.startsWith("-") && frac !== 0 ? 1e9 - frac : frac;
 }
 
 /** The typeflag for text (NUL is written as "\0"). */
@@ -702,7 +720,11 @@ export class TarParser {
     if ((v = rec("gid"))) gid = this.#paxInt("gid", v);
     if ((v = rec("uname"))) uname = utf8.decode(v);
     if ((v = rec("gname"))) gname = utf8.decode(v);
-    if ((v = rec("mtime"))) mtime = this.#paxTime("mtime", v);
+    let mtimeNsec: number | undefined;
+    if ((v = rec("mtime"))) {
+      mtime = this.#paxTime("mtime", v);
+      mtimeNsec = paxNsec(v);
+    }
     if ((v = rec("atime"))) atime = this.#paxTime("atime", v);
     if ((v = local("size"))) size = this.#paxInt("size", v);
     if (uid < 0 || gid < 0) {
@@ -827,6 +849,7 @@ export class TarParser {
       xattrs,
     };
     if (atime !== undefined) header.atime = atime;
+    if (mtimeNsec !== undefined) header.mtimeNsec = mtimeNsec;
 
     // Reset per-entry metadata now that it has been applied.
     this.#pax = null;
