@@ -14,8 +14,16 @@ import { createHash } from "node:crypto";
 import { join } from "@std/path";
 import { TarWriter } from "../layer/tar_writer.ts";
 
-/** The default cache directory of the fixtures. */
-export const DEFAULT_CACHE = Deno.env.get("STRATA_BENCH_CACHE") ?? "/var/tmp/strata-bench";
+/**
+ * The default cache directory of the fixtures (`$STRATA_BENCH_CACHE` or `/var/tmp/strata-bench`).
+ *
+ * @example Usage
+ * ```ts
+ * import { DEFAULT_CACHE } from "./fixtures.ts";
+ * console.log(`fixtures live in ${DEFAULT_CACHE}`);
+ * ```
+ */
+export const DEFAULT_CACHE: string = Deno.env.get("STRATA_BENCH_CACHE") ?? "/var/tmp/strata-bench";
 
 /** A mounted tmpfs; `unmount()` (or `await using`) unmounts it and removes the directory if made here. */
 export interface TmpfsMount extends AsyncDisposable {
@@ -144,7 +152,16 @@ async function cached(
   return f;
 }
 
-/** The Debian mirror apt is configured with (deb822 or one-line sources). */
+/**
+ * The Debian mirror apt is configured with (deb822 or one-line sources), for debootstrap.
+ *
+ * @example Usage
+ * ```ts
+ * import { debianMirror } from "./fixtures.ts";
+ * const mirror = await debianMirror();
+ * if (!mirror.startsWith("http")) throw new Error(mirror);
+ * ```
+ */
 export async function debianMirror(): Promise<string> {
   const files = ["/etc/apt/sources.list"];
   try {
