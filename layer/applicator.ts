@@ -256,6 +256,8 @@ interface DeferredDir {
   gid: number;
   atime: number;
   mtime: number;
+  atimeNsec?: number;
+  mtimeNsec?: number;
   xattrs?: Record<string, Uint8Array>;
   ino: bigint;
 }
@@ -448,10 +450,20 @@ class LayerWriter implements TarSink {
       : undefined;
     const mode = st ? st.mode & 0o7777 : 0o755;
     const uid = st?.uid ?? 0, gid = st?.gid ?? 0;
-    const mtime = st ? st.mtimeSec + st.mtimeNsec / 1e9 : Date.now() / 1000;
+    const mtime = st ? st.mtimeSec : Date.now() / 1000;
+    const nsec = st?.mtimeNsec;
     const ino = statx(fd, "", AT.EMPTY_PATH);
     if (!this.#dirs.has(path) && typeof ino !== "number") {
-      this.#dirs.set(path, { mode, uid, gid, atime: mtime, mtime, ino: ino.ino });
+      this.#dirs.set(path, {
+        mode,
+        uid,
+        gid,
+        atime: mtime,
+        mtime,
+        atimeNsec: nsec,
+        mtimeNsec: nsec,
+        ino: ino.ino,
+      });
     }
   }
 
@@ -564,7 +576,7 @@ class LayerWriter implements TarSink {
       const r = fchmod(fd, h.mode & 0o7777);
       if (r < 0) throw new Fail(-r, "fchmod");
       if (h.xattrs) this.#xattrs(h.xattrs, (n, v) => fsetxattr(fd, n, v));
-      const t = futimens(fd, atimeOf(h), h.mtime);
+      const t = futimens(fd, atimeOf(h), h.mtime, atimeNsecOf(h), h.mtimeNsec);
       if (t < 0) throw new Fail(-t, "futimens");
     } catch (e) {
       this.#fail(e, h.name);
@@ -624,6 +636,8 @@ class LayerWriter implements TarSink {
       gid: h.gid,
       atime: atimeOf(h),
       mtime: h.mtime,
+      atimeNsec: atimeNsecOf(h),
+      mtimeNsec: h.mtimeNsec,
       xattrs: h.xattrs && Object.keys(h.xattrs).length ? h.xattrs : undefined,
       ino,
     });
@@ -643,7 +657,15 @@ class LayerWriter implements TarSink {
     this.#markCreated(path);
     this.#chown(fchownat(pfd, base, h.uid, h.gid, AT.SYMLINK_NOFOLLOW), h);
     if (h.xattrs) this.#xattrs(h.xattrs, (n, v) => lsetxattrAt(pfd, base, n, v));
-    const t = utimensat(pfd, base, atimeOf(h), h.mtime, AT.SYMLINK_NOFOLLOW);
+    const t = utimensat(
+      pfd,
+      base,
+      atimeOf(h),
+      h.mtime,
+      AT.SYMLINK_NOFOLLOW,
+      atimeNsecOf(h),
+      h.mtimeNsec,
+    );
     if (t < 0) throw new Fail(-t, "utimensat");
   }
 
@@ -753,7 +775,15 @@ class LayerWriter implements TarSink {
     const m = fchmodat(pfd, base, h.mode & 0o7777, 0);
     if (m < 0) throw new Fail(-m, "fchmodat");
     if (h.xattrs) this.#xattrs(h.xattrs, (n, v) => lsetxattrAt(pfd, base, n, v));
-    const t = utimensat(pfd, base, atimeOf(h), h.mtime, AT.SYMLINK_NOFOLLOW);
+    const t = utimensat(
+      pfd,
+      base,
+      atimeOf(h),
+      h.mtime,
+      AT.SYMLINK_NOFOLLOW,
+      atimeNsecOf(h),
+      h.mtimeNsec,
+    );
     if (t < 0) throw new Fail(-t, "utimensat");
   }
 
@@ -908,13 +938,14 @@ class LayerWriter implements TarSink {
     if (d) d.ino = nst.ino;
     else {
       // Not an entry of this layer: keep the lower directory's metadata.
-      const mtime = st.mtimeSec + st.mtimeNsec / 1e9;
       this.#dirs.set(dir, {
         mode: st.mode & 0o7777,
         uid: st.uid,
         gid: st.gid,
-        atime: mtime,
-        mtime,
+        atime: st.mtimeSec,
+        mtime: st.mtimeSec,
+        atimeNsec: st.mtimeNsec,
+        mtimeNsec: st.mtimeNsec,
         ino: nst.ino,
       });
     }
@@ -1071,7 +1102,7 @@ class LayerWriter implements TarSink {
     const type = stat.mode & S.IFMT;
     const [dir, base] = splitPath(path);
     const pfd = this.#parent(dir, true);
-    const mtime = stat.mtimeSec + stat.mtimeNsec / 1e9;
+    const mtime = stat.mtimeSec, nsec = stat.mtimeNsec;
     if (type === S.IFLNK) {
       const lp = openat2(lfd, dir || ".", DIR_OPEN, 0, IN_ROOT);
       if (lp < 0) throw new Fail(-lp, "openat2");
@@ -1081,7 +1112,7 @@ class LayerWriter implements TarSink {
       const r = symlinkat(target, pfd, base);
       if (r < 0) throw new Fail(-r, "symlinkat");
       fchownat(pfd, base, stat.uid, stat.gid, AT.SYMLINK_NOFOLLOW);
-      utimensat(pfd, base, mtime, mtime, AT.SYMLINK_NOFOLLOW);
+      utimensat(pfd, base, mtime, mtime, AT.SYMLINK_NOFOLLOW, nsec, nsec);
       this.#markCreated(path);
       return true;
     }
@@ -1112,7 +1143,7 @@ class LayerWriter implements TarSink {
           if (typeof v !== "number") fsetxattr(dst, n, v);
         }
       }
-      futimens(dst, mtime, mtime);
+      futimens(dst, mtime, mtime, nsec, nsec);
     } finally {
       close(src);
       close(dst);
@@ -1151,7 +1182,7 @@ class LayerWriter implements TarSink {
         const r = fchmod(fd, d.mode);
         if (r < 0) throw new Fail(-r, "fchmod");
         if (d.xattrs) this.#xattrs(d.xattrs, (n, v) => fsetxattr(fd, n, v));
-        const t = futimens(fd, d.atime, d.mtime);
+        const t = futimens(fd, d.atime, d.mtime, d.atimeNsec, d.mtimeNsec);
         if (t < 0) throw new Fail(-t, "futimens");
       } catch (e) {
         this.#fail(e, path);
@@ -1192,6 +1223,11 @@ function depth(p: string): number {
 
 function atimeOf(h: TarHeader): number {
   return h.atime !== undefined && h.atime > h.mtime ? h.atime : h.mtime;
+}
+
+/** The exact nanoseconds of the atime chosen by {@linkcode atimeOf}, when it is the mtime. */
+function atimeNsecOf(h: TarHeader): number | undefined {
+  return h.atime !== undefined && h.atime > h.mtime ? undefined : h.mtimeNsec;
 }
 
 /**

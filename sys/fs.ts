@@ -353,17 +353,18 @@ export function fchmodat(dirfd: number, name: string, mode: number, flags: numbe
 const times = new BigInt64Array(4);
 const timesBytes = new Uint8Array(times.buffer);
 
-function setTimes(atime: number, mtime: number): void {
+function setTimes(atime: number, mtime: number, atimeNsec?: number, mtimeNsec?: number): void {
   const as = Math.floor(atime), ms = Math.floor(mtime);
   times[0] = BigInt(as);
-  times[1] = BigInt(Math.min(999999999, Math.round((atime - as) * 1e9)));
+  times[1] = BigInt(atimeNsec ?? Math.min(999999999, Math.round((atime - as) * 1e9)));
   times[2] = BigInt(ms);
-  times[3] = BigInt(Math.min(999999999, Math.round((mtime - ms) * 1e9)));
+  times[3] = BigInt(mtimeNsec ?? Math.min(999999999, Math.round((mtime - ms) * 1e9)));
 }
 
 /**
- * `futimens(2)` with times in (fractional) seconds since the epoch.
- * Returns 0 or `-errno`.
+ * `futimens(2)` with times in (fractional) seconds since the epoch; when a
+ * `*Nsec` is given it is the exact nanoseconds part and the time's floor the
+ * seconds. Returns 0 or `-errno`.
  *
  * @example Usage
  * ```ts ignore
@@ -371,8 +372,14 @@ function setTimes(atime: number, mtime: number): void {
  * futimens(3, 1700000000, 1700000000.5);
  * ```
  */
-export function futimens(fd: number, atime: number, mtime: number): number {
-  setTimes(atime, mtime);
+export function futimens(
+  fd: number,
+  atime: number,
+  mtime: number,
+  atimeNsec?: number,
+  mtimeNsec?: number,
+): number {
+  setTimes(atime, mtime, atimeNsec, mtimeNsec);
   return ret(libc().futimens(fd, timesBytes));
 }
 
@@ -392,10 +399,12 @@ export function utimensat(
   atime: number,
   mtime: number,
   flags: number,
+  atimeNsec?: number,
+  mtimeNsec?: number,
 ): number {
   const p = enc(name);
   if (!p) return -EINVAL;
-  setTimes(atime, mtime);
+  setTimes(atime, mtime, atimeNsec, mtimeNsec);
   return ret(libc().utimensat(dirfd, p, timesBytes, flags));
 }
 
