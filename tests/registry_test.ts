@@ -1,0 +1,236 @@
+import { assert, assertEquals, assertRejects } from "@std/assert";
+import { join } from "@std/path";
+import { digestOf } from "../image/blob.ts";
+import { writeOciLayout } from "../image/build.ts";
+import { openImage } from "../image/open.ts";
+import { PlatformNotFoundError } from "../image/platform.ts";
+import { AuthenticationError, RegistryError } from "../image/registry.ts";
+import { BlobNotFoundError } from "../image/source.ts";
+import { LayerNotAvailableError } from "../image/store.ts";
+import type { Image } from "../image/types.ts";
+import { TarWriter } from "../layer/tar_writer.ts";
+import { tempDir } from "./_helpers.ts";
+import { CuttingProxy, Registry, TokenFront } from "./_registry.ts";
+
+async function readAll(s: ReadableStream<Uint8Array>): Promise<Uint8Array> {
+  return new Uint8Array(await new Response(s).arrayBuffer());
+}
+
+async function readLayers(image: Image): Promise<Uint8Array[]> {
+  const out: Uint8Array[] = [];
+  for (const l of image.layers) out.push(await readAll(await l.uncompressed()));
+  return out;
+}
+
+function layerTar(tag: string, noise = 0): Uint8Array {
+  const w = new TarWriter();
+  w.directory("data/");
+  w.file(`data/${tag}.txt`, `${tag}\n`.repeat(500));
+  if (noise) {
+    // Incompressible content, so the blob is about `noise` bytes.
+    const bytes = new Uint8Array(noise);
+    for (let i = 0; i < noise; i += 65536) crypto.getRandomValues(bytes.subarray(i, i + 65536));
+    w.file(`data/${tag}.bin`, bytes);
+  }
+  return w.bytes();
+}
+
+/** Builds a 3-layer image (gzip, zstd, plain) and a two-platform index into a layout. */
+async function fixtureLayout(dir: string) {
+  const tars = [layerTar("base", 2 << 20), layerTar("mid"), layerTar("top")];
+  const layout = join(dir, "layout");
+  const [single, multi] = await writeOciLayout(layout, [
+    {
+      tag: "v1",
+      images: [{
+        layers: [{ tar: tars[0] }, { tar: tars[1], compression: "zstd" }, {
+          tar: tars[2],
+          compression: "none",
+        }],
+        config: { Cmd: ["/bin/true"] },
+      }],
+    },
+    {
+      tag: "multi",
+      images: [
+        { layers: [{ tar: layerTar("amd64") }], platform: "linux/amd64" },
+        { layers: [{ tar: layerTar("arm64") }], platform: "linux/arm64/v8" },
+      ],
+    },
+  ]);
+  return { layout, tars, single, multi };
+}
+
+Deno.test("registry: anonymous pull, by tag and digest, equals the layout and skopeo's copies", async () => {
+  await using tmp = await tempDir();
+  const dir = `${tmp}`;
+  const { layout, tars, single } = await fixtureLayout(dir);
+  await using reg = await Registry.start();
+  await reg.push(`oci:${layout}:v1`, "team/app:v1");
+
+  const image = await openImage(`docker://${reg.host}/team/app:v1`, { tlsVerify: false });
+  // skopeo compresses the uncompressed layer on push, so the manifest differs; the
+  // config and the diff_ids do not.
+  assertEquals(image.configDigest, single.images[0].configDigest);
+  assertEquals(image.layers.map((l) => l.diffID), single.images[0].diffIDs);
+  assertEquals(image.layers[0].digest, single.images[0].layers[0]);
+  assertEquals(await readLayers(image), tars);
+  const pinned = await openImage(`${reg.host}/team/app@${image.digest}`, { tlsVerify: false });
+  assertEquals(pinned.configDigest, image.configDigest);
+
+  // Copies made by skopeo from the registry read the same diff_ids and config.
+  await reg.pull("team/app:v1", `oci:${join(dir, "copy")}:v1`);
+  const copy = await openImage(`oci:${join(dir, "copy")}:v1`);
+  assertEquals(copy.layers.map((l) => l.diffID), image.layers.map((l) => l.diffID));
+  assertEquals(copy.configDigest, image.configDigest);
+  assertEquals(await readLayers(copy), tars);
+  // skopeo cannot write zstd layers into a docker-archive: use the gzip-only amd64 image.
+  await reg.push(`oci:${layout}:multi`, "team/gz:v1");
+  const gz = await openImage(`${reg.host}/team/gz:v1`, { tlsVerify: false });
+  await reg.pull("team/gz:v1", `docker-archive:${join(dir, "copy.tar")}:team/gz:v1`);
+  const archived = await openImage(`docker-archive:${join(dir, "copy.tar")}`);
+  assertEquals(archived.layers.map((l) => l.diffID), gz.layers.map((l) => l.diffID));
+  assertEquals(archived.config.config, gz.config.config);
+  assertEquals(archived.config.rootfs, gz.config.rootfs);
+  assertEquals(await readLayers(archived), await readLayers(gz));
+
+  // With TLS verification on, a plain-HTTP registry is refused with a hint.
+  await assertRejects(
+    () => openImage(`docker://${reg.host}/team/app:v1`),
+    RegistryError,
+    "--tls-verify=false",
+  );
+  await assertRejects(
+    () => openImage(`docker://${reg.host}/team/app:v404`, { tlsVerify: false }),
+    BlobNotFoundError,
+    "MANIFEST_UNKNOWN",
+  );
+});
+
+Deno.test("registry: htpasswd basic auth with --creds and auth files; refused without", async () => {
+  await using tmp = await tempDir();
+  const dir = `${tmp}`;
+  const { layout, tars } = await fixtureLayout(dir);
+  await using reg = await Registry.start({ user: "alice", pass: "s3cret" });
+  await reg.push(`oci:${layout}:v1`, "app:v1", { creds: "alice:s3cret" });
+  const ref = `docker://${reg.host}/app:v1`;
+  const empty = join(dir, "empty.json");
+  await Deno.writeTextFile(empty, `{"auths":{}}`);
+  await assertRejects(
+    () => openImage(ref, { tlsVerify: false, authFile: empty }),
+    AuthenticationError,
+    "--creds",
+  );
+  await assertRejects(
+    () => openImage(ref, { tlsVerify: false, creds: "alice:wrong" }),
+    AuthenticationError,
+    "refused",
+  );
+  const image = await openImage(ref, { tlsVerify: false, creds: "alice:s3cret" });
+  assertEquals(await readLayers(image), tars);
+  const authFile = join(dir, "auth.json");
+  await Deno.writeTextFile(
+    authFile,
+    JSON.stringify({ auths: { [reg.host]: { auth: btoa("alice:s3cret") } } }),
+  );
+  const viaFile = await openImage(ref, { tlsVerify: false, authFile });
+  assertEquals(viaFile.digest, image.digest);
+});
+
+Deno.test("registry: multi-platform index, both platforms, missing platform listed", async () => {
+  await using tmp = await tempDir();
+  const dir = `${tmp}`;
+  const { layout, multi } = await fixtureLayout(dir);
+  await using reg = await Registry.start();
+  await reg.push(`oci:${layout}:multi`, "multi:latest", { all: true });
+  const ref = `${reg.host}/multi`;
+  const amd = await openImage(ref, { tlsVerify: false, platform: "linux/amd64" });
+  const arm = await openImage(ref, { tlsVerify: false, platform: "linux/arm64" });
+  assertEquals(amd.digest, multi.images[0].digest);
+  assertEquals(arm.digest, multi.images[1].digest);
+  assertEquals(arm.config.architecture, "arm64");
+  assertEquals(digestOf((await readLayers(arm))[0]), multi.images[1].diffIDs[0]);
+  const e = await assertRejects(
+    () => openImage(ref, { tlsVerify: false, platform: "linux/riscv64" }),
+    PlatformNotFoundError,
+  );
+  assertEquals(e.available, ["linux/amd64", "linux/arm64/v8"]);
+});
+
+Deno.test("registry: a deleted blob is a clear error; the store opens offline", async () => {
+  await using tmp = await tempDir();
+  const dir = `${tmp}`;
+  const { layout, single } = await fixtureLayout(dir);
+  const cache = join(dir, "cache");
+  let host: string;
+  let manifestDigest: string;
+  {
+    await using reg = await Registry.start();
+    host = reg.host;
+    await reg.push(`oci:${layout}:v1`, "app:v1");
+    const image = await openImage(`${reg.host}/app:v1`, { tlsVerify: false, cacheRoot: cache });
+    manifestDigest = image.digest;
+    await Deno.remove(reg.blobData(image.layers[1].digest));
+    const e = await assertRejects(
+      () => image.layers[1].compressed(),
+      Error,
+      image.layers[1].digest,
+    );
+    console.log(`  deleted blob: ${e.message}`);
+    assert(
+      e instanceof BlobNotFoundError || e instanceof RegistryError,
+      `unexpected ${e.constructor.name}`,
+    );
+  }
+  // The registry is gone: the image still opens from the store, and its
+  // layers fail only when read.
+  const offline = await openImage(`${host}/app:v1`, {
+    tlsVerify: false,
+    cacheRoot: cache,
+    retryDelay: 10,
+  });
+  assertEquals(offline.digest, manifestDigest);
+  assertEquals(offline.layers.map((l) => l.diffID), single.images[0].diffIDs);
+  await assertRejects(
+    () => offline.layers[0].uncompressed(),
+    LayerNotAvailableError,
+    "not available offline",
+  );
+});
+
+Deno.test("registry: a connection cut mid-blob resumes with a Range request", async () => {
+  await using tmp = await tempDir();
+  const dir = `${tmp}`;
+  const { layout, tars } = await fixtureLayout(dir);
+  await using reg = await Registry.start();
+  await reg.push(`oci:${layout}:v1`, "app:v1");
+  await using proxy = new CuttingProxy(reg.host, 1 << 20);
+  const image = await openImage(`${proxy.host}/app:v1`, { tlsVerify: false, retryDelay: 10 });
+  assertEquals(await readLayers(image), tars);
+  assertEquals(proxy.cuts, 1);
+  assert(
+    proxy.seen.some((l) => /^range: bytes=\d+-$/i.test(l)),
+    `no Range request seen: ${proxy.seen.join(" | ")}`,
+  );
+});
+
+Deno.test("registry: bearer tokens with scopes, redirects to storage without credentials, 503 retried", async () => {
+  await using tmp = await tempDir();
+  const dir = `${tmp}`;
+  const { layout, tars } = await fixtureLayout(dir);
+  await using reg = await Registry.start();
+  await reg.push(`oci:${layout}:v1`, "org/app:v1");
+  await using front = new TokenFront(reg.host, { user: "bob", pass: "pw" });
+  front.fail503 = 2;
+  const ref = `${front.host}/org/app:v1`;
+  await assertRejects(
+    () => openImage(ref, { tlsVerify: false, creds: "bob:nope", retryDelay: 10 }),
+    AuthenticationError,
+    "refused",
+  );
+  const image = await openImage(ref, { tlsVerify: false, creds: "bob:pw", retryDelay: 10 });
+  assertEquals(await readLayers(image), tars);
+  assertEquals(front.sent503, 2);
+  assertEquals(front.scopes, ["strata-test repository:org/app:pull"]);
+  assertEquals(front.leakedAuth, []);
+});
