@@ -39,7 +39,7 @@ import {
 import { hostRlimits, parseLimits } from "../bundle/host.ts";
 import { JSONSpecWriter } from "../bundle/writer.ts";
 import { ensureTestUser, isRoot, tempDir } from "./_helpers.ts";
-import { GROUP, PASSWD, runSnippetAsUser } from "./_bundle_helpers.ts";
+import { GROUP, PASSWD, runSnippetAsUser, snippetConfig } from "./_bundle_helpers.ts";
 
 const db = { passwd: parsePasswd(PASSWD), group: parseGroup(GROUP) };
 
@@ -117,7 +117,7 @@ Deno.test("defaults: rlimits follow a lowered host limit (prlimit -n 512)", asyn
       "-A",
       "--quiet",
       "--config",
-      new URL("../deno.json", import.meta.url).pathname,
+      await snippetConfig(dir),
       f,
     ],
   }).output();

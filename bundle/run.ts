@@ -1,0 +1,466 @@
+/**
+ * Runs a bundle with an OCI runtime (`runc run --bundle P ID`) through
+ * `Deno.Command` and always leaves nothing behind: the runtime's state is
+ * deleted when the runtime did not delete it itself, and the bundle is
+ * cleaned up, on success, failure, abort and Ctrl-C alike.
+ *
+ * The runtime is the caller's choice, or the first that works here: crun,
+ * then runc. crun 1.8 refuses hosts with hybrid cgroups ("cgroups in hybrid
+ * mode not supported"); a cheap probe run finds that out once per boot (the
+ * result is kept in the state directory) and the reason is reported once.
+ *
+ * In a user namespace runc detects that it is rootless by itself (verified:
+ * `unshare -Urm` and `--map-auto`); it only needs a writable state directory,
+ * which is chosen here, and a spec without cgroup limits when the cgroup
+ * filesystem is not writable, which the spec writer takes care of.
+ *
+ * @module
+ */
+
+import { join } from "@std/path";
+import type { Bundle } from "./bootstrap.ts";
+import { defaultSpec } from "./spec.ts";
+import { inUserNamespace, outsideUid } from "./host.ts";
+import { adaptSpecToHost } from "./writer.ts";
+
+/** How one standard stream of the container is connected. */
+export type Stdio = "inherit" | "piped" | "null";
+
+/** Options of {@linkcode runContainer}. */
+export interface RunOptions {
+  /**
+   * `"runc"`, `"crun"`, another runtime's name or path. Default: the first of
+   * crun and runc that works on this host.
+   */
+  runtime?: string;
+  /** Container id for the runtime. Default: `strata-` and random hex. */
+  id?: string;
+  /** Standard input. Default `"inherit"`. */
+  stdin?: Stdio;
+  /** Standard output. Default `"inherit"`. */
+  stdout?: Stdio;
+  /** Standard error. Default `"inherit"`. */
+  stderr?: Stdio;
+  /**
+   * Aborting stops the container (SIGTERM, then SIGKILL after `killTimeout`),
+   * cleans up, and rejects with the signal's reason.
+   */
+  signal?: AbortSignal;
+  /**
+   * Forward SIGINT, SIGTERM and SIGHUP received by this process to the
+   * container; a second one kills it (SIGKILL). Default true.
+   */
+  forwardSignals?: boolean;
+  /** Milliseconds between SIGTERM and SIGKILL on abort. Default 2000. */
+  killTimeout?: number;
+  /** The runtime's state directory (`--root`). Default: see {@linkcode defaultStateDir}. */
+  stateDir?: string;
+  /** Clean up the bundle when the run ends. Default true. */
+  cleanup?: boolean;
+  /** Called with each warning (runtime fallback). Default: `console.error`. */
+  onWarning?: (message: string) => void;
+}
+
+/** What {@linkcode runContainer} returns. */
+export interface RunResult {
+  /** The container's exit code; 128+N when a signal N killed it. */
+  status: number;
+  /** Captured standard output, when `stdout: "piped"`. */
+  stdout?: Uint8Array;
+  /** Captured standard error, when `stderr: "piped"`. */
+  stderr?: Uint8Array;
+  /** The runtime that ran it (its path). */
+  runtime: string;
+  /** The container id used. */
+  id: string;
+}
+
+/**
+ * The runtime failed to create or start the container (as opposed to the
+ * container exiting non-zero); the message is the runtime's own.
+ *
+ * @example Usage
+ * ```ts
+ * import { RuntimeError } from "./run.ts";
+ * console.log(new RuntimeError("runc", "exec: \"/x\": no such file or directory").message);
+ * ```
+ */
+export class RuntimeError extends Error {
+  /** Creates the error for `runtime` with its message `detail`. */
+  constructor(readonly runtime: string, detail: string, options?: ErrorOptions) {
+    super(`${runtime} could not run the container: ${detail}`, options);
+    this.name = "RuntimeError";
+  }
+}
+
+/**
+ * No usable OCI runtime was found.
+ *
+ * @example Usage
+ * ```ts
+ * import { RuntimeNotFoundError } from "./run.ts";
+ * console.log(new RuntimeNotFoundError("youki").message);
+ * ```
+ */
+export class RuntimeNotFoundError extends Error {
+  /** Creates the error for `runtime`, with why others were not used. */
+  constructor(readonly runtime: string, detail = "", options?: ErrorOptions) {
+    super(`cannot find the OCI runtime "${runtime}" on PATH${detail}`, options);
+    this.name = "RuntimeNotFoundError";
+  }
+}
+
+/**
+ * The state directory a runtime keeps container state in (`--root`): under
+ * `/run/strata` as root on the host; else under `$XDG_RUNTIME_DIR/strata`;
+ * else `/tmp/strata-<uid>` (created 0700 and checked to be ours).
+ *
+ * @example Usage
+ * ```ts
+ * import { defaultStateDir } from "./run.ts";
+ * console.log(defaultStateDir("runc")); // "/run/strata/runc" as root
+ * ```
+ */
+export function defaultStateDir(runtimeName: string): string {
+  if (!inUserNamespace() && Deno.uid() === 0) return join("/run/strata", runtimeName);
+  const xdg = Deno.env.get("XDG_RUNTIME_DIR");
+  if (xdg) return join(xdg, "strata", runtimeName);
+  return join("/tmp", `strata-${outsideUid()}`, runtimeName);
+}
+
+async function ensureStateDir(dir: string): Promise<void> {
+  await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
+  // A world-writable parent (/tmp) could hold someone else's directory or a symlink.
+  const st = await Deno.lstat(dir);
+  if (!st.isDirectory || (st.uid !== null && st.uid !== Deno.uid())) {
+    throw new Error(`cannot use ${dir} as the runtime state directory: not a directory of ours`);
+  }
+}
+
+function which(name: string): string | undefined {
+  if (name.includes("/")) {
+    try {
+      return Deno.statSync(name).isFile ? name : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+  for (
+    const dir
+      of (Deno.env.get("PATH") ?? "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .split(":")
+  ) {
+    if (!dir) continue;
+    const p = join(dir, name);
+    try {
+      const st = Deno.statSync(p);
+      if (st.isFile && (st.mode ?? 0o111) & 0o111) return p;
+    } catch {
+      // not here
+    }
+  }
+  return undefined;
+}
+
+/** A runtime chosen by {@linkcode selectRuntime}. */
+export interface RuntimeChoice {
+  /** Short name (`runc`, `crun`, or the basename). */
+  name: string;
+  /** Absolute path. */
+  path: string;
+  /** Why a preferred runtime was passed over, when one was. */
+  reason?: string;
+}
+
+interface ProbeRecord {
+  bootId: string;
+  path: string;
+  mtime: number;
+  ok: boolean;
+  reason: string;
+}
+
+const probes = new Map<string, Promise<{ ok: boolean; reason: string }>>();
+const warned = new Set<string>();
+
+function bootId(): string {
+  try {
+    return Deno.readTextFileSync("/proc/sys/kernel/random/boot_id").trim();
+  } catch {
+    return "";
+  }
+}
+
+/**
+ * Tells whether the runtime at `path` can run a container here, by running a
+ * probe container whose command does not exist: a runtime that gets as far as
+ * exec works; one that stops earlier (crun on hybrid cgroups) does not, and
+ * its message is the reason. The result is kept in `stateDir` for this boot.
+ */
+async function probe(path: string, stateDir: string): Promise<{ ok: boolean; reason: string }> {
+  const key = `${path}\0${stateDir}`;
+  let p = probes.get(key);
+  if (!p) {
+    p = probeUncached(path, stateDir);
+    probes.set(key, p);
+  }
+  return await p;
+}
+
+async function probeUncached(path: string, stateDir: string) {
+  await ensureStateDir(stateDir);
+  const record = join(stateDir, "probe.json");
+  const mtime = (await Deno.stat(path)).mtime?.getTime() ?? 0;
+  const boot = bootId();
+  try {
+    const r = JSON.parse(await Deno.readTextFile(record)) as ProbeRecord;
+    if (r.bootId === boot && r.path === path && r.mtime === mtime) return r;
+  } catch {
+    // no record yet
+  }
+  const dir = await Deno.makeTempDir({ dir: stateDir, prefix: "probe-" });
+  const id = `strata-probe-${crypto.randomUUID().slice(0, 8)}`;
+  let result: { ok: boolean; reason: string };
+  try {
+    await Deno.mkdir(join(dir, "rootfs"));
+    const spec = defaultSpec();
+    spec.process!.args = ["/strata-probe-missing"];
+    spec.root = { path: join(dir, "rootfs"), readonly: true };
+    adaptSpecToHost(spec);
+    await Deno.writeTextFile(join(dir, "config.json"), JSON.stringify(spec));
+    const out = await new Deno.Command(path, {
+      args: ["--root", stateDir, "run", "--bundle", dir, id],
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const text = new TextDecoder().decode(out.stderr) + new TextDecoder().decode(out.stdout);
+    const reachedExec = text.includes("strata-probe-missing");
+    result = {
+      ok: out.success || reachedExec,
+      reason: text.trim().split("\n").filter((l) => l.trim()).at(-1) ?? `exit ${out.code}`,
+    };
+    await new Deno.Command(path, {
+      args: ["--root", stateDir, "delete", "--force", id],
+      stdin: "null",
+      stdout: "null",
+      stderr: "null",
+    }).output();
+  } catch (e) {
+    result = { ok: false, reason: (e as Error).message };
+  } finally {
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+  const rec: ProbeRecord = { bootId: boot, path, mtime, ...result };
+  await Deno.writeTextFile(record, JSON.stringify(rec)).catch(() => {});
+  return result;
+}
+
+/**
+ * Chooses the runtime: `preferred` when given (a name on PATH or a path),
+ * else the first of crun and runc that works here. `stateDirOf(name)` gives
+ * the state directory used for the probe.
+ *
+ * @throws {RuntimeNotFoundError} when none is found.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { selectRuntime } from "./run.ts";
+ * const rt = await selectRuntime();
+ * console.log(rt.name, rt.reason); // "runc" "crun: cgroups in hybrid mode not supported, ..."
+ * ```
+ */
+export async function selectRuntime(
+  preferred?: string,
+  stateDirOf: (name: string) => string = defaultStateDir,
+): Promise<RuntimeChoice> {
+  if (preferred) {
+    const path = which(preferred);
+    if (!path) throw new RuntimeNotFoundError(preferred);
+    return { name: preferred.split("/").at(-1)!, path };
+  }
+  const reasons: string[] = [];
+  for (const name of ["crun", "runc"]) {
+    const path = which(name);
+    if (!path) {
+      reasons.push(`${name}: not installed`);
+      continue;
+    }
+    if (name === "runc") return { name, path, reason: reasons.join("; ") || undefined };
+    const p = await probe(path, stateDirOf(name));
+    if (p.ok) return { name, path, reason: reasons.join("; ") || undefined };
+    reasons.push(`${name}: ${p.reason}`);
+  }
+  throw new RuntimeNotFoundError("runc", ` (nor a working crun: ${reasons.join("; ")})`);
+}
+
+async function runtimeCmd(path: string, args: string[]): Promise<Deno.CommandOutput> {
+  return await new Deno.Command(path, { args, stdin: "null", stdout: "null", stderr: "piped" })
+    .output();
+}
+
+async function exists(p: string): Promise<boolean> {
+  try {
+    await Deno.lstat(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The last error-level message of a runc/crun JSON log. */
+async function lastLoggedError(log: string): Promise<string | undefined> {
+  let text = "";
+  try {
+    text = await Deno.readTextFile(log);
+  } catch {
+    return undefined;
+  }
+  let msg: string | undefined;
+  for (const line of text.split("\n")) {
+    if (!line.trim()) continue;
+    try {
+      const r = JSON.parse(line) as { level?: string; msg?: string };
+      if ((r.level === "error" || r.level === "fatal") && r.msg) msg = r.msg;
+    } catch {
+      if (/error/i.test(line)) msg = line.trim();
+    }
+  }
+  return msg;
+}
+
+const FORWARDED: Deno.Signal[] = ["SIGINT", "SIGTERM", "SIGHUP"];
+
+/**
+ * Runs `bundle` with an OCI runtime and returns the container's exit status
+ * (128+N when signal N killed it). Signals this process gets (SIGINT,
+ * SIGTERM, SIGHUP) go to the container; a second one kills it. Whatever
+ * happens, the runtime's state is removed and the bundle is cleaned up.
+ *
+ * @throws {RuntimeError} when the runtime could not create or start the container.
+ * @throws the abort reason, after cleaning up, when `signal` aborts the run.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { CachingBundler } from "./bundler.ts";
+ * import { runContainer } from "./run.ts";
+ * import { withArgs } from "./options.ts";
+ * const bundler = await CachingBundler.create("/var/lib/strata");
+ * const bundle = await bundler.bundle(image, "c1", withArgs("/bin/true"));
+ * const { status } = await runContainer(bundle);
+ * Deno.exit(status);
+ * ```
+ */
+export async function runContainer(bundle: Bundle, options: RunOptions = {}): Promise<RunResult> {
+  const warn = options.onWarning ?? ((m: string) => console.error(`strata: ${m}`));
+  const signal = options.signal;
+  const id = options.id ?? `strata-${crypto.randomUUID().replaceAll("-", "").slice(0, 16)}`;
+  let rt: RuntimeChoice | undefined;
+  let stateDir = "";
+  let child: Deno.ChildProcess | undefined;
+  let killTimer: ReturnType<typeof setTimeout> | undefined;
+  const listeners: [Deno.Signal, () => void][] = [];
+  let onAbort: (() => void) | undefined;
+  let log = "";
+  try {
+    signal?.throwIfAborted();
+    rt = await selectRuntime(
+      options.runtime,
+      options.stateDir ? () => options.stateDir! : defaultStateDir,
+    );
+    if (rt.reason && !warned.has(rt.reason)) {
+      warned.add(rt.reason);
+      warn(`using ${rt.name}: ${rt.reason}`);
+    }
+    stateDir = options.stateDir ?? defaultStateDir(rt.name);
+    await ensureStateDir(stateDir);
+    signal?.throwIfAborted();
+
+    log = join(stateDir, `${id}.log`);
+    const args = [
+      "--root",
+      stateDir,
+      "--log",
+      log,
+      "--log-format",
+      "json",
+      "run",
+      "--bundle",
+      bundle.path,
+      id,
+    ];
+    child = new Deno.Command(rt.path, {
+      args,
+      stdin: options.stdin ?? "inherit",
+      stdout: options.stdout ?? "inherit",
+      stderr: options.stderr ?? "inherit",
+    }).spawn();
+
+    const path = rt.path;
+    const running = child;
+    const forceKill = () => {
+      // The runtime forwards catchable signals to the container; SIGKILL it
+      // cannot catch, so that one goes through `kill`.
+      runtimeCmd(path, ["--root", stateDir, "kill", id, "KILL"]).catch(() => {});
+    };
+    let received = 0;
+    if (options.forwardSignals ?? true) {
+      for (const sig of FORWARDED) {
+        const h = () => {
+          received++;
+          if (received > 1) forceKill();
+          else {
+            try {
+              running.kill(sig);
+            } catch {
+              // already gone
+            }
+          }
+        };
+        Deno.addSignalListener(sig, h);
+        listeners.push([sig, h]);
+      }
+    }
+    if (signal) {
+      onAbort = () => {
+        try {
+          running.kill("SIGTERM");
+        } catch {
+          // already gone
+        }
+        killTimer = setTimeout(forceKill, options.killTimeout ?? 2000);
+      };
+      signal.addEventListener("abort", onAbort, { once: true });
+    }
+
+    const piped = options.stdout === "piped" || options.stderr === "piped";
+    let status: number;
+    let stdout: Uint8Array | undefined;
+    let stderr: Uint8Array | undefined;
+    if (piped) {
+      const out = await child.output();
+      status = out.code;
+      if (options.stdout === "piped") stdout = out.stdout;
+      if (options.stderr === "piped") stderr = out.stderr;
+    } else {
+      status = (await child.status).code;
+    }
+    signal?.throwIfAborted();
+    if (status !== 0) {
+      const err = await lastLoggedError(log);
+      if (err) throw new RuntimeError(rt.name, err);
+    }
+    return { status, stdout, stderr, runtime: rt.path, id };
+  } finally {
+    if (killTimer !== undefined) clearTimeout(killTimer);
+    if (onAbort) signal?.removeEventListener("abort", onAbort);
+    for (const [sig, h] of listeners) Deno.removeSignalListener(sig, h);
+    // `run` deletes the container when its process exits; only an interrupted
+    // runtime leaves state behind.
+    if (rt && stateDir && await exists(join(stateDir, id))) {
+      await runtimeCmd(rt.path, ["--root", stateDir, "delete", "--force", id]).catch(() => {});
+    }
+    if (log) await Deno.remove(log).catch(() => {});
+    if (options.cleanup ?? true) await bundle.cleanup();
+  }
+}
