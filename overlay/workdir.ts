@@ -6,6 +6,7 @@
  * @module
  */
 import { join } from "@std/path";
+import { cstr, errno, ErrnoError, libc } from "../sys/libc.ts";
 import { type Mount, OverlayMount } from "./mount.ts";
 
 /** Creates the overlay a {@linkcode LayerWorkdir} applies a layer to. `lower` is bottom first. */
@@ -93,6 +94,7 @@ export class LayerWorkdir {
   readonly parents: readonly string[];
   #mount?: Mount;
   #cleaned = false;
+  #sealed = false;
 
   private constructor(path: string, parents: readonly string[], mount?: Mount) {
     this.path = path;
@@ -147,9 +149,18 @@ export class LayerWorkdir {
     return join(this.path, "upper");
   }
 
-  /** Unmounts the overlay, so that the result can be moved and used as a lower layer. Idempotent. */
+  /**
+   * Unmounts the overlay, so that the result can be moved and used as a lower
+   * layer, and strips from the result the xattrs overlayfs keeps for its own
+   * bookkeeping as an upper (`origin`, `impure`, `uuid`, `nlink`): they name
+   * file handles of this particular mount and mean nothing in a lower layer.
+   * Opaque markers stay. Idempotent.
+   */
   async seal(): Promise<void> {
-    await this.#mount?.unmount();
+    if (!this.#mount || this.#sealed) return;
+    await this.#mount.unmount();
+    await stripBookkeeping(this.resultPath());
+    this.#sealed = true;
   }
 
   /** Unmounts the overlay and removes the temporary directory (with the result, unless moved away). Idempotent. */
@@ -161,4 +172,42 @@ export class LayerWorkdir {
     });
     this.#cleaned = true;
   }
+}
+
+/** overlayfs xattrs (after `user.overlay.`) that only describe an upper dir in use. */
+const BOOKKEEPING = new Set(["origin", "impure", "uuid", "nlink", "upper", "protattr"]);
+
+function listXattrs(path: string): string[] {
+  const c = libc();
+  const p = cstr(path);
+  let buf = new Uint8Array(1024);
+  for (;;) {
+    const n = Number(c.llistxattr(p, buf, BigInt(buf.length)));
+    if (n >= 0) {
+      return new TextDecoder().decode(buf.subarray(0, n)).split("\0").filter(Boolean);
+    }
+    const e = errno();
+    if (e === 34 /* ERANGE */) {
+      buf = new Uint8Array(buf.length * 4);
+      continue;
+    }
+    if (e === 95 /* EOPNOTSUPP */) return [];
+    throw new ErrnoError("llistxattr", e, path);
+  }
+}
+
+async function stripBookkeeping(root: string): Promise<void> {
+  const walk = async (path: string): Promise<void> => {
+    for (const name of listXattrs(path)) {
+      const m = /^(?:user|trusted)\.overlay\.(.+)$/.exec(name);
+      if (!m || !BOOKKEEPING.has(m[1])) continue;
+      if (libc().lremovexattr(cstr(path), cstr(name)) < 0) {
+        throw new ErrnoError(`lremovexattr ${name}`, errno(), path);
+      }
+    }
+    const st = await Deno.lstat(path);
+    if (!st.isDirectory) return;
+    for await (const e of Deno.readDir(path)) await walk(join(path, e.name));
+  };
+  await walk(root);
 }
