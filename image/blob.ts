@@ -371,9 +371,9 @@ function zlibStage(
   controller: TransformStreamDefaultController<Uint8Array>,
   what: string,
 ): Inner {
-  const z = kind === "gzip"
-    ? zlib.createGunzip({ chunkSize: ZLIB_CHUNK })
-    : zlib.createZstdDecompress({ chunkSize: ZLIB_CHUNK });
+  // A deep input queue keeps the thread pool busy while JavaScript is elsewhere.
+  const opts = { chunkSize: ZLIB_CHUNK, writableHighWaterMark: 4 << 20 };
+  const z = kind === "gzip" ? zlib.createGunzip(opts) : zlib.createZstdDecompress(opts);
   let failed: Error | undefined;
   let ended = false;
   const waiters = new Set<(e?: Error) => void>();

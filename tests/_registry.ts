@@ -35,8 +35,11 @@ export class Registry implements AsyncDisposable {
   }
 
   /** Starts a registry in a temp dir; with `auth`, htpasswd basic auth for that user. */
-  static async start(auth?: { user: string; pass: string }): Promise<Registry> {
-    const dir = await Deno.makeTempDir({ prefix: "strata-registry-" });
+  static async start(
+    auth?: { user: string; pass: string },
+    parent?: string,
+  ): Promise<Registry> {
+    const dir = await Deno.makeTempDir({ prefix: "strata-registry-", dir: parent });
     const storage = join(dir, "storage");
     const port = freePort();
     let authYaml = "";
