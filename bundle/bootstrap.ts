@@ -142,7 +142,11 @@ export class OverlayBundle implements Bundle, AsyncDisposable {
  * console.log(bundle.rootfs); // "/run/strata/b1/rootfs"
  * ```
  */
-export const bootstrapBundle: BundleBootstrapper = async (path, parentLayerPaths, options = {}) => {
+export async function bootstrapBundle(
+  path: string,
+  parentLayerPaths: readonly string[],
+  options: BootstrapOptions = {},
+): Promise<OverlayBundle> {
   try {
     await Deno.mkdir(path, { mode: 0o700 });
   } catch (e) {
@@ -183,4 +187,8 @@ export const bootstrapBundle: BundleBootstrapper = async (path, parentLayerPaths
     await Deno.remove(path, { recursive: true }).catch(() => {});
     throw e instanceof BundleError ? e : new BundleError(path, "cannot bootstrap", { cause: e });
   }
-};
+}
+
+// bootstrapBundle is the default BundleBootstrapper.
+const _default: BundleBootstrapper = bootstrapBundle;
+void _default;
