@@ -10,6 +10,28 @@
 import { join } from "@std/path";
 import { run, sh } from "./_helpers.ts";
 
+let policy: Promise<string> | undefined;
+
+/**
+ * A signature policy that accepts anything, for skopeo's `--policy`: tests do
+ * not depend on /etc/containers/policy.json being installed.
+ */
+export function skopeoPolicy(): Promise<string> {
+  policy ??= (async () => {
+    const file = await Deno.makeTempFile({ prefix: "strata-policy-", suffix: ".json" });
+    await Deno.writeTextFile(file, `{"default":[{"type":"insecureAcceptAnything"}]}`);
+    globalThis.addEventListener("unload", () => Deno.removeSync(file));
+    return file;
+  })();
+  return policy;
+}
+
+/** Runs `skopeo copy -q` with {@linkcode skopeoPolicy} and `args`. */
+export async function skopeoCopy(...args: string[]): Promise<void> {
+  const r = await run("skopeo", ["--policy", await skopeoPolicy(), "copy", "-q", ...args]);
+  if (r.code !== 0) throw new Error(`skopeo copy ${args.join(" ")} failed: ${r.stderr}`);
+}
+
 /** Returns a TCP port that was free a moment ago. */
 export function freePort(): number {
   const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
@@ -91,28 +113,23 @@ ${authYaml}`,
 
   /** Pushes `src` (a skopeo source reference) to `REPO:TAG` on this registry. */
   async push(src: string, dest: string, options: { creds?: string; all?: boolean } = {}) {
-    await sh("skopeo", [
-      "copy",
-      "-q",
+    await skopeoCopy(
       "--dest-tls-verify=false",
       ...(options.creds ? ["--dest-creds", options.creds] : []),
       ...(options.all ? ["--all"] : []),
       src,
       `docker://${this.host}/${dest}`,
-    ]);
+    );
   }
 
   /** Copies `REPO:TAG` from this registry to `dest` with skopeo. */
   async pull(src: string, dest: string, options: { creds?: string } = {}) {
-    const r = await run("skopeo", [
-      "copy",
-      "-q",
+    await skopeoCopy(
       "--src-tls-verify=false",
       ...(options.creds ? ["--src-creds", options.creds] : []),
       `docker://${this.host}/${src}`,
       dest,
-    ]);
-    if (r.code !== 0) throw new Error(`skopeo copy failed: ${r.stderr}`);
+    );
   }
 
   /** The data file of blob `digest` in the registry's storage. */
@@ -216,8 +233,8 @@ export class CuttingProxy implements AsyncDisposable {
 /**
  * An HTTP front for a registry that demands bearer tokens from its own token
  * endpoint (checking basic credentials there when `user` is set), redirects
- * blob downloads to a storage endpoint on another origin (`localhost` instead
- * of `127.0.0.1`), and can fail a number of requests with 503.
+ * blob downloads to a storage endpoint on another origin (a second port), and
+ * can fail a number of requests with 503.
  */
 export class TokenFront implements AsyncDisposable {
   /** `127.0.0.1:PORT`. */
@@ -231,11 +248,23 @@ export class TokenFront implements AsyncDisposable {
   /** Count of 503s sent. */
   sent503 = 0;
   #server: Deno.HttpServer;
+  #storage: Deno.HttpServer;
   #ac = new AbortController();
 
   /** Serves on a free port in front of `upstream` (`host:port`, plain HTTP, anonymous). */
   constructor(upstream: string, auth?: { user: string; pass: string }) {
     let port = 0;
+    this.#storage = Deno.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      signal: this.#ac.signal,
+      onListen: () => {},
+    }, async (req) => {
+      const a = req.headers.get("authorization");
+      if (a) this.leakedAuth.push(a);
+      return await this.#forward(upstream, new URL(req.url).pathname, req);
+    });
+    const storagePort = (this.#storage.addr as Deno.NetAddr).port;
     this.#server = Deno.serve({
       hostname: "127.0.0.1",
       port: 0,
@@ -253,11 +282,6 @@ export class TokenFront implements AsyncDisposable {
         const scope = url.searchParams.get("scope") ?? "";
         this.scopes.push(`${url.searchParams.get("service")} ${scope}`);
         return Response.json({ token: `tok ${scope}` });
-      }
-      if (url.pathname.startsWith("/storage/")) {
-        const a = req.headers.get("authorization");
-        if (a) this.leakedAuth.push(a);
-        return await this.#forward(upstream, url.pathname.slice("/storage".length), req);
       }
       if (this.fail503 > this.sent503) {
         this.sent503++;
@@ -277,7 +301,7 @@ export class TokenFront implements AsyncDisposable {
       if (m?.[2] === "blobs") {
         return new Response(null, {
           status: 307,
-          headers: { location: `http://localhost:${port}/storage${url.pathname}` },
+          headers: { location: `http://127.0.0.1:${storagePort}${url.pathname}` },
         });
       }
       return await this.#forward(upstream, url.pathname, req);
@@ -300,5 +324,6 @@ export class TokenFront implements AsyncDisposable {
   async [Symbol.asyncDispose]() {
     this.#ac.abort();
     await this.#server.finished;
+    await this.#storage.finished;
   }
 }

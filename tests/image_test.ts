@@ -11,6 +11,7 @@ import { credentialsFromAuthJSON, findCredentials } from "../image/auth.ts";
 import type { Image } from "../image/types.ts";
 import { TarWriter } from "../layer/tar_writer.ts";
 import { sh, tempDir } from "./_helpers.ts";
+import { skopeoCopy } from "./_registry.ts";
 
 async function readAll(s: ReadableStream<Uint8Array>): Promise<Uint8Array> {
   return new Uint8Array(await new Response(s).arrayBuffer());
@@ -241,7 +242,7 @@ Deno.test("oci-archive and skopeo's docker-archive read the same image as the la
   assertEquals(fromArchive.digest, w.images[0].digest);
   assertEquals(await readLayers(fromArchive), tars);
   const skopeoArchive = join(dir, "skopeo-oci.tar");
-  await sh("skopeo", ["copy", "-q", `oci:${layout}:v1`, `oci-archive:${skopeoArchive}:v1`]);
+  await skopeoCopy(`oci:${layout}:v1`, `oci-archive:${skopeoArchive}:v1`);
   const fromSkopeoArchive = await openImage(`oci-archive:${skopeoArchive}`);
   assertEquals(
     fromSkopeoArchive.layers.map((l) => l.diffID),
@@ -250,12 +251,7 @@ Deno.test("oci-archive and skopeo's docker-archive read the same image as the la
 
   // docker-archive written by skopeo: uncompressed layers, Docker config.
   const dockerArchive = join(dir, "docker.tar");
-  await sh("skopeo", [
-    "copy",
-    "-q",
-    `oci:${layout}:v1`,
-    `docker-archive:${dockerArchive}:example.com/app:v1`,
-  ]);
+  await skopeoCopy(`oci:${layout}:v1`, `docker-archive:${dockerArchive}:example.com/app:v1`);
   const fromDocker = await openImage(`docker-archive:${dockerArchive}`);
   assertEquals(fromDocker.layers.map((l) => l.diffID), fromLayout.layers.map((l) => l.diffID));
   assertEquals(fromDocker.config.config?.Env, ["A=1"]);
@@ -283,7 +279,7 @@ Deno.test("umoci-built layouts open and verify", async () => {
   await sh("umoci", ["init", "--layout", layout]);
   await sh("umoci", ["new", "--image", `${layout}:base`]);
   const bundle = join(dir, "bundle");
-  await sh("umoci", ["unpack", "--rootless", "--image", `${layout}:base`, bundle]);
+  await sh("umoci", ["unpack", "--image", `${layout}:base`, bundle]);
   await Deno.mkdir(join(bundle, "rootfs", "bin"), { recursive: true });
   await Deno.copyFile("/bin/busybox", join(bundle, "rootfs", "bin", "busybox"));
   await sh("umoci", ["repack", "--image", `${layout}:v1`, bundle]);
