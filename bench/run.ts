@@ -1,0 +1,137 @@
+/**
+ * Benchmarks of bundle/: a warm `run /bin/true` on a cached image (bundle +
+ * runContainer + cleanup, in process) against `runc run` alone on a prepared
+ * bundle, interleaved in the same run, medians and their ratio (bar 2.5x,
+ * aim 1.5x); and `bundle()` + `cleanup()` of a cached 3-layer image (goal
+ * 10 ms median).
+ *
+ * Run alone: `deno run -A bench/run.ts` (as root).
+ *
+ * @module
+ */
+import { join } from "@std/path";
+import { CachingBundler } from "../bundle/bundler.ts";
+import { withArgs } from "../bundle/options.ts";
+import { defaultStateDir, runContainer, selectRuntime } from "../bundle/run.ts";
+import { addLayer, busyboxLayer, testImage } from "../tests/_bundle_helpers.ts";
+
+/** What the bench driver passes. */
+export interface BenchContext {
+  /** A tmpfs for this benchmark. */
+  tmpfs: string;
+  /** Prints one progress line. */
+  log: (line: string) => void;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+const r2 = (x: number) => Math.round(x * 100) / 100;
+
+/**
+ * Runs the benchmarks in `ctx.tmpfs`.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { bench } from "./run.ts";
+ * console.log(await bench({ tmpfs: "/mnt/tmpfs", log: console.error }));
+ * ```
+ */
+export async function bench(ctx: BenchContext): Promise<Record<string, number | string>> {
+  const root = join(ctx.tmpfs, "cache");
+  const image = testImage([
+    busyboxLayer(),
+    addLayer({ "etc/motd": "middle\n" }),
+    addLayer({ "srv/app.txt": "app\n" }),
+  ], { Cmd: ["/bin/true"] });
+  const bundler = await CachingBundler.create(root, { onWarning: () => {} });
+  const rt = await selectRuntime();
+  ctx.log(`runtime ${rt.path}${rt.reason ? ` (${rt.reason})` : ""}`);
+  const stateDir = defaultStateDir(rt.name);
+
+  // Warm the layer cache and the runtime probe.
+  await runContainer(await bundler.bundle(image, "warm"), { stdin: "null", onWarning: () => {} });
+
+  // The peer: runc alone on a bundle prepared once (same image, same spec).
+  const prepared = await bundler.bundle(image, "prepared", withArgs("/bin/true"));
+  const runcAlone = async (i: number) => {
+    const t = performance.now();
+    const out = await new Deno.Command(rt.path, {
+      args: ["--root", stateDir, "run", "--bundle", prepared.path, `bench-peer-${i}`],
+      stdin: "null",
+      stdout: "null",
+      stderr: "piped",
+    }).output();
+    if (!out.success) throw new Error(`runc run failed: ${new TextDecoder().decode(out.stderr)}`);
+    return performance.now() - t;
+  };
+  const strata = async (i: number) => {
+    const t = performance.now();
+    const b = await bundler.bundle(image, `bench-${i}`, withArgs("/bin/true"));
+    const tb = performance.now();
+    const r = await runContainer(b, { stdin: "null", id: `bench-${i}`, runtime: rt.path });
+    if (r.status !== 0) throw new Error(`strata run exited ${r.status}`);
+    return { total: performance.now() - t, bundle: tb - t };
+  };
+
+  const n = 25;
+  const peer: number[] = [];
+  const ours: number[] = [];
+  const bundlePart: number[] = [];
+  for (let i = 0; i < 3; i++) {
+    await runcAlone(1000 + i);
+    await strata(1000 + i);
+  }
+  for (let i = 0; i < n; i++) {
+    peer.push(await runcAlone(i));
+    const s = await strata(i);
+    ours.push(s.total);
+    bundlePart.push(s.bundle);
+  }
+  await prepared.cleanup();
+  const runcMs = median(peer);
+  const runMs = median(ours);
+  ctx.log(`run /bin/true: strata ${r2(runMs)} ms vs runc alone ${r2(runcMs)} ms`);
+
+  // bundle() + cleanup() alone.
+  const bc: number[] = [];
+  for (let i = 0; i < 5; i++) await (await bundler.bundle(image, `bc-warm-${i}`)).cleanup();
+  for (let i = 0; i < 50; i++) {
+    const t = performance.now();
+    const b = await bundler.bundle(image, `bc-${i}`);
+    await b.cleanup();
+    bc.push(performance.now() - t);
+  }
+  const bcMs = median(bc);
+  ctx.log(`bundle()+cleanup() of a cached 3-layer image: ${r2(bcMs)} ms median`);
+  return {
+    run_true_ms: r2(runMs),
+    runc_alone_ms: r2(runcMs),
+    run_vs_runc_ratio: r2(runMs / runcMs),
+    run_bundle_part_ms: r2(median(bundlePart)),
+    bundle_cleanup_ms: r2(bcMs),
+    bundle_cleanup_p90_ms: r2([...bc].sort((a, b) => a - b)[Math.floor(bc.length * 0.9)]),
+    runtime: rt.name,
+  };
+}
+
+if (import.meta.main) {
+  const tmpfs = await Deno.makeTempDir({ prefix: "strata-bench-run-" });
+  const mount = await new Deno.Command("mount", {
+    args: ["-t", "tmpfs", "-o", "size=1g,mode=0755", "tmpfs", tmpfs],
+  }).output();
+  if (!mount.success) {
+    console.error("bench/run.ts: run as root (it mounts a tmpfs)");
+    Deno.exit(1);
+  }
+  try {
+    const r = await bench({ tmpfs, log: (l) => console.error(`   ${l}`) });
+    for (const [k, v] of Object.entries(r)) console.log(`run.${k}\t${v}`);
+  } finally {
+    await new Deno.Command("umount", { args: ["-l", tmpfs] }).output();
+    await Deno.remove(tmpfs, { recursive: true }).catch(() => {});
+  }
+}
