@@ -20,6 +20,11 @@ export interface Context {
   readonly signal: AbortSignal;
   /** The cache root: `--cache` or the store's default. */
   readonly cacheRoot: string;
+  /**
+   * Stops turning SIGINT/SIGTERM into `signal` (for `run`, whose runtime
+   * wrapper forwards them to the container from then on).
+   */
+  releaseSignals(): void;
 }
 
 /** Options for opening images, from the global options. */

@@ -1,0 +1,151 @@
+/**
+ * strata's command line: `deno run -A cli.ts COMMAND ...`, or installed as
+ * `strata` with `deno install -A -n strata jsr:@strata/store/cli` (or a local
+ * path to this file).
+ *
+ * ```sh
+ * strata pull docker://127.0.0.1:5000/busybox:latest --tls-verify=false
+ * strata run busybox -- echo hello
+ * strata ls --json
+ * ```
+ *
+ * This file is only the table of contents: parse, dispatch, turn failures
+ * into one line and an exit status. The parts a command line needs but a
+ * library user does not (the argument parser, the stderr progress display,
+ * error formatting, each command, the demo image builder) live in `cli/`, so
+ * `mod.ts` stays free of them and each can be tested alone.
+ *
+ * @module
+ */
+import denoJson from "./deno.json" with { type: "json" };
+import { commandHelp, parseArgs, type ParsedArgs, UsageError } from "./cli/args.ts";
+import { COMMANDS, GLOBAL_OPTIONS, TOP_OPTIONS, topHelp } from "./cli/spec.ts";
+import { debugReport, errorLine, exitCodeFor } from "./cli/errors.ts";
+import { detectMode, Output, type OutputSinks, processSinks } from "./cli/output.ts";
+import type { Context } from "./cli/context.ts";
+
+/** strata's version, from deno.json. */
+export const VERSION: string = denoJson.version;
+
+type Handler = (ctx: Context) => Promise<number>;
+
+// Commands load on demand: `strata --help` and `strata ls` do not pay for the
+// mount and runtime code, and a command whose part fails to load says so alone.
+const handlers: Record<string, () => Promise<Handler>> = {
+  supported: async () => (await import("./cli/cmd_supported.ts")).supportedCommand,
+  pull: async () => (await import("./cli/cmd_pull.ts")).pullCommand,
+  run: async () => (await import("./cli/cmd_run.ts")).runCommand,
+  export: async () => (await import("./cli/cmd_export.ts")).exportCommand,
+  ls: async () => (await import("./cli/cmd_cache.ts")).lsCommand,
+  rm: async () => (await import("./cli/cmd_cache.ts")).rmCommand,
+  prune: async () => (await import("./cli/cmd_cache.ts")).pruneCommand,
+  verify: async () => (await import("./cli/cmd_verify.ts")).verifyCommand,
+  demo: async () => (await import("./cli/cmd_demo.ts")).demoCommand,
+};
+
+/** Options of {@linkcode main}. */
+export interface MainOptions {
+  /** Where output goes (default: the process's stdout and stderr). */
+  sinks?: OutputSinks;
+  /** Aborts the command (default: fired by SIGINT/SIGTERM). */
+  signal?: AbortSignal;
+}
+
+function what(args: ParsedArgs | undefined): string {
+  if (!args?.command) return "";
+  const first = args.positionals[0];
+  return first ? `${args.command} ${first}` : args.command;
+}
+
+function installSignals(controller: AbortController): () => void {
+  const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
+  let count = 0;
+  const onSignal = () => {
+    // The first signal asks the command to stop and clean up; a second one
+    // means the user does not want to wait.
+    if (++count > 1) Deno.exit(130);
+    controller.abort(new Error("interrupted"));
+  };
+  const added: Deno.Signal[] = [];
+  for (const s of signals) {
+    try {
+      Deno.addSignalListener(s, onSignal);
+      added.push(s);
+    } catch {
+      // Not supported here (Windows, or no permission): default handling.
+    }
+  }
+  return () => {
+    for (const s of added.splice(0)) Deno.removeSignalListener(s, onSignal);
+  };
+}
+
+/**
+ * Runs the CLI with `args` (without the program name) and returns the exit
+ * status; it prints results to stdout and everything else to stderr.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { main } from "./cli.ts";
+ * Deno.exit(await main(["ls", "--json"]));
+ * ```
+ */
+export async function main(args: string[], options: MainOptions = {}): Promise<number> {
+  const sinks = options.sinks ?? processSinks;
+  let parsed: ParsedArgs | undefined;
+  let debug = args.includes("--debug");
+  let out = new Output(detectMode(args.includes("--quiet") || args.includes("-q")), sinks);
+  try {
+    // `strata help [COMMAND]` is `strata [COMMAND] --help`.
+    if (args[0] === "help") args = [...args.slice(1, 2), "--help"];
+    parsed = parseArgs(args, COMMANDS, [...GLOBAL_OPTIONS, ...TOP_OPTIONS]);
+    const o = parsed.options;
+    debug = o.debug === true;
+    out = new Output(detectMode(o.quiet === true), sinks);
+    if (!parsed.command) {
+      if (o.version) {
+        out.result(`strata ${VERSION}`);
+        return 0;
+      }
+      if (o.help) {
+        out.result(topHelp(VERSION));
+        return 0;
+      }
+      throw new UsageError("missing command");
+    }
+    const spec = COMMANDS.find((c) => c.name === parsed!.command)!;
+    if (o.help) {
+      out.result(commandHelp(spec, GLOBAL_OPTIONS));
+      return 0;
+    }
+    if (o.version) throw new UsageError(`unknown option --version for ${spec.name}`, spec.name);
+    const handler = await handlers[spec.name]();
+    const controller = new AbortController();
+    const uninstall = options.signal ? () => {} : installSignals(controller);
+    // Idempotent: `run` releases the signals early, the finally below again.
+    options.signal?.addEventListener("abort", () => controller.abort(options.signal!.reason));
+    try {
+      const { defaultCacheRoot } = await import("./overlay/cache.ts");
+      const cacheRoot = (o.cache as string | undefined) ?? defaultCacheRoot();
+      return await handler({
+        args: parsed,
+        options: o,
+        out,
+        signal: controller.signal,
+        cacheRoot,
+        releaseSignals: uninstall,
+      });
+    } finally {
+      uninstall();
+    }
+  } catch (e) {
+    out.endLayers();
+    out.error(errorLine(what(parsed), e));
+    if (debug) out.error(debugReport(e));
+    return exitCodeFor(e, parsed?.command);
+  }
+}
+
+if (import.meta.main) {
+  Deno.exit(await main(Deno.args));
+}

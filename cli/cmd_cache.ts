@@ -1,0 +1,197 @@
+/**
+ * The cache housekeeping commands: `ls [--json]`, `rm IMAGE` and `prune`.
+ *
+ * @module
+ */
+import { join } from "@std/path";
+import { ImageNotFoundError, ImageStore } from "../image/store.ts";
+import { reclaimStaleBundles } from "../bundle/bundler.ts";
+import { reclaimTemp } from "../overlay/lock.ts";
+import type { Context } from "./context.ts";
+import { CliError } from "./errors.ts";
+import { formatBytes, shortDigest } from "./output.ts";
+import { enterNamespace } from "./pipeline.ts";
+import {
+  cachedLayers,
+  diskUsage,
+  exists,
+  liveLayers,
+  referencedLayers,
+  removeLayer,
+  storedImages,
+} from "./cache_scan.ts";
+
+/** The shape `strata ls --json` prints. */
+export interface LsJson {
+  /** The cache root. */
+  cache: string;
+  /** Cached images, sorted by name. */
+  images: {
+    name: string;
+    digest: string;
+    platform: string;
+    source?: string;
+    saved: string;
+    /** Total size of the layer blobs (compressed), bytes. */
+    size: number;
+    /** Bytes of file content of its layers as extracted in the cache. */
+    extracted: number;
+    /** Every layer cached. */
+    complete: boolean;
+    layers: { digest: string; diffID: string; size: number; cached: boolean }[];
+  }[];
+  /** Published layers in the cache. */
+  layers: { count: number; unreferenced: number };
+  /** Bytes the whole cache directory uses on disk. */
+  diskUsage: number;
+}
+
+/**
+ * Runs `strata ls`.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { main } from "../cli.ts";
+ * await main(["ls", "--json"]);
+ * ```
+ */
+export async function lsCommand(ctx: Context): Promise<number> {
+  const root = ctx.cacheRoot;
+  if (await exists(root)) await enterNamespace(ctx); // layers may belong to mapped ids
+  const layers = await cachedLayers(root);
+  const byDiff = new Map(layers.map((l) => [l.diffID, l]));
+  const images = await storedImages(root);
+  const used = new Set(images.flatMap((i) => i.layers.map((l) => l.diffID)));
+  const report: LsJson = {
+    cache: root,
+    images: images.map((img) => {
+      const ls = img.layers.map((l) => ({ ...l, cached: byDiff.has(l.diffID) }));
+      return {
+        name: img.name,
+        digest: img.digest,
+        platform: img.platform,
+        ...(img.source ? { source: img.source } : {}),
+        saved: img.saved,
+        size: img.size,
+        extracted: ls.reduce((n, l) => n + (byDiff.get(l.diffID)?.record?.record.bytes ?? 0), 0),
+        complete: ls.every((l) => l.cached) && !img.error,
+        layers: ls,
+      };
+    }),
+    layers: {
+      count: layers.length,
+      unreferenced: layers.filter((l) => !used.has(l.diffID)).length,
+    },
+    diskUsage: await diskUsage(root),
+  };
+  if (ctx.options.json === true) {
+    ctx.out.result(JSON.stringify(report, null, 2));
+    return 0;
+  }
+  const rows = [["NAME", "DIGEST", "LAYERS", "SIZE", "EXTRACTED"]];
+  for (const i of report.images) {
+    const cached = i.layers.filter((l) => l.cached).length;
+    rows.push([
+      i.name,
+      shortDigest(i.digest),
+      cached === i.layers.length ? String(i.layers.length) : `${cached}/${i.layers.length} cached`,
+      formatBytes(i.size),
+      formatBytes(i.extracted),
+    ]);
+  }
+  const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
+  ctx.out.result(
+    rows.map((r) => r.map((v, c) => c === r.length - 1 ? v : v.padEnd(widths[c])).join("  "))
+      .join("\n"),
+  );
+  ctx.out.result(
+    `\n${report.images.length} image${report.images.length === 1 ? "" : "s"}, ` +
+      `${report.layers.count} layer${report.layers.count === 1 ? "" : "s"} ` +
+      `(${report.layers.unreferenced} unreferenced), ${
+        formatBytes(report.diskUsage)
+      } on disk in ${root}`,
+  );
+  return 0;
+}
+
+/**
+ * Runs `strata rm IMAGE`: forgets the name (or every name of a digest);
+ * prints the names removed. Layers stay until `strata prune`.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { main } from "../cli.ts";
+ * await main(["rm", "oci:/tmp/layout:v1"]);
+ * ```
+ */
+export async function rmCommand(ctx: Context): Promise<number> {
+  const ref = ctx.args.positionals[0];
+  if (!(await exists(join(ctx.cacheRoot, "images")))) {
+    throw new CliError(`rm ${ref}`, `no image ${ref} in the cache ${ctx.cacheRoot}`);
+  }
+  const store = await ImageStore.create(ctx.cacheRoot);
+  let names: string[];
+  try {
+    names = await store.remove(ref);
+  } catch (e) {
+    if (e instanceof ImageNotFoundError) {
+      throw new CliError(`rm ${ref}`, `no image ${ref} in the cache ${ctx.cacheRoot}`, {
+        cause: e,
+      });
+    }
+    throw e;
+  }
+  for (const n of names) ctx.out.result(n);
+  ctx.out.note("its layers stay in the cache until `strata prune`");
+  return 0;
+}
+
+/**
+ * Runs `strata prune`: removes temp dirs of dead processes, containers whose
+ * process is gone, and layers neither a stored image nor a live container
+ * uses. Prints the diff_ids of the layers removed.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { main } from "../cli.ts";
+ * await main(["prune"]);
+ * ```
+ */
+export async function pruneCommand(ctx: Context): Promise<number> {
+  const root = ctx.cacheRoot;
+  if (!(await exists(root))) {
+    ctx.out.note(`nothing to prune: ${root} does not exist`);
+    return 0;
+  }
+  await enterNamespace(ctx);
+  const before = await diskUsage(root);
+  const containers = await reclaimStaleBundles(root);
+  const temps = await exists(join(root, "tmp")) ? await reclaimTemp(root) : [];
+  const { images } = await referencedLayers(root);
+  const live = await liveLayers(root);
+  let removed = 0;
+  for (const layer of await cachedLayers(root)) {
+    if (images.has(layer.diffID)) continue;
+    if (live.has(layer.diffID)) {
+      ctx.out.note(
+        `keeping ${shortDigest(layer.diffID)}: used by container ${live.get(layer.diffID)}`,
+      );
+      continue;
+    }
+    const r = await removeLayer(root, layer);
+    if (r === "removed") {
+      removed++;
+      ctx.out.result(layer.diffID);
+    } else {
+      ctx.out.note(`keeping ${shortDigest(layer.diffID)}: ${r}`);
+    }
+  }
+  const after = await diskUsage(root);
+  ctx.out.note(
+    `pruned ${removed} layer${removed === 1 ? "" : "s"}, ${temps.length} temp dir${
+      temps.length === 1 ? "" : "s"
+    }, ${containers.length} stale container${containers.length === 1 ? "" : "s"}: ` +
+      `${formatBytes(Math.max(0, before - after))} freed`,
+  );
+  return 0;
+}

@@ -1,0 +1,25 @@
+/**
+ * `strata pull IMAGE`: fetch and extract every layer into the cache, save
+ * the image under its name, print its digest (the only thing on stdout).
+ *
+ * @module
+ */
+import type { Context } from "./context.ts";
+import { enterNamespace, pullImage } from "./pipeline.ts";
+
+/**
+ * Runs `strata pull`.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { main } from "../cli.ts";
+ * await main(["pull", "oci:/tmp/layout:v1"]);
+ * ```
+ */
+export async function pullCommand(ctx: Context): Promise<number> {
+  await enterNamespace(ctx);
+  const ref = ctx.args.positionals[0];
+  const { image } = await pullImage(ctx, ref, "always");
+  ctx.out.result(image.digest);
+  return 0;
+}

@@ -1,0 +1,106 @@
+/**
+ * `strata run [opts] IMAGE [--] [CMD ARG...]`: bundle the image (pulling
+ * what is not cached), run it with an OCI runtime, clean up. stdout, stderr
+ * and the exit status are the container's; strata's own failures exit 125.
+ *
+ * @module
+ */
+import { CachingBundler } from "../bundle/bundler.ts";
+import {
+  withCmd,
+  withCwd,
+  withEnv,
+  withHostNetwork,
+  withNetworkNone,
+  withReadonlyRootFS,
+  withUser,
+} from "../bundle/options.ts";
+import { runContainer } from "../bundle/run.ts";
+import type { SpecOption } from "../bundle/spec.ts";
+import { UsageError } from "./args.ts";
+import type { Context } from "./context.ts";
+import { enterNamespace, pullImage } from "./pipeline.ts";
+
+/**
+ * Turns `--env` values into `K=V` strings: `K=V` as given, a bare `K` takes
+ * the value from strata's own environment (and is skipped when unset), as
+ * docker and podman do.
+ *
+ * @throws {UsageError} for an empty name.
+ *
+ * @example Usage
+ * ```ts
+ * import { envList } from "./cmd_run.ts";
+ * console.log(envList(["A=1", "B=x=y"])); // ["A=1", "B=x=y"]
+ * ```
+ */
+export function envList(values: readonly string[]): string[] {
+  const out: string[] = [];
+  for (const v of values) {
+    const i = v.indexOf("=");
+    const name = i < 0 ? v : v.slice(0, i);
+    if (!name) throw new UsageError(`option --env needs NAME=VALUE, not '${v}'`, "run");
+    if (i >= 0) out.push(v);
+    else {
+      const host = Deno.env.get(name);
+      if (host !== undefined) out.push(`${name}=${host}`);
+    }
+  }
+  return out;
+}
+
+/**
+ * The spec options for the run flags, applied after the image config (so they win).
+ *
+ * @example Usage
+ * ```ts ignore
+ * const options = runSpecOptions(ctx);
+ * ```
+ */
+export function runSpecOptions(ctx: Context): SpecOption[] {
+  const o = ctx.options;
+  const opts: SpecOption[] = [];
+  if (ctx.args.argv.length) opts.push(withCmd(...ctx.args.argv));
+  if (typeof o.user === "string") opts.push(withUser(o.user));
+  if (typeof o.workdir === "string") {
+    if (!o.workdir.startsWith("/")) {
+      throw new UsageError(`option --workdir needs an absolute path, not '${o.workdir}'`, "run");
+    }
+    opts.push(withCwd(o.workdir));
+  }
+  const env = envList((o.env as string[] | undefined) ?? []);
+  if (env.length) opts.push(withEnv(env));
+  if (o.network === "host") opts.push(withHostNetwork());
+  else if (o.network === "none") opts.push(withNetworkNone());
+  if (o["read-only"] === true) opts.push(withReadonlyRootFS(true));
+  return opts;
+}
+
+/**
+ * Runs `strata run`.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { main } from "../cli.ts";
+ * Deno.exit(await main(["run", "oci:/tmp/layout:v1", "--", "echo", "hi"]));
+ * ```
+ */
+export async function runCommand(ctx: Context): Promise<number> {
+  const specOptions = runSpecOptions(ctx); // usage errors before any work
+  await enterNamespace(ctx);
+  const { image } = await pullImage(ctx, ctx.args.positionals[0], "missing");
+  const bundler = await CachingBundler.create(ctx.cacheRoot, {
+    onWarning: (m) => ctx.out.warn(m),
+  });
+  const id = `strata-${crypto.randomUUID().replaceAll("-", "").slice(0, 12)}`;
+  const bundle = await bundler.bundle(image, id, ...specOptions, ctx.signal);
+  // From here runContainer owns Ctrl-C: it forwards it to the container and
+  // cleans up the bundle whatever happens.
+  ctx.releaseSignals();
+  const result = await runContainer(bundle, {
+    id,
+    runtime: ctx.options.runtime as string | undefined,
+    onWarning: (m) => ctx.out.warn(m),
+  });
+  return result.status;
+}

@@ -1,0 +1,168 @@
+/**
+ * The steps commands share, written once: enter the user/mount namespace,
+ * open an image the way the CLI names it (a transport reference, a pulled
+ * name, or a manifest digest), and bring every layer into the cache with
+ * progress on stderr.
+ *
+ * @module
+ */
+import type { Image } from "../image/types.ts";
+import { openImage, type OpenImageOptions } from "../image/open.ts";
+import { ImageNotFoundError, ImageStore } from "../image/store.ts";
+import type { SourceImage } from "../image/source.ts";
+import { CachingLayerResolver } from "../overlay/resolver.ts";
+import { ensureUserNamespace } from "../overlay/userns.ts";
+import type { Context } from "./context.ts";
+import { imageSourceOptions } from "./context.ts";
+import { formatMs } from "./output.ts";
+import { imageWithProgress } from "./progress_layer.ts";
+
+/**
+ * Makes mounting possible: re-executes the CLI in a private mount namespace
+ * (as root) or a user namespace (as anyone else) unless it already runs in
+ * one. The parent never returns: it exits with the child's status.
+ *
+ * @example Usage
+ * ```ts ignore
+ * await enterNamespace(ctx);
+ * ```
+ */
+export async function enterNamespace(ctx: Context): Promise<void> {
+  await ensureUserNamespace({
+    quiet: ctx.out.mode === "quiet",
+    warn: (m) => ctx.out.note(m),
+  });
+}
+
+/** The options {@linkcode openImage} takes, from the command line. */
+export function openOptions(ctx: Context): OpenImageOptions {
+  const s = imageSourceOptions(ctx.options, ctx.args.command);
+  return {
+    platform: s.platform,
+    tlsVerify: s.tlsVerify,
+    creds: s.creds ? `${s.creds.username}:${s.creds.password}` : undefined,
+    cacheRoot: ctx.cacheRoot,
+    signal: ctx.signal,
+  };
+}
+
+function isDigest(s: string): boolean {
+  return /^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-fA-F0-9]{32,}$/.test(s);
+}
+
+/**
+ * Opens `ref` for a command:
+ * - `pull`: always asks the source (a registry is asked for the tag again);
+ * - otherwise a pulled name or manifest digest opens from the image store
+ *   (offline), and a reference not pulled yet is opened from its source and
+ *   saved under its name.
+ *
+ * The image is saved in the store under `ref` either way (by `openImage`).
+ *
+ * @example Usage
+ * ```ts ignore
+ * const image = await openForCli(ctx, "oci:/tmp/layout:v1", "missing");
+ * ```
+ */
+export async function openForCli(
+  ctx: Context,
+  ref: string,
+  pull: "missing" | "always",
+): Promise<SourceImage> {
+  const options = { ...openOptions(ctx), pull };
+  if (isDigest(ref)) {
+    const store = await ImageStore.create(ctx.cacheRoot);
+    return await store.open(ref, {
+      signal: ctx.signal,
+      openSource: (source, _digest, signal) =>
+        openImage(source, { ...options, cacheRoot: undefined, signal }),
+    });
+  }
+  try {
+    return await openImage(ref, options);
+  } catch (e) {
+    // A name pulled from a layout or archive that is gone since: the store
+    // still has its manifest and config, and the layer cache its layers.
+    if (pull === "always") throw e;
+    const store = await ImageStore.create(ctx.cacheRoot);
+    const rec = await store.resolve(ref).catch(() => undefined);
+    if (!rec) throw e;
+    ctx.out.note(`${ref}: source unavailable (${(e as Error).message}); using the stored image`);
+    return await store.open(rec.name, { signal: ctx.signal });
+  }
+}
+
+/** What {@linkcode cacheLayers} returns. */
+export interface CachedLayers {
+  /** Lower directories, bottom first. */
+  paths: string[];
+  /** How many layers had to be extracted (0: all were cached). */
+  extracted: number;
+  /** Milliseconds it took. */
+  ms: number;
+}
+
+/**
+ * Resolves every layer of `image` into the cache (extracting what is
+ * missing), reporting per-layer progress on stderr.
+ *
+ * @example Usage
+ * ```ts ignore
+ * const { paths } = await cacheLayers(ctx, image);
+ * ```
+ */
+export async function cacheLayers(ctx: Context, image: Image): Promise<CachedLayers> {
+  const started = performance.now();
+  let extracted = 0;
+  const resolver = await CachingLayerResolver.create(ctx.cacheRoot, {
+    onWarning: (m) => ctx.out.warn(m),
+    onEvent: (e) => {
+      if (e.type === "extract") extracted++;
+    },
+  });
+  const progress = ctx.out.layers(image.layers);
+  const watched = imageWithProgress(image, progress);
+  const paths: string[] = [];
+  try {
+    for (let i = 0; i < watched.layers.length; i++) {
+      const before = extracted;
+      try {
+        paths.push(
+          await resolver.resolve(watched.layers[i], watched.layers.slice(0, i), ctx.signal),
+        );
+      } catch (e) {
+        progress[i].failed();
+        throw e;
+      }
+      progress[i].done(extracted === before);
+    }
+  } finally {
+    ctx.out.endLayers();
+  }
+  return { paths, extracted, ms: performance.now() - started };
+}
+
+/**
+ * Opens `ref` and makes sure all its layers are cached; notes how long it took.
+ *
+ * @example Usage
+ * ```ts ignore
+ * const { image, paths } = await pullImage(ctx, "oci:/tmp/layout:v1", "always");
+ * ```
+ */
+export async function pullImage(
+  ctx: Context,
+  ref: string,
+  pull: "missing" | "always",
+): Promise<{ image: SourceImage; paths: string[]; extracted: number; ms: number }> {
+  const image = await openForCli(ctx, ref, pull);
+  const r = await cacheLayers(ctx, image);
+  if (r.extracted > 0) {
+    ctx.out.note(
+      `${ref}: ${r.extracted} of ${image.layers.length} layers extracted in ${formatMs(r.ms)}`,
+    );
+  }
+  return { image, ...r };
+}
+
+export { ImageNotFoundError };
