@@ -362,6 +362,37 @@ export async function runContainer(bundle: Bundle, options: RunOptions = {}): Pr
   const listeners: [Deno.Signal, () => void][] = [];
   let onAbort: (() => void) | undefined;
   let log = "";
+  let failure: { error: unknown } | undefined;
+
+  const forceKill = () => {
+    // The runtime forwards catchable signals to the container; SIGKILL it
+    // cannot catch, so that one goes through `kill`.
+    if (rt && child) {
+      runtimeCmd(rt.path, ["--root", stateDir, "kill", id, "KILL"]).catch(() => {});
+    }
+  };
+  // Listen before anything else: a Ctrl-C while the runtime is chosen must not
+  // kill this process with the bundle still mounted.
+  let early: Deno.Signal | undefined;
+  let received = 0;
+  if (options.forwardSignals ?? true) {
+    for (const sig of FORWARDED) {
+      const h = () => {
+        received++;
+        if (!child) early ??= sig;
+        else if (received > 1) forceKill();
+        else {
+          try {
+            child.kill(sig);
+          } catch {
+            // already gone
+          }
+        }
+      };
+      Deno.addSignalListener(sig, h);
+      listeners.push([sig, h]);
+    }
+  }
   try {
     signal?.throwIfAborted();
     rt = await selectRuntime(
@@ -375,53 +406,28 @@ export async function runContainer(bundle: Bundle, options: RunOptions = {}): Pr
     stateDir = options.stateDir ?? defaultStateDir(rt.name);
     await ensureStateDir(stateDir);
     signal?.throwIfAborted();
+    if (early) return { status: 128 + signalNumber(early), runtime: rt.path, id };
 
     log = join(stateDir, `${id}.log`);
-    const args = [
-      "--root",
-      stateDir,
-      "--log",
-      log,
-      "--log-format",
-      "json",
-      "run",
-      "--bundle",
-      bundle.path,
-      id,
-    ];
     child = new Deno.Command(rt.path, {
-      args,
+      args: [
+        "--root",
+        stateDir,
+        "--log",
+        log,
+        "--log-format",
+        "json",
+        "run",
+        "--bundle",
+        bundle.path,
+        id,
+      ],
       stdin: options.stdin ?? "inherit",
       stdout: options.stdout ?? "inherit",
       stderr: options.stderr ?? "inherit",
     }).spawn();
-
-    const path = rt.path;
-    const running = child;
-    const forceKill = () => {
-      // The runtime forwards catchable signals to the container; SIGKILL it
-      // cannot catch, so that one goes through `kill`.
-      runtimeCmd(path, ["--root", stateDir, "kill", id, "KILL"]).catch(() => {});
-    };
-    let received = 0;
-    if (options.forwardSignals ?? true) {
-      for (const sig of FORWARDED) {
-        const h = () => {
-          received++;
-          if (received > 1) forceKill();
-          else {
-            try {
-              running.kill(sig);
-            } catch {
-              // already gone
-            }
-          }
-        };
-        Deno.addSignalListener(sig, h);
-        listeners.push([sig, h]);
-      }
-    }
     if (signal) {
+      const running = child;
       onAbort = () => {
         try {
           running.kill("SIGTERM");
@@ -433,11 +439,10 @@ export async function runContainer(bundle: Bundle, options: RunOptions = {}): Pr
       signal.addEventListener("abort", onAbort, { once: true });
     }
 
-    const piped = options.stdout === "piped" || options.stderr === "piped";
     let status: number;
     let stdout: Uint8Array | undefined;
     let stderr: Uint8Array | undefined;
-    if (piped) {
+    if (options.stdout === "piped" || options.stderr === "piped") {
       const out = await child.output();
       status = out.code;
       if (options.stdout === "piped") stdout = out.stdout;
@@ -451,16 +456,34 @@ export async function runContainer(bundle: Bundle, options: RunOptions = {}): Pr
       if (err) throw new RuntimeError(rt.name, err);
     }
     return { status, stdout, stderr, runtime: rt.path, id };
+  } catch (e) {
+    failure = { error: e };
+    throw e;
   } finally {
     if (killTimer !== undefined) clearTimeout(killTimer);
     if (onAbort) signal?.removeEventListener("abort", onAbort);
-    for (const [sig, h] of listeners) Deno.removeSignalListener(sig, h);
-    // `run` deletes the container when its process exits; only an interrupted
-    // runtime leaves state behind.
-    if (rt && stateDir && await exists(join(stateDir, id))) {
-      await runtimeCmd(rt.path, ["--root", stateDir, "delete", "--force", id]).catch(() => {});
+    try {
+      // `run` deletes the container when its process exits; only an
+      // interrupted runtime leaves state behind.
+      if (rt && stateDir && await exists(join(stateDir, id))) {
+        await runtimeCmd(rt.path, ["--root", stateDir, "delete", "--force", id]).catch(() => {});
+      }
+      if (log) await Deno.remove(log).catch(() => {});
+      if (options.cleanup ?? true) await bundle.cleanup();
+    } catch (e) {
+      // A cleanup failure surfaces unless the run already failed (that error
+      // says more; the bundle is then left for `prune` to reclaim).
+      // deno-lint-ignore no-unsafe-finally -- deliberate: only when no other error is in flight
+      if (!failure) throw e;
+      warn(`cannot clean up ${bundle.path}: ${(e as Error).message}`);
+    } finally {
+      for (const [sig, h] of listeners) Deno.removeSignalListener(sig, h);
     }
-    if (log) await Deno.remove(log).catch(() => {});
-    if (options.cleanup ?? true) await bundle.cleanup();
   }
+}
+
+const SIGNALS: Partial<Record<Deno.Signal, number>> = { SIGHUP: 1, SIGINT: 2, SIGTERM: 15 };
+
+function signalNumber(sig: Deno.Signal): number {
+  return SIGNALS[sig] ?? 15;
 }
