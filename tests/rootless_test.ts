@@ -278,3 +278,53 @@ Deno.test({
     assertEquals(await mountsBelow(dir), []);
   },
 });
+
+const REEXEC_SCRIPT = `
+import { ensureUserNamespace, namespaceInfo } from "${repoRoot}/overlay/userns.ts";
+await ensureUserNamespace();
+const info = await namespaceInfo();
+Deno.addSignalListener("SIGTERM", () => {
+  console.log("got SIGTERM");
+  Deno.exit(9);
+});
+console.log(JSON.stringify({ pid: Deno.pid, args: Deno.args, info }));
+await new Promise((r) => setTimeout(r, 30_000));
+`;
+
+Deno.test({
+  name:
+    "ensureUserNamespace as root: same argv in a private mount namespace, SIGTERM and status passed on",
+  ignore: !isRoot,
+  async fn() {
+    await using tmp = await tempDir();
+    const script = join(String(tmp), "reexec.ts");
+    await writeScript(script, REEXEC_SCRIPT);
+    const [cmd, ...args] = denoArgs(script, ["a b", "--flag"]);
+    const child = new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).spawn();
+    const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    let text = "";
+    while (!text.includes("\n")) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += value;
+    }
+    const first = JSON.parse(text.split("\n")[0]);
+    assert(first.pid !== child.pid, "the program runs again in a child");
+    assertEquals(first.args, ["a b", "--flag"]);
+    assertEquals(first.info.mode, "root");
+    assert(first.info.reexecuted);
+    assert(first.info.privateMountNamespace);
+    const ns = async (pid: number) => await Deno.readLink(`/proc/${pid}/ns/mnt`);
+    assert((await ns(first.pid)) !== (await ns(Deno.pid)), "a mount namespace of its own");
+    child.kill("SIGTERM"); // to the parent, which passes it on
+    while (true) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += value;
+    }
+    const status = await child.status;
+    await child.stderr.cancel();
+    assertStringIncludes(text, "got SIGTERM");
+    assertEquals(status.code, 9, "the child's exit status");
+  },
+});
