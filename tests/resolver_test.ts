@@ -199,12 +199,25 @@ console.log(JSON.stringify({ type: "done", paths }));
 async function writeScript(dir: string): Promise<string> {
   const path = join(dir, "resolve_script.ts");
   await Deno.writeTextFile(path, SCRIPT);
+  // Not the repository's deno.json: its npm imports are not needed here.
+  await Deno.writeTextFile(
+    `${path}.imports.json`,
+    JSON.stringify({ imports: { "@std/path": "node:path" } }),
+  );
   return path;
 }
 
 function spawnScript(script: string, args: string[]): Deno.ChildProcess {
   return new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "--no-lock", `--config=${repoRoot}/deno.json`, script, ...args],
+    args: [
+      "run",
+      "-A",
+      "--no-lock",
+      "--no-config",
+      `--import-map=${script}.imports.json`,
+      script,
+      ...args,
+    ],
     stdout: "piped",
     stderr: "piped",
     stdin: "null",
