@@ -22,6 +22,7 @@ import {
   withArgs,
   withCwd,
   withEnv,
+  withHostNetwork,
   withImageConfig,
   withMemoryLimit,
   withReadonlyRootFS,
@@ -370,6 +371,24 @@ Deno.test({
       [0, String(64 * 1024 * 1024)],
       dec.decode(r.stderr),
     );
+  },
+});
+
+Deno.test({
+  name: "network: none by default (only lo), host network shares the host's interfaces",
+  ignore: !isRoot,
+  async fn() {
+    await using tmp = await tempDir();
+    const dir = String(tmp);
+    const stateDir = await stateDirFor(dir);
+    const hostIfs = [...Deno.readDirSync("/sys/class/net")].map((e) => e.name).sort();
+    const cmd = withArgs("ls", "/sys/class/net");
+    const none = await plainBundle(join(dir, "none"), [cmd]);
+    const r1 = await runContainer(none, { runtime, stateDir, ...piped });
+    assertEquals([r1.status, dec.decode(r1.stdout).trim().split(/\s+/)], [0, ["lo"]]);
+    const host = await plainBundle(join(dir, "host"), [cmd, withHostNetwork()]);
+    const r2 = await runContainer(host, { runtime, stateDir, ...piped });
+    assertEquals([r2.status, dec.decode(r2.stdout).trim().split(/\s+/).sort()], [0, hostIfs]);
   },
 });
 
