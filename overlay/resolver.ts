@@ -9,11 +9,9 @@ import { join } from "@std/path";
 import type { Layer } from "../image/types.ts";
 import { applyLayer, type ApplyOptions, type ApplyResult } from "../layer/applicator.ts";
 import { treeRecord } from "../layer/record.ts";
-import { type IdMap, type IdRange, openCache } from "./cache.ts";
+import { type IdMap, openCache } from "./cache.ts";
 import { FileLock, reclaimTemp, TempWork } from "./lock.ts";
 import { defaultNewOverlayMount, LayerWorkdir, type NewOverlayMountFn } from "./workdir.ts";
-
-export type { ApplyOptions, ApplyResult, IdMap, IdRange, Layer };
 
 /** Resolves a layer to a path suitable for use as an overlayfs lower directory. */
 export interface LayerResolver {
