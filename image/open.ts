@@ -72,7 +72,14 @@ export async function openImage(ref: string, options: OpenImageOptions = {}): Pr
   return image;
 }
 
-/** Opens a parsed reference from its transport (no store). */
+/**
+ * Opens a parsed reference from its transport (no store).
+ *
+ * @example Usage
+ * ```ts ignore
+ * const image = await openRef(parseRef("oci:/tmp/layout:v1"));
+ * ```
+ */
 export function openRef(parsed: ImageRef, options: OpenImageOptions = {}): Promise<SourceImage> {
   const o: RegistryOptions & ResolveOptions & { name?: string } = { ...options };
   switch (parsed.transport) {
@@ -87,11 +94,20 @@ export function openRef(parsed: ImageRef, options: OpenImageOptions = {}): Promi
   }
 }
 
-/** Opens `source` again and checks it still yields manifest `digest` (registries by digest). */
-async function openPinned(
+/**
+ * Opens `source` again and checks it still yields manifest `digest`
+ * (registries are asked for the digest itself, so a moved tag does not
+ * matter). `ImageStore.open`'s `openSource` can wrap it.
+ *
+ * @example Usage
+ * ```ts ignore
+ * const image = await store.open("myapp", { openSource: (s, d, signal) => openPinned(s, d, { signal }) });
+ * ```
+ */
+export async function openPinned(
   source: string,
   digest: string,
-  options: OpenImageOptions,
+  options: OpenImageOptions = {},
 ): Promise<SourceImage> {
   const parsed = parseRef(source);
   if (parsed.transport === "docker") {

@@ -81,7 +81,7 @@ export class AuthenticationError extends RegistryError {
 }
 
 /** The Accept header for manifests: OCI and Docker, images and indexes. */
-export const MANIFEST_ACCEPT = [
+export const MANIFEST_ACCEPT: string = [
   MediaType.OciIndex,
   MediaType.DockerManifestList,
   MediaType.OciManifest,

@@ -281,7 +281,7 @@ function checkSize(bytes: Uint8Array, desc: Descriptor, what: string) {
 }
 
 /** Marks a root descriptor whose size is not known (a registry tag). */
-export const UNKNOWN_SIZE = -1;
+export const UNKNOWN_SIZE: number = -1;
 
 /**
  * Builds an image from a verified manifest: fetches and verifies the config,
