@@ -280,7 +280,7 @@ const ZLIB_CHUNK = 256 * 1024;
  * ```ts
  * import { gzipSync } from "node:zlib";
  * import { decompress } from "./blob.ts";
- * const gz = gzipSync(new TextEncoder().encode("hello"));
+ * const gz = new Uint8Array(gzipSync(new TextEncoder().encode("hello")));
  * const out = new Blob([gz]).stream()
  *   .pipeThrough(decompress("application/vnd.oci.image.layer.v1.tar+gzip", "a layer"));
  * console.assert(await new Response(out).text() === "hello");
