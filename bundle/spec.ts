@@ -441,7 +441,7 @@ function defaultNofile(): POSIXRlimit {
  * @example Usage
  * ```ts
  * import { SpecError } from "./spec.ts";
- * throw new SpecError("cannot apply spec option: bad memory limit \"12q\"");
+ * console.log(new SpecError("cannot apply spec option: bad memory limit \"12q\"").message);
  * ```
  */
 export class SpecError extends Error {
@@ -519,17 +519,44 @@ export async function newSpec(...options: SpecOption[]): Promise<Spec> {
   return spec;
 }
 
-/** Returns `spec.process`, creating a default one when missing. */
+/**
+ * Returns `spec.process`, creating a default one when missing (for options).
+ *
+ * @example Usage
+ * ```ts
+ * import { processOf } from "./spec.ts";
+ * const spec = { ociVersion: "1.0.2" };
+ * processOf(spec).cwd = "/srv";
+ * ```
+ */
 export function processOf(spec: Spec): SpecProcess {
   return spec.process ??= { user: { uid: 0, gid: 0 }, cwd: "/" };
 }
 
-/** Returns `spec.linux`, creating it when missing. */
+/**
+ * Returns `spec.linux`, creating it when missing (for options).
+ *
+ * @example Usage
+ * ```ts
+ * import { linuxOf } from "./spec.ts";
+ * const spec = { ociVersion: "1.0.2" };
+ * linuxOf(spec).namespaces = [{ type: "pid" }];
+ * ```
+ */
 export function linuxOf(spec: Spec): SpecLinux {
   return spec.linux ??= {};
 }
 
-/** Returns `spec.linux.resources`, creating it when missing. */
+/**
+ * Returns `spec.linux.resources`, creating it when missing (for options).
+ *
+ * @example Usage
+ * ```ts
+ * import { resourcesOf } from "./spec.ts";
+ * const spec = { ociVersion: "1.0.2" };
+ * resourcesOf(spec).pids = { limit: 64 };
+ * ```
+ */
 export function resourcesOf(spec: Spec): LinuxResources {
   return linuxOf(spec).resources ??= {};
 }
