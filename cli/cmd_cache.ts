@@ -135,9 +135,7 @@ export async function rmCommand(ctx: Context): Promise<number> {
     names = await store.remove(ref);
   } catch (e) {
     if (e instanceof ImageNotFoundError) {
-      throw new CliError(`rm ${ref}`, `no image ${ref} in the cache ${ctx.cacheRoot}`, {
-        cause: e,
-      });
+      throw new CliError(`rm ${ref}`, `no image ${ref} in the cache ${ctx.cacheRoot}`);
     }
     throw e;
   }

@@ -17,7 +17,7 @@ import { namespaceInfo } from "../overlay/userns.ts";
 import type { Context } from "./context.ts";
 import { CliError } from "./errors.ts";
 import { formatMs, shortDigest } from "./output.ts";
-import { enterNamespace, pullImage } from "./pipeline.ts";
+import { enterNamespace, onceWarner, pullImage } from "./pipeline.ts";
 import { buildDemoImage, DEMO_EXPECTED } from "./demo_image.ts";
 
 async function runOnce(
@@ -34,7 +34,7 @@ async function runOnce(
     id,
     stdin: "null",
     stdout: "piped",
-    onWarning: (m) => ctx.out.warn(m),
+    onWarning: await onceWarner(ctx),
   });
   const ms = performance.now() - started;
   return { ms, extracted, output: new TextDecoder().decode(r.stdout), status: r.status };

@@ -19,7 +19,7 @@ import { runContainer } from "../bundle/run.ts";
 import type { SpecOption } from "../bundle/spec.ts";
 import { UsageError } from "./args.ts";
 import type { Context } from "./context.ts";
-import { enterNamespace, pullImage } from "./pipeline.ts";
+import { enterNamespace, onceWarner, pullImage } from "./pipeline.ts";
 
 /**
  * Turns `--env` values into `K=V` strings: `K=V` as given, a bare `K` takes
@@ -100,7 +100,7 @@ export async function runCommand(ctx: Context): Promise<number> {
   const result = await runContainer(bundle, {
     id,
     runtime: ctx.options.runtime as string | undefined,
-    onWarning: (m) => ctx.out.warn(m),
+    onWarning: await onceWarner(ctx),
   });
   return result.status;
 }

@@ -153,6 +153,7 @@ export class Output {
   #sinks: OutputSinks;
   #layers: LayerState[] = [];
   #drawn = 0;
+  #active = false;
   #lastDraw = 0;
   #timer?: ReturnType<typeof setInterval>;
   #width: number;
@@ -216,17 +217,22 @@ export class Output {
       phase: "waiting",
     }));
     const total = this.#layers.length;
-    if (this.mode === "tty") {
+    // Nothing is shown until a layer is actually fetched: a run whose layers
+    // are all cached prints no progress at all.
+    this.#active = false;
+    const activate = () => {
+      if (this.#active || this.mode !== "tty") return;
+      this.#active = true;
       const timer = setInterval(() => this.#redraw(false), 100);
       Deno.unrefTimer(timer);
       this.#timer = timer;
-      this.#redraw(true);
-    }
+    };
     return this.#layers.map((s) => ({
       start: () => {
         if (s.phase !== "waiting") return;
         s.phase = "fetching";
         s.started = performance.now();
+        activate();
         if (this.mode === "plain") {
           this.#sinks.stderr(
             `layer ${s.index}/${total} ${shortDigest(s.digest)}: fetching ${formatBytes(s.size)}\n`,
@@ -243,7 +249,9 @@ export class Output {
       done: (cached) => {
         s.phase = cached && s.fetched === 0 && s.applied === 0 ? "cached" : "done";
         s.finished = performance.now();
-        if (this.mode === "plain") this.#sinks.stderr(this.#plainLine(s, total) + "\n");
+        if (this.mode === "plain" && s.phase !== "cached") {
+          this.#sinks.stderr(this.#plainLine(s, total) + "\n");
+        }
         this.#redraw(true);
       },
       failed: () => {
@@ -265,6 +273,7 @@ export class Output {
     this.#timer = undefined;
     if (this.mode === "tty" && this.#layers.length) this.#redraw(true);
     this.#drawn = 0;
+    this.#active = false;
     this.#layers = [];
   }
 
@@ -281,7 +290,8 @@ export class Output {
   }
 
   #ttyLine(s: LayerState, total: number): string {
-    const head = `layer ${s.index}/${total} ${shortDigest(s.digest)}`;
+    // The hex alone, and a bar of fixed width, so the columns stay put on an 80-column terminal.
+    const head = `layer ${s.index}/${total} ${shortDigest(s.digest).replace(/^[a-z0-9]+:/, "")}`;
     let tail: string;
     let frac = 0;
     switch (s.phase) {
@@ -298,11 +308,11 @@ export class Output {
         break;
       default:
         frac = s.phase === "done" ? 1 : s.size ? s.fetched / s.size : 0;
-        tail = `${formatBytes(s.fetched)}/${formatBytes(s.size)} fetched, ${
+        tail = `${formatBytes(s.fetched)}/${formatBytes(s.size)}, ${
           formatBytes(s.applied)
         } applied${s.phase === "done" ? " ✓" : ""}`;
     }
-    const barWidth = Math.max(10, Math.min(30, this.#width - head.length - tail.length - 6));
+    const barWidth = Math.max(10, Math.min(20, this.#width - 60));
     const filled = Math.round(Math.min(1, Math.max(0, frac)) * barWidth);
     const bar = `[${"#".repeat(filled)}${".".repeat(barWidth - filled)}]`;
     return `${head} ${bar} ${tail}`.slice(0, this.#width - 1);
@@ -316,7 +326,7 @@ export class Output {
   }
 
   #redraw(force: boolean): void {
-    if (this.mode !== "tty" || this.#layers.length === 0) return;
+    if (this.mode !== "tty" || !this.#active || this.#layers.length === 0) return;
     const now = performance.now();
     if (!force && now - this.#lastDraw < 90) return;
     this.#lastDraw = now;

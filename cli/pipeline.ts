@@ -6,6 +6,7 @@
  *
  * @module
  */
+import { join } from "@std/path";
 import type { Image } from "../image/types.ts";
 import { openImage, type OpenImageOptions } from "../image/open.ts";
 import { ImageNotFoundError, ImageStore } from "../image/store.ts";
@@ -163,6 +164,39 @@ export async function pullImage(
     );
   }
   return { image, ...r };
+}
+
+/**
+ * A warning sink that shows each distinct warning about the runtime choice
+ * (crun passed over for runc, and why) once per cache, not on every run: it
+ * is about the host, and repeating it on every `strata run` would bury the
+ * container's own stderr. Other warnings always show. Shown ones are kept in
+ * `<cache>/notes.json`.
+ *
+ * @example Usage
+ * ```ts ignore
+ * await runContainer(bundle, { onWarning: await onceWarner(ctx) });
+ * ```
+ */
+export async function onceWarner(ctx: Context): Promise<(message: string) => void> {
+  const file = join(ctx.cacheRoot, "notes.json");
+  let shown: Record<string, string> = {};
+  try {
+    shown = JSON.parse(await Deno.readTextFile(file));
+  } catch {
+    shown = {};
+  }
+  return (message: string) => {
+    if (!message.startsWith("using ")) return ctx.out.warn(message);
+    if (shown[message] && ctx.options.debug !== true) return;
+    ctx.out.warn(`${message} (said once per cache)`);
+    shown[message] = new Date().toISOString();
+    try {
+      Deno.writeTextFileSync(file, JSON.stringify(shown, null, 2) + "\n", { mode: 0o600 });
+    } catch {
+      // read-only cache: it will be said again next time
+    }
+  };
 }
 
 export { ImageNotFoundError };
