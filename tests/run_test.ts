@@ -305,6 +305,14 @@ Deno.test({
       });
     }
     assert(warnings.length <= 1, warnings.join("\n"));
+    // Asked for by name, crun runs and its own reason comes back as a RuntimeError.
+    const c = await plainBundle(join(dir, "crun"), [withArgs("true")]);
+    await assertRejects(
+      () => runContainer(c, { runtime: "crun", stateDir: join(stateDir, "crun"), ...piped }),
+      RuntimeError,
+      "crun could not run the container: cgroups in hybrid mode",
+    );
+    assertEquals(c.cleanups, 1);
     assertEquals(defaultStateDir("runc"), "/run/strata/runc");
   },
 });
