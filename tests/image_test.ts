@@ -9,7 +9,7 @@ import { BlobNotFoundError, ManifestError } from "../image/source.ts";
 import { ImageNotFoundError, ImageStore, LayerNotAvailableError } from "../image/store.ts";
 import { credentialsFromAuthJSON, findCredentials } from "../image/auth.ts";
 import type { Image } from "../image/types.ts";
-import { TarWriter } from "../layer/tar_writer.ts";
+import { gzip, TarWriter } from "../layer/tar_writer.ts";
 import { sh, tempDir } from "./_helpers.ts";
 import { skopeoCopy } from "./_registry.ts";
 
@@ -270,6 +270,58 @@ Deno.test("oci-archive and skopeo's docker-archive read the same image as the la
   const gz = await openImage(`docker-archive:${dockerArchive}.gz`);
   assertEquals(gz.digest, fromDocker.digest);
   assertEquals(await readLayers(gz), tars);
+});
+
+Deno.test("docker save's layout: <id>/layer.tar, a symlinked duplicate, a gzip'd layer", async () => {
+  await using tmp = await tempDir();
+  const dir = `${tmp}`;
+  const tars = [layerTar("one"), layerTar("two"), layerTar("one")];
+  const gz = gzip(tars[1]);
+  const config = new TextEncoder().encode(JSON.stringify({
+    architecture: "amd64",
+    os: "linux",
+    config: { Cmd: ["sh"] },
+    rootfs: { type: "layers", diff_ids: tars.map((t) => digestOf(t)) },
+  }));
+  const configName = `${digestOf(config).slice(7)}.json`;
+  const w = new TarWriter()
+    .directory("aaa/")
+    .file("aaa/layer.tar", tars[0])
+    .directory("bbb/")
+    .file("bbb/layer.tar", gz)
+    .directory("ccc/")
+    .symlink("ccc/layer.tar", "../aaa/layer.tar")
+    .file(configName, config)
+    .file(
+      "manifest.json",
+      JSON.stringify([{
+        Config: configName,
+        RepoTags: ["busybox:latest", "example.com/x:1"],
+        Layers: ["aaa/layer.tar", "bbb/layer.tar", "ccc/layer.tar"],
+      }]),
+    );
+  const archive = join(dir, "save.tar");
+  await Deno.writeFile(archive, w.bytes());
+  const image = await openImage(`docker-archive:${archive}:docker.io/library/busybox:latest`);
+  assertEquals(image.configDigest, digestOf(config));
+  assertEquals(image.layers.map((l) => l.mediaType), [
+    "application/vnd.docker.image.rootfs.diff.tar",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip",
+    "application/vnd.docker.image.rootfs.diff.tar",
+  ]);
+  assertEquals(image.layers[1].digest, digestOf(gz));
+  assertEquals(await readLayers(image), tars);
+  assertEquals((await openImage(`docker-archive:${archive}:@0`)).digest, image.digest);
+  // A config whose name is not its digest is refused.
+  const bad = new TarWriter()
+    .file(`${"0".repeat(64)}.json`, config)
+    .file("l.tar", tars[0])
+    .file(
+      "manifest.json",
+      JSON.stringify([{ Config: `${"0".repeat(64)}.json`, Layers: ["l.tar"] }]),
+    );
+  await Deno.writeFile(archive, bad.bytes());
+  await assertRejects(() => openImage(`docker-archive:${archive}`), DigestMismatchError, "config");
 });
 
 Deno.test("umoci-built layouts open and verify", async () => {

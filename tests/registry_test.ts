@@ -1,6 +1,6 @@
 import { assert, assertEquals, assertRejects } from "@std/assert";
 import { join } from "@std/path";
-import { digestOf } from "../image/blob.ts";
+import { DigestMismatchError, digestOf } from "../image/blob.ts";
 import { writeOciLayout } from "../image/build.ts";
 import { openImage } from "../image/open.ts";
 import { PlatformNotFoundError } from "../image/platform.ts";
@@ -157,7 +157,7 @@ Deno.test("registry: multi-platform index, both platforms, missing platform list
   assertEquals(e.available, ["linux/amd64", "linux/arm64/v8"]);
 });
 
-Deno.test("registry: a deleted blob is a clear error; the store opens offline", async () => {
+Deno.test("registry: deleted and altered blobs are clear errors; the store opens offline", async () => {
   await using tmp = await tempDir();
   const dir = `${tmp}`;
   const { layout, single } = await fixtureLayout(dir);
@@ -177,6 +177,16 @@ Deno.test("registry: a deleted blob is a clear error; the store opens offline", 
       image.layers[1].digest,
     );
     console.log(`  deleted blob: ${e.message}`);
+    // A blob altered in the registry's storage is caught by its digest.
+    const data = reg.blobData(image.layers[2].digest);
+    const bytes = await Deno.readFile(data);
+    bytes[bytes.length >> 1] ^= 1;
+    await Deno.writeFile(data, bytes);
+    await assertRejects(
+      async () => readAll(await image.layers[2].uncompressed()),
+      DigestMismatchError,
+      image.layers[2].digest,
+    );
     assert(
       e instanceof BlobNotFoundError || e instanceof RegistryError,
       `unexpected ${e.constructor.name}`,
