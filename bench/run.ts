@@ -91,7 +91,6 @@ export async function bench(ctx: BenchContext): Promise<Record<string, number | 
     ours.push(s.total);
     bundlePart.push(s.bundle);
   }
-  await prepared.cleanup();
   const runcMs = median(peer);
   const runMs = median(ours);
   ctx.log(`run /bin/true: strata ${r2(runMs)} ms vs runc alone ${r2(runcMs)} ms`);
@@ -107,7 +106,13 @@ export async function bench(ctx: BenchContext): Promise<Record<string, number | 
   }
   const bcMs = median(bc);
   ctx.log(`bundle()+cleanup() of a cached 3-layer image: ${r2(bcMs)} ms median`);
+  const cli = await cliRun(ctx, image, rt.path, stateDir, prepared.path).catch((e) => {
+    ctx.log(`cli run not measured: ${(e as Error).message}`);
+    return undefined;
+  });
+  await prepared.cleanup();
   return {
+    ...(cli ?? {}),
     run_true_ms: r2(runMs),
     runc_alone_ms: r2(runcMs),
     run_vs_runc_ratio: r2(runMs / runcMs),
@@ -116,6 +121,62 @@ export async function bench(ctx: BenchContext): Promise<Record<string, number | 
     bundle_cleanup_p90_ms: r2([...bc].sort((a, b) => a - b)[Math.floor(bc.length * 0.9)]),
     runtime: rt.name,
   };
+}
+
+/**
+ * The whole command line, `deno run -A cli.ts run IMAGE` (warm: the image is
+ * pulled into the cache first), against runc alone on the prepared bundle,
+ * interleaved. Shows what process start-up adds to the in-process figure.
+ */
+async function cliRun(
+  ctx: BenchContext,
+  image: ReturnType<typeof testImage>,
+  runc: string,
+  stateDir: string,
+  preparedBundle: string,
+): Promise<Record<string, number>> {
+  const { buildOciLayout } = await import("../cli/demo_image.ts");
+  const layout = join(ctx.tmpfs, "layout");
+  const built = await buildOciLayout(layout, {
+    layers: image.layers.map((l) => ({ tar: (l as unknown as { tar: Uint8Array }).tar })),
+    config: { Cmd: ["/bin/true"] },
+  });
+  const cliTs = join(import.meta.dirname!, "..", "cli.ts");
+  const cache = join(ctx.tmpfs, "cli-cache");
+  const strata = async () => {
+    const t = performance.now();
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", "--quiet", cliTs, "run", "--cache", cache, built.ref],
+      stdin: "null",
+      stdout: "null",
+      stderr: "piped",
+    }).output();
+    if (!out.success) throw new Error(`strata run: ${new TextDecoder().decode(out.stderr).trim()}`);
+    return performance.now() - t;
+  };
+  const peer = async (i: number) => {
+    const t = performance.now();
+    const out = await new Deno.Command(runc, {
+      args: ["--root", stateDir, "run", "--bundle", preparedBundle, `bench-cli-peer-${i}`],
+      stdin: "null",
+      stdout: "null",
+      stderr: "null",
+    }).output();
+    if (!out.success) throw new Error("runc run failed");
+    return performance.now() - t;
+  };
+  await strata();
+  await strata();
+  const ours: number[] = [];
+  const theirs: number[] = [];
+  for (let i = 0; i < 10; i++) {
+    theirs.push(await peer(i));
+    ours.push(await strata());
+  }
+  const a = median(ours);
+  const b = median(theirs);
+  ctx.log(`cli: deno run cli.ts run IMAGE (/bin/true) ${r2(a)} ms vs runc alone ${r2(b)} ms`);
+  return { cli_run_true_ms: r2(a), cli_runc_alone_ms: r2(b), cli_vs_runc_ratio: r2(a / b) };
 }
 
 if (import.meta.main) {
