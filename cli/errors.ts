@@ -94,6 +94,12 @@ export function permissionHint(e: unknown): string | undefined {
     const kind = m?.[1] ?? (c.name === "FfiPermissionError" ? "ffi" : undefined);
     if (!kind) return `strata lacks a Deno permission: ${oneLine(c.message)}`;
     const target = m?.[2] ? ` (${m[2]})` : "";
+    if (kind === "all") {
+      // Deno grants /proc/self/* and similar special files only with -A.
+      return `strata needs -A (--allow-all) to read ${
+        m?.[2] ?? "special files"
+      } (id maps, mounts, namespaces); run deno with -A`;
+    }
     return `strata needs --allow-${kind} ${
       permissionUse[kind] ?? ""
     }${target}; run deno with --allow-${kind} or -A`

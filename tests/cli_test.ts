@@ -14,6 +14,20 @@ import { parseArgs, UsageError } from "../cli/args.ts";
 import { COMMANDS, GLOBAL_OPTIONS, TOP_OPTIONS } from "../cli/spec.ts";
 import { describeError, errorLine, exitCodeFor, permissionHint } from "../cli/errors.ts";
 import { formatBytes, Output } from "../cli/output.ts";
+import { buildDemoImage, DEMO_EXPECTED } from "../cli/demo_image.ts";
+import {
+  denoPath,
+  ensureTestUser,
+  isRoot,
+  mountsBelow,
+  repoRoot,
+  run,
+  runAsUser,
+  type RunResult,
+  sh,
+  tempDir,
+} from "./_helpers.ts";
+import { Registry } from "./_registry.ts";
 
 const globals = [...GLOBAL_OPTIONS, ...TOP_OPTIONS];
 const parse = (...args: string[]) => parseArgs(args, COMMANDS, globals);
@@ -137,4 +151,445 @@ Deno.test("output: a terminal gets a bar redrawn in place", () => {
   assertMatch(err, /layer 2\/2 eeeeeeeeeeee \[#+\] cached/);
 });
 
-export { join };
+// ---------------------------------------------------------------------------
+// The CLI as a subprocess, on real images and a real cache.
+
+const CLI = join(repoRoot, "cli.ts");
+
+/** The environment subprocesses get: this one, minus a CA variable that makes Deno warn here. */
+function cliEnv(extra: Record<string, string> = {}): Record<string, string> {
+  const env = { ...Deno.env.toObject(), ...extra };
+  delete env.NODE_EXTRA_CA_CERTS;
+  delete env.STRATA_CACHE;
+  return env;
+}
+
+/** Runs `deno run -A cli.ts ARGS` with piped output. */
+async function strata(
+  args: string[],
+  options: { flags?: string[]; stdin?: string; env?: Record<string, string> } = {},
+): Promise<RunResult> {
+  const child = new Deno.Command(denoPath, {
+    args: ["run", ...(options.flags ?? ["-A"]), CLI, ...args],
+    stdin: options.stdin === undefined ? "null" : "piped",
+    stdout: "piped",
+    stderr: "piped",
+    env: cliEnv(options.env),
+    clearEnv: true,
+  }).spawn();
+  if (options.stdin !== undefined) {
+    const w = child.stdin.getWriter();
+    await w.write(new TextEncoder().encode(options.stdin));
+    await w.close();
+  }
+  const out = await child.output();
+  const d = new TextDecoder();
+  return { code: out.code, stdout: d.decode(out.stdout), stderr: d.decode(out.stderr) };
+}
+
+/** Asserts that stderr is exactly one `strata: ...` line without a stack trace. */
+function assertOneErrorLine(r: RunResult, includes?: string): void {
+  const lines = r.stderr.split("\n").filter((l) => l.trim());
+  assertEquals(lines.length, 1, `one line on stderr, got: ${r.stderr}`);
+  assertMatch(lines[0], /^strata: /);
+  assert(!/\n\s+at /.test(r.stderr), "no stack trace");
+  if (includes) assertStringIncludes(lines[0], includes);
+}
+
+let layout: Promise<{ dir: string; ref: string; digest: string; diffIDs: string[] }> | undefined;
+
+/** The demo image as an OCI layout, built once for the whole file. */
+function demoLayout() {
+  layout ??= (async () => {
+    const dir = await Deno.makeTempDir({ prefix: "strata-cli-layout-" });
+    await Deno.chmod(dir, 0o755);
+    const built = await buildDemoImage(join(dir, "layout"));
+    // World-readable, for the unprivileged user's test.
+    await sh("chmod", ["-R", "a+rX", dir]);
+    return {
+      dir,
+      ref: built.ref,
+      digest: built.digest,
+      diffIDs: built.layers.map((l) => l.diffID),
+    };
+  })();
+  return layout;
+}
+
+Deno.test("cli: help, version and usage errors exit 0 / 2 with one line", async () => {
+  const help = await strata(["--help"]);
+  assertEquals(help.code, 0);
+  assertStringIncludes(help.stdout, "usage: strata [global options] COMMAND");
+  assertEquals(help.stderr, "");
+  const runHelp = await strata(["help", "run"]);
+  assertEquals(runHelp.code, 0);
+  assertStringIncludes(runHelp.stdout, "usage: strata run [options] IMAGE [--] [CMD [ARG...]]");
+  assertStringIncludes(runHelp.stdout, "--read-only");
+  const version = await strata(["--version"]);
+  assertMatch(version.stdout, /^strata \d+\.\d+\.\d+\n$/);
+
+  const unknown = await strata(["run", "--foo", "img"]);
+  assertEquals(unknown.code, 2);
+  assertEquals(
+    unknown.stderr,
+    "strata: usage: unknown option --foo for run; see strata run --help\n",
+  );
+  assertEquals(unknown.stdout, "");
+  const cmd = await strata(["frobnicate"]);
+  assertEquals(cmd.code, 2);
+  assertOneErrorLine(cmd, "unknown command 'frobnicate'; see strata --help");
+  const none = await strata([]);
+  assertEquals(none.code, 2);
+  assertOneErrorLine(none, "missing command");
+  const missing = await strata(["export", "oci:/x"]);
+  assertEquals(missing.code, 2);
+  assertOneErrorLine(missing, "export needs DIR");
+});
+
+Deno.test("cli: pull prints only the digest; progress is plain lines, none with --quiet", async () => {
+  const img = await demoLayout();
+  await using cacheDir = await tempDir("strata-cli-cache-");
+  const cache = String(cacheDir);
+  const r = await strata(["pull", img.ref, "--cache", cache]);
+  assertEquals(r.code, 0, r.stderr);
+  assertEquals(r.stdout, img.digest + "\n");
+  assert(!r.stderr.includes("\x1b"), "no terminal escapes when stderr is a pipe");
+  assertMatch(r.stderr, /layer 1\/3 sha256:[0-9a-f]{12}: fetching /);
+  assertMatch(r.stderr, /layer 3\/3 sha256:[0-9a-f]{12}: done: .* fetched, .* applied/);
+  // Everything cached now: a second pull prints the digest and no progress.
+  const again = await strata(["--cache", cache, "pull", img.ref]);
+  assertEquals(again.stdout, img.digest + "\n");
+  assert(!again.stderr.includes("fetching"), again.stderr);
+  // --quiet: nothing on stderr at all, on a cold cache too.
+  await using cache2Dir = await tempDir("strata-cli-cache-");
+  const cache2 = String(cache2Dir);
+  const quiet = await strata(["pull", "-q", img.ref, "--cache", cache2]);
+  assertEquals(quiet.code, 0);
+  assertEquals(quiet.stdout, img.digest + "\n");
+  assertEquals(quiet.stderr, "");
+
+  const bad = await strata(["pull", `oci:${cache}/nope:x`, "--cache", cache]);
+  assertEquals(bad.code, 1);
+  assertEquals(bad.stdout, "");
+  assertOneErrorLine(bad, `strata: pull oci:${cache}/nope:x: `);
+  const debug = await strata(["pull", `oci:${cache}/nope:x`, "--cache", cache, "--debug"]);
+  assertEquals(debug.code, 1);
+  assertMatch(debug.stderr, /\n\s+at /, "--debug shows the stack");
+});
+
+Deno.test("cli: ls --json, rm and prune", async () => {
+  const img = await demoLayout();
+  await using cacheDir = await tempDir("strata-cli-cache-");
+  const cache = String(cacheDir);
+  const empty = await strata(["ls", "--json", "--cache", cache]);
+  assertEquals(empty.code, 0);
+  assertEquals(JSON.parse(empty.stdout).images, []);
+  assertEquals((await strata(["pull", "-q", img.ref, "--cache", cache])).code, 0);
+
+  const ls = await strata(["ls", "--json", "--cache", cache]);
+  assertEquals(ls.code, 0, ls.stderr);
+  const j = JSON.parse(ls.stdout);
+  assertEquals(j.cache, String(cache));
+  assertEquals(j.images.length, 1);
+  assertEquals(j.images[0].name, img.ref);
+  assertEquals(j.images[0].digest, img.digest);
+  assertEquals(j.images[0].complete, true);
+  assertEquals(j.images[0].layers.map((l: { diffID: string }) => l.diffID), img.diffIDs);
+  assert(j.images[0].size > 1000 && j.images[0].extracted > j.images[0].size);
+  assertEquals(j.layers, { count: 3, unreferenced: 0 });
+  assert(j.diskUsage > 0);
+  const text = await strata(["ls", "--cache", cache]);
+  assertMatch(text.stdout, /^NAME\s+DIGEST\s+LAYERS\s+SIZE\s+EXTRACTED\n/);
+  assertStringIncludes(text.stdout, img.ref);
+  assertStringIncludes(text.stdout, "1 image, 3 layers (0 unreferenced)");
+
+  // prune keeps what an image references.
+  const keep = await strata(["prune", "--cache", cache]);
+  assertEquals(keep.code, 0, keep.stderr);
+  assertEquals(keep.stdout, "");
+  const rm = await strata(["rm", img.ref, "--cache", cache]);
+  assertEquals(rm.code, 0);
+  assertEquals(rm.stdout, img.ref + "\n");
+  const rm2 = await strata(["rm", img.ref, "--cache", cache]);
+  assertEquals(rm2.code, 1);
+  assertOneErrorLine(rm2, `no image ${img.ref} in the cache`);
+  // A leftover of a dead process in tmp/ goes too.
+  await Deno.mkdir(join(cache, "tmp", "deadbeef"));
+  await Deno.writeTextFile(join(cache, "locks", "tmp-deadbeef.lock"), "");
+  const prune = await strata(["prune", "--cache", cache]);
+  assertEquals(prune.code, 0, prune.stderr);
+  assertEquals(prune.stdout.trim().split("\n").sort(), [...img.diffIDs].sort());
+  assertStringIncludes(prune.stderr, "pruned 3 layers, 1 temp dir");
+  assertEquals([...Deno.readDirSync(join(cache, "layers"))], []);
+  assertEquals([...Deno.readDirSync(join(cache, "tmp"))], []);
+});
+
+Deno.test("cli: run passes argv, stdin, stdout and the exit status; strata failures are 125", async () => {
+  const img = await demoLayout();
+  await using cacheDir = await tempDir("strata-cli-cache-");
+  const cache = String(cacheDir);
+  const c = ["--cache", cache];
+  const hello = await strata(["run", ...c, "-q", img.ref, "echo", "hello", "-n"]);
+  assertEquals(hello.code, 0, hello.stderr);
+  assertEquals(hello.stdout, "hello -n\n");
+  const status = await strata(["run", ...c, img.ref, "--", "sh", "-c", "exit 7"]);
+  assertEquals(status.code, 7);
+  const opts = await strata([
+    "run",
+    ...c,
+    "-e",
+    "A=1",
+    "--env=B=two words",
+    "--user",
+    "root:app",
+    "--workdir",
+    "/tmp",
+    img.ref,
+    "sh",
+    "-c",
+    'echo "$A|$B|$(id -u):$(id -g)|$(pwd)"',
+  ]);
+  assertEquals(opts.code, 0, opts.stderr);
+  assertEquals(opts.stdout, "1|two words|0:1000|/tmp\n");
+  const image = await strata(["run", ...c, img.ref]);
+  assertEquals(image.code, 0, image.stderr);
+  assertStringIncludes(image.stdout, "user: app (uid 1000, gid 1000), cwd: /home/app");
+  for (const line of Object.values(DEMO_EXPECTED)) assertStringIncludes(image.stdout, line);
+  const fn = await strata(["run", ...c, "-q", img.ref, "tr", "a-z", "A-Z"], { stdin: "shout\n" });
+  assertEquals(fn.stdout, "SHOUT\n");
+  const ro = await strata(["run", ...c, "--read-only", img.ref, "touch", "/x"]);
+  assertEquals(ro.code, 1);
+  assertStringIncludes(ro.stderr, "Read-only file system");
+
+  const noImage = await strata(["run", ...c, `oci:${cache}/missing:x`, "true"]);
+  assertEquals(noImage.code, 125);
+  assertOneErrorLine(noImage, `strata: run oci:${cache}/missing:x: `);
+  const noUser = await strata(["run", ...c, "-q", "--user", "nobody-here", img.ref, "true"]);
+  assertEquals(noUser.code, 125);
+  assertOneErrorLine(noUser, "nobody-here");
+  const noRuntime = await strata(["run", ...c, "-q", "--runtime", "no-such-runtime", img.ref]);
+  assertEquals(noRuntime.code, 125);
+  assertOneErrorLine(noRuntime, "no-such-runtime");
+  assertEquals(await mountsBelow(String(cache)), [], "no mount left behind");
+  assertEquals([...Deno.readDirSync(join(cache, "containers"))], [], "no container left behind");
+});
+
+Deno.test("cli: prune never removes a layer a running container uses", async () => {
+  const img = await demoLayout();
+  await using cacheDir = await tempDir("strata-cli-cache-");
+  const cache = String(cacheDir);
+  const c = ["--cache", cache];
+  const child = new Deno.Command(denoPath, {
+    args: ["run", "-A", CLI, ...c, "-q", "run", img.ref, "sh", "-c", "echo up; read x"],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+    env: cliEnv(),
+    clearEnv: true,
+  }).spawn();
+  const reader = child.stdout.getReader();
+  const first = await reader.read();
+  assertEquals(new TextDecoder().decode(first.value), "up\n");
+  assertEquals((await strata(["rm", img.ref, ...c])).code, 0);
+  const prune = await strata(["prune", ...c]);
+  assertEquals(prune.code, 0, prune.stderr);
+  assertEquals(prune.stdout, "", "nothing removed while the container runs");
+  assertMatch(prune.stderr, /keeping sha256:[0-9a-f]{12}: used by container strata-/);
+  const w = child.stdin.getWriter();
+  await w.write(new TextEncoder().encode("bye\n"));
+  await w.close();
+  reader.releaseLock();
+  await child.stdout.cancel();
+  await child.stderr.cancel();
+  assertEquals((await child.status).code, 0);
+  const after = await strata(["prune", ...c]);
+  assertEquals(after.stdout.trim().split("\n").length, 3, "removed once the container is gone");
+});
+
+Deno.test("cli: export writes the flattened tree with owners, links and whiteouts applied", async () => {
+  const img = await demoLayout();
+  await using cacheDir = await tempDir("strata-cli-cache-");
+  const cache = String(cacheDir);
+  await using outDir = await tempDir("strata-cli-export-");
+  const out = String(outDir);
+  const dir = join(out, "rootfs");
+  const r = await strata(["export", img.ref, dir, "--cache", cache]);
+  assertEquals(r.code, 0, r.stderr);
+  assertEquals(r.stdout, "");
+  assertMatch(r.stderr, /exported \d+ entries .*1 hard links/);
+  assertEquals(
+    await Deno.readTextFile(join(dir, "etc/motd")),
+    "hello from layer 2 (it overrides layer 1)\n",
+  );
+  await assertMissing(join(dir, "etc/secret"));
+  assertEquals([...Deno.readDirSync(join(dir, "data/cache"))].map((e) => e.name), ["fresh.txt"]);
+  const a = await Deno.lstat(join(dir, "app/show.sh"));
+  const b = await Deno.lstat(join(dir, "app/show-link.sh"));
+  assertEquals(a.ino, b.ino, "hard link kept");
+  const home = await Deno.lstat(join(dir, "home/app"));
+  assertEquals([home.uid, home.gid], [1000, 1000]);
+  assertEquals((await Deno.lstat(join(dir, "tmp"))).mode! & 0o7777, 0o1777);
+  assertEquals(
+    (await Deno.lstat(join(dir, "etc/motd"))).mtime!
+      .getTime(),
+    1704067200_000,
+  );
+  assertEquals(await Deno.readLink(join(dir, "bin/sh")), "busybox");
+  // No overlay xattr leaks into the export.
+  const xattrs = await run("getfattr", ["-R", "-d", "-m", "-", dir]);
+  assert(!xattrs.stdout.includes("overlay"), xattrs.stdout);
+
+  const again = await strata(["export", img.ref, dir, "--cache", cache]);
+  assertEquals(again.code, 1);
+  assertOneErrorLine(again, "is not empty");
+  assertEquals(await mountsBelow(String(cache)), []);
+});
+
+async function assertMissing(path: string): Promise<void> {
+  try {
+    await Deno.lstat(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return;
+    throw e;
+  }
+  throw new Error(`${path} exists`);
+}
+
+Deno.test("cli: verify finds a file changed inside a cached layer; pull repairs it", async () => {
+  const img = await demoLayout();
+  await using cacheDir = await tempDir("strata-cli-cache-");
+  const cache = String(cacheDir);
+  const c = ["--cache", cache];
+  assertEquals((await strata(["pull", "-q", img.ref, ...c])).code, 0);
+  const ok = await strata(["verify", ...c]);
+  assertEquals(ok.code, 0, ok.stderr);
+  assertStringIncludes(ok.stderr, "all intact");
+  // Tamper: one byte of busybox's /etc/motd in layer 1 as it sits in the cache.
+  const layer1 = join(cache, "layers", img.diffIDs[0].replace(":", "-"));
+  await Deno.writeTextFile(join(layer1, "fs/etc/motd"), "hello from layer X\n");
+  const bad = await strata(["verify", ...c]);
+  assertEquals(bad.code, 1);
+  assertEquals(bad.stdout, `damaged ${img.diffIDs[0]}\n`);
+  assertMatch(bad.stderr, /DAMAGED: its files changed/);
+  assertStringIncludes(
+    bad.stderr.trim().split("\n").at(-1)!,
+    `strata: verify: 1 damaged: layer ${img.diffIDs[0]}`,
+  );
+  await assertMissing(layer1);
+  const ls = JSON.parse((await strata(["ls", "--json", ...c])).stdout);
+  assertEquals(ls.images[0].complete, false);
+  // The next pull extracts it again and verify is happy.
+  const pull = await strata(["pull", img.ref, ...c]);
+  assertEquals(pull.code, 0);
+  assertMatch(pull.stderr, /1 of 3 layers extracted/);
+  assertEquals((await strata(["verify", ...c])).code, 0);
+  // A damaged image-store blob is found too.
+  const blob = join(cache, "images/blobs/sha256", img.digest.slice(7));
+  await Deno.writeTextFile(blob, "{}");
+  const badBlob = await strata(["verify", ...c]);
+  assertEquals(badBlob.code, 1);
+  assertStringIncludes(badBlob.stdout, `damaged ${img.digest}`);
+});
+
+Deno.test("cli: pull from a real registry with basic auth and --tls-verify=false", async () => {
+  const img = await demoLayout();
+  await using reg = await Registry.start({ user: "alice", pass: "s3cret" });
+  await reg.push(img.ref, "demo/busybox:v1", { creds: "alice:s3cret" });
+  await using cacheDir = await tempDir("strata-cli-cache-");
+  const cache = String(cacheDir);
+  const ref = `${reg.host}/demo/busybox:v1`;
+  const denied = await strata(["pull", ref, "--tls-verify=false", "--cache", cache]);
+  assertEquals(denied.code, 1);
+  assertOneErrorLine(denied, `strata: pull ${ref}: `);
+  const r = await strata([
+    "pull",
+    "--tls-verify=false",
+    "--creds",
+    "alice:s3cret",
+    `docker://${ref}`,
+    "--cache",
+    cache,
+  ]);
+  assertEquals(r.code, 0, r.stderr);
+  assertMatch(r.stdout, /^sha256:[0-9a-f]{64}\n$/);
+  // Offline from here: run by name, served from the image store and layer cache.
+  const run1 = await strata(["run", "-q", "--cache", cache, ref, "cat", "/etc/motd"]);
+  assertEquals(run1.code, 0, run1.stderr);
+  assertEquals(run1.stdout, "hello from layer 2 (it overrides layer 1)\n");
+  const byDigest = await strata(["run", "-q", "--cache", cache, r.stdout.trim(), "true"]);
+  assertEquals(byDigest.code, 0, byDigest.stderr);
+  const badCreds = await strata(["pull", ref, "--creds", "alice", "--cache", cache]);
+  assertEquals(badCreds.code, 2);
+  assertOneErrorLine(badCreds, "--creds must be USER:PASS");
+});
+
+Deno.test("cli: supported exits 0 and --why explains the mode", async () => {
+  await using cacheDir = await tempDir("strata-cli-cache-");
+  const cache = String(cacheDir);
+  const r = await strata(["supported", "--cache", cache]);
+  assertEquals(r.code, 0, r.stderr);
+  assertEquals(r.stdout, "");
+  const why = await strata(["supported", "--why", "--cache", cache]);
+  assertEquals(why.code, 0);
+  assertMatch(why.stdout, /^supported: yes\ncache: /);
+  assertMatch(why.stdout, /\nmode: root/);
+  assertMatch(why.stdout, /\nmount backend: \w+/);
+  // On an overlayfs (a container's root filesystem) it is not supported.
+  await using mDir = await tempDir("strata-cli-ovl-");
+  const m = String(mDir);
+  for (const d of ["l", "u", "w", "m"]) await Deno.mkdir(join(m, d));
+  await sh("mount", [
+    "-t",
+    "overlay",
+    "overlay",
+    "-o",
+    `lowerdir=${m}/l,upperdir=${m}/u,workdir=${m}/w`,
+    `${m}/m`,
+  ]);
+  const no = await strata(["supported", "--why", "--cache", join(m, "m", "cache")]);
+  assertEquals(no.code, 1);
+  assertMatch(no.stdout, /supported: no[\s\S]*reason: .*overlayfs/);
+});
+
+Deno.test("cli: a missing Deno permission names the flag to add", async () => {
+  await using cacheDir = await tempDir("strata-cli-cache-");
+  const cache = String(cacheDir);
+  const img = await demoLayout();
+  const noEnv = await strata(["ls"], { flags: ["--allow-read", "--no-prompt"] });
+  assertEquals(noEnv.code, 1);
+  assertOneErrorLine(noEnv, "strata needs --allow-env to find the cache directory");
+  // Mounting commands read /proc/self (id maps, mount namespace): Deno wants -A for that.
+  const r = await strata(["pull", img.ref, "--cache", cache], {
+    flags: ["--allow-read", "--allow-write", "--allow-env", "--allow-run", "--no-prompt"],
+  });
+  assertEquals(r.code, 1);
+  assertOneErrorLine(r, "strata needs -A (--allow-all)");
+});
+
+Deno.test("cli: demo runs end to end, cold then warm, and leaves nothing behind", async () => {
+  const before = new Set([...Deno.readDirSync("/tmp")].map((e) => e.name));
+  const r = await strata(["demo"]);
+  assertEquals(r.code, 0, r.stderr);
+  for (const line of Object.values(DEMO_EXPECTED)) {
+    assertEquals(r.stdout.split(line).length - 1, 2, `twice: ${line}`);
+  }
+  assertMatch(r.stderr, /cold run: [\d.]+ m?s \(3 layers extracted/);
+  assertMatch(r.stderr, /warm run: [\d.]+ m?s \(0 extracted/);
+  const left = [...Deno.readDirSync("/tmp")].map((e) => e.name)
+    .filter((n) => n.startsWith("strata-demo-") && !before.has(n));
+  assertEquals(left, []);
+});
+
+Deno.test({
+  name: "cli: an unprivileged user runs the demo in a user namespace, as the image's app user",
+  ignore: !isRoot,
+  fn: async () => {
+    const { home } = await ensureTestUser();
+    const r = await runAsUser([denoPath, "run", "-A", CLI, "demo"], {
+      env: { DENO_DIR: join(home, ".deno") },
+    });
+    assertEquals(r.code, 0, r.stderr);
+    assertStringIncludes(r.stdout, "user: app (uid 1000, gid 1000)");
+    for (const line of Object.values(DEMO_EXPECTED)) assertStringIncludes(r.stdout, line);
+  },
+});
