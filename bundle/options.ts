@@ -96,10 +96,13 @@ export function withImageConfig(
     p.args = [...(c.Entrypoint ?? []), ...(c.Cmd ?? [])];
     p.env = mergeEnv(p.env ?? [], c.Env ?? []);
     if (c.WorkingDir) p.cwd = c.WorkingDir;
+    const root = rootfsFor(spec, rootfs);
     if (c.User) {
-      const r = resolveIn(c.User, rootfsFor(spec, rootfs));
+      const r = resolveIn(c.User, root);
       p.user = { ...p.user, ...toSpecUser(r) };
-      setHome(spec, r);
+      setHome(spec, r.home);
+    } else if (!p.env.some((e) => e.startsWith("HOME="))) {
+      setHome(spec, rootHome(root));
     }
   };
 }
@@ -114,12 +117,31 @@ function toSpecUser(r: ResolvedUser) {
   return u;
 }
 
-/** Docker sets HOME from passwd when the image does not; so do we. */
-function setHome(spec: Spec, r: ResolvedUser) {
+/** Specs whose HOME was derived from passwd (not set by the image or caller). */
+const derivedHome = new WeakSet<Spec>();
+
+/**
+ * Docker sets HOME from the user's passwd entry when the image does not (and
+ * to `/` for a user passwd does not list); so do we. A HOME set explicitly
+ * stays; one derived for an earlier user is replaced.
+ */
+function setHome(spec: Spec, home: string | undefined) {
   const p = processOf(spec);
   const env = p.env ?? [];
-  if (env.some((e) => e.startsWith("HOME="))) return;
-  p.env = [...env, `HOME=${r.home || "/"}`];
+  const has = env.some((e) => e.startsWith("HOME="));
+  if (has && !derivedHome.has(spec)) return;
+  p.env = [...env.filter((e) => !e.startsWith("HOME=")), `HOME=${home || "/"}`];
+  derivedHome.add(spec);
+}
+
+/** HOME for the image's default user (root): its passwd entry, best effort. */
+function rootHome(rootfs: string | undefined): string {
+  if (!rootfs) return "/root";
+  try {
+    return readUserDatabase(rootfs).passwd.find((e) => e.uid === 0)?.home || "/";
+  } catch {
+    return "/root";
+  }
 }
 
 /**
@@ -144,8 +166,7 @@ export function withUser(
     if (typeof user === "string") {
       const r = resolveIn(user, rootfsFor(spec, rootfs));
       p.user = { ...p.user, ...toSpecUser(r) };
-      p.env = (p.env ?? []).filter((e) => !e.startsWith("HOME="));
-      setHome(spec, r);
+      setHome(spec, r.home);
     } else {
       p.user = { ...p.user, uid: user.uid, gid: user.gid, additionalGids: user.additionalGids };
     }
@@ -206,6 +227,7 @@ export function withEnv(env: Record<string, string> | string[]): SpecOption {
   return (spec) => {
     const p = processOf(spec);
     p.env = mergeEnv(p.env ?? [], list);
+    if (list.some((e) => e.startsWith("HOME="))) derivedHome.delete(spec);
   };
 }
 

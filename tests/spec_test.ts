@@ -274,6 +274,39 @@ Deno.test("caller options after the image config win", async () => {
   assertEquals(s2.process!.args, ["ls"]);
 });
 
+Deno.test("HOME: from passwd unless the image or the caller sets it", async () => {
+  await using tmp = await tempDir();
+  const dir = String(tmp);
+  await Deno.mkdir(join(dir, "etc"));
+  await Deno.writeTextFile(join(dir, "etc/passwd"), PASSWD);
+  await Deno.writeTextFile(join(dir, "etc/group"), GROUP);
+  const home = (s: Spec) => s.process!.env!.filter((e) => e.startsWith("HOME="));
+  assertEquals(home(await newSpec(withRootFS(dir), withImageConfig({ Cmd: ["id"] }))), [
+    "HOME=/root",
+  ]);
+  assertEquals(
+    home(await newSpec(withRootFS(dir), withImageConfig({ Cmd: ["id"] }), withUser("app"))),
+    ["HOME=/home/app"],
+  );
+  assertEquals(
+    home(await newSpec(withRootFS(dir), withImageConfig({ Cmd: ["id"], User: "4242" }))),
+    ["HOME=/"],
+  );
+  const explicit = withImageConfig({ Cmd: ["id"], Env: ["HOME=/data"], User: "app" });
+  assertEquals(home(await newSpec(withRootFS(dir), explicit, withUser("svc"))), ["HOME=/data"]);
+  assertEquals(
+    home(
+      await newSpec(
+        withRootFS(dir),
+        withImageConfig({ Cmd: ["id"] }),
+        withEnv({ HOME: "/x" }),
+        withUser("app"),
+      ),
+    ),
+    ["HOME=/x"],
+  );
+});
+
 Deno.test("user files are read inside the rootfs: symlinks cannot escape it", async () => {
   await using tmp = await tempDir();
   const dir = String(tmp);
