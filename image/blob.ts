@@ -291,11 +291,11 @@ export function decompress(
   what: string,
 ): TransformStream<Uint8Array, Uint8Array> {
   const declared = compressionOf(mediaType, what);
-  let head: Uint8Array | undefined = new Uint8Array(0);
-  let inner: Inner | undefined;
-
-  const mismatch = (found: Compression | undefined) =>
-    new BlobFormatError(
+  const check = (bytes: Uint8Array) => {
+    const found = sniffCompression(bytes);
+    const bad = declared === "none" ? found === "gzip" || found === "zstd" : found !== declared;
+    if (!bad) return;
+    throw new BlobFormatError(
       what,
       `media type ${mediaType} declares ${
         declared === "none" ? "an uncompressed tar" : declared
@@ -305,139 +305,152 @@ export function decompress(
           : `is ${found}-compressed`
       }`,
     );
-
-  const start = (controller: TransformStreamDefaultController<Uint8Array>, bytes: Uint8Array) => {
-    const found = sniffCompression(bytes);
-    if (declared === "none") {
-      if (found === "gzip" || found === "zstd") throw mismatch(found);
-    } else if (found !== declared) throw mismatch(found);
-    inner = declared === "none" ? passThrough(controller) : zlibStage(declared, controller, what);
   };
-
-  return new TransformStream<Uint8Array, Uint8Array>({
-    async transform(chunk, controller) {
-      if (!inner) {
-        // Gather the first 4 bytes to sniff; chunks this small only happen in tests.
-        const joined = new Uint8Array(head!.length + chunk.length);
-        joined.set(head!);
-        joined.set(chunk, head!.length);
-        if (joined.length < 4) {
-          head = joined;
-          return;
-        }
-        head = undefined;
-        start(controller, joined);
-        chunk = joined;
-      }
-      await inner!.write(chunk);
-    },
-    async flush(controller) {
-      if (!inner) {
-        const bytes = head!;
-        head = undefined;
-        if (bytes.length === 0 && declared === "none") return; // an empty plain blob
-        start(controller, bytes);
-        if (bytes.length) await inner!.write(bytes);
-      }
-      await inner!.end();
-    },
-    cancel() {
-      inner?.destroy();
-    },
-  });
-}
-
-interface Inner {
-  write(chunk: Uint8Array): Promise<void> | void;
-  end(): Promise<void> | void;
-  destroy(): void;
-}
-
-function passThrough(controller: TransformStreamDefaultController<Uint8Array>): Inner {
-  return {
-    write: (chunk) => controller.enqueue(chunk),
-    end: () => {},
-    destroy: () => {},
+  // Gathers the first 4 bytes (chunks that small only happen in tests) and checks them.
+  let head: Uint8Array | undefined = new Uint8Array(0);
+  const sniff = (chunk: Uint8Array | undefined): Uint8Array | undefined => {
+    if (!head) return chunk;
+    const joined = chunk ? new Uint8Array(head.length + chunk.length) : head;
+    if (chunk) {
+      joined.set(head);
+      joined.set(chunk, head.length);
+    }
+    if (chunk && joined.length < 4) {
+      head = joined;
+      return undefined;
+    }
+    head = undefined;
+    if (joined.length === 0 && declared === "none") return joined; // an empty plain blob
+    check(joined);
+    return joined;
   };
+  if (declared === "none") {
+    return new TransformStream<Uint8Array, Uint8Array>({
+      transform(chunk, controller) {
+        const c = sniff(chunk);
+        if (c) controller.enqueue(c);
+      },
+      flush(controller) {
+        const c = sniff(undefined);
+        if (c?.length) controller.enqueue(c);
+      },
+    });
+  }
+  return zlibPair(declared, what, sniff);
 }
 
 /**
- * Drives a node:zlib decompressor from a TransformStream: input is written
- * without waiting for each chunk to be processed (only for `drain`), so the
- * thread pool works while JavaScript hands over the next chunk.
+ * A node:zlib decompressor as a writable/readable pair. Input is written
+ * without waiting for each chunk to be processed (only for `drain`, with a
+ * deep queue), so the thread pool works while JavaScript hands over the next
+ * chunk; output is paused while the reader is not reading, so a slow consumer
+ * (or a decompression bomb) cannot pile decompressed bytes up in memory.
  */
-function zlibStage(
+function zlibPair(
   kind: "gzip" | "zstd",
-  controller: TransformStreamDefaultController<Uint8Array>,
   what: string,
-): Inner {
-  // A deep input queue keeps the thread pool busy while JavaScript is elsewhere.
+  sniff: (chunk: Uint8Array | undefined) => Uint8Array | undefined,
+): TransformStream<Uint8Array, Uint8Array> {
   const opts = { chunkSize: ZLIB_CHUNK, writableHighWaterMark: 4 << 20 };
   const z = kind === "gzip" ? zlib.createGunzip(opts) : zlib.createZstdDecompress(opts);
-  let failed: Error | undefined;
+  let out!: ReadableStreamDefaultController<Uint8Array>;
+  let failed: unknown;
   let ended = false;
-  const waiters = new Set<(e?: Error) => void>();
-  const wake = (e?: Error) => {
-    for (const w of [...waiters]) w(e);
+  let drained = true;
+  const waiters = new Set<() => void>();
+  const wake = () => {
+    for (const w of [...waiters]) w();
   };
-  z.on("data", (b: Uint8Array) => {
-    if (failed) return;
-    try {
-      controller.enqueue(new Uint8Array(b.buffer, b.byteOffset, b.byteLength));
-    } catch (e) {
-      // The readable side was cancelled; stop decompressing.
-      failed = e as Error;
-      z.destroy();
-    }
-  });
-  z.on("error", (e: Error) => {
-    failed ??= new BlobFormatError(what, `${kind} decompression failed: ${e.message}`, {
-      cause: e,
-    });
-    wake(failed);
-  });
-  z.on("end", () => {
-    ended = true;
-    wake();
-  });
   const wait = (done: () => boolean) =>
     new Promise<void>((resolve, reject) => {
-      const w = (e?: Error) => {
-        if (e) {
+      const w = () => {
+        if (failed !== undefined) {
           waiters.delete(w);
-          reject(e);
+          reject(failed);
         } else if (done()) {
           waiters.delete(w);
           resolve();
         }
       };
       waiters.add(w);
+      w();
     });
-  let drained = true;
+  const fail = (e: unknown) => {
+    if (failed !== undefined) return;
+    failed = e;
+    try {
+      out.error(e);
+    } catch { /* already closed or errored */ }
+    z.destroy();
+    wake();
+  };
+  const readable = new ReadableStream<Uint8Array>({
+    start(c) {
+      out = c;
+    },
+    pull() {
+      z.resume();
+    },
+    cancel(reason) {
+      failed ??= reason ?? new Error(`${what}: reading was cancelled`);
+      z.destroy();
+      wake();
+    },
+  }, { highWaterMark: 2 });
+  z.on("data", (b: Uint8Array) => {
+    if (failed !== undefined) return;
+    out.enqueue(new Uint8Array(b.buffer, b.byteOffset, b.byteLength));
+    if ((out.desiredSize ?? 0) <= 0) z.pause();
+  });
+  z.pause();
+  z.on("error", (e: Error) => {
+    fail(new BlobFormatError(what, `${kind} decompression failed: ${e.message}`, { cause: e }));
+  });
+  z.on("end", () => {
+    ended = true;
+    if (failed === undefined) out.close();
+    wake();
+  });
   z.on("drain", () => {
     drained = true;
     wake();
   });
-  return {
-    async write(chunk) {
-      if (failed) throw failed;
-      if (!z.write(chunk)) {
-        drained = false;
-        await wait(() => drained);
-      }
-      if (failed) throw failed;
-    },
-    async end() {
-      if (failed) throw failed;
-      z.end();
-      if (!ended) await wait(() => ended);
-      if (failed) throw failed;
-    },
-    destroy() {
-      failed ??= new Error(`${what}: decompression cancelled`);
-      z.destroy();
-    },
+  const write = async (chunk: Uint8Array) => {
+    if (!z.write(chunk)) {
+      drained = false;
+      await wait(() => drained);
+    }
   };
+  const writable = new WritableStream<Uint8Array>({
+    async write(chunk) {
+      if (failed !== undefined) throw failed;
+      let c: Uint8Array | undefined;
+      try {
+        c = sniff(chunk);
+      } catch (e) {
+        fail(e);
+        throw e;
+      }
+      if (c) await write(c);
+    },
+    async close() {
+      if (failed !== undefined) throw failed;
+      try {
+        const c = sniff(undefined);
+        if (c?.length) await write(c);
+      } catch (e) {
+        fail(e);
+        throw e;
+      }
+      z.end();
+      await wait(() => ended);
+    },
+    abort(reason) {
+      fail(reason);
+    },
+  });
+  // A readable/writable pair is what pipeThrough takes; it is a TransformStream in all but name.
+  return { readable, writable } as TransformStream<Uint8Array, Uint8Array>;
 }
 
 /**

@@ -208,3 +208,18 @@ Deno.test("openLayerTar streams a large gzip layer quickly", async () => {
   assert(n / chunks >= 64 * 1024, `average chunk ${n / chunks} bytes`);
   console.log(`  64 MiB gzip layer: ${ms.toFixed(0)} ms, ${chunks} chunks`);
 });
+
+Deno.test("decompress holds back output while the reader is not reading (gzip bomb)", async () => {
+  // 512 MiB of zeros compress to about 0.5 MiB.
+  const bomb = gzipSync(new Uint8Array(512 << 20), { level: 1 });
+  const before = Deno.memoryUsage().rss;
+  const reader = chunked(bomb, 65536)
+    .pipeThrough(decompress(MediaType.OciLayerGzip, "bomb"))
+    .getReader();
+  const first = await reader.read();
+  assert(!first.done && first.value.length > 0);
+  await new Promise((r) => setTimeout(r, 300)); // time to inflate everything, if it were allowed
+  const grown = Deno.memoryUsage().rss - before;
+  await reader.cancel();
+  assert(grown < 128 << 20, `RSS grew by ${(grown / 1048576).toFixed(0)} MiB while nobody read`);
+});
