@@ -273,6 +273,8 @@ class Fail {
 class LayerWriter implements TarSink {
   readonly #root: string;
   readonly #rootFd: number;
+  readonly #rootReal: string;
+  readonly #rootPrefix: string;
   readonly #mode: WhiteoutMode;
   readonly #opaqueName: string;
   readonly #devices: "skip" | "error";
@@ -323,6 +325,9 @@ class LayerWriter implements TarSink {
       );
     }
     this.#rootFd = fd;
+    const real = readlinkat(AT.FDCWD, `/proc/self/fd/${fd}`);
+    this.#rootReal = typeof real === "string" ? real : root;
+    this.#rootPrefix = this.#rootReal === "/" ? "/" : `${this.#rootReal}/`;
     // Probe openat2 once, so an old kernel gets a clear message instead of
     // an error on the first entry.
     const probe = openat2(fd, ".", DIR_OPEN, 0, IN_ROOT);
@@ -366,12 +371,36 @@ class LayerWriter implements TarSink {
 
   // --------------------------------------------------------- path resolution
 
+  /**
+   * Opens `path` inside the root: `openat2(RESOLVE_IN_ROOT)` on the root fd.
+   * Returns the fd or `-errno`. As a second line of defence (it must never
+   * fire), the opened directory's path is checked to lie below the root
+   * before anything is created or removed through it.
+   */
+  #open(path: string, flags: number): number {
+    const fd = openat2(this.#rootFd, path, flags, 0, IN_ROOT);
+    if (fd < 0 || (flags & O.DIRECTORY) === 0) return fd;
+    const real = readlinkat(AT.FDCWD, `/proc/self/fd/${fd}`);
+    if (
+      typeof real === "string" && real !== this.#rootReal &&
+      !real.startsWith(this.#rootPrefix)
+    ) {
+      close(fd);
+      throw new EntryWriteError(
+        `${JSON.stringify(path)} resolved to ${real}, outside the root ${this.#rootReal}; refusing`,
+        this.#hdr?.name,
+        this.#layer,
+      );
+    }
+    return fd;
+  }
+
   /** Opens (cached) the directory `dir` inside the root; creates it (and its parents) when `create`. */
   #parent(dir: string, create: boolean): number {
     if (dir === "") return this.#rootFd;
     const cached = this.#parents.get(dir);
     if (cached !== undefined) return cached;
-    let fd = openat2(this.#rootFd, dir, DIR_OPEN, 0, IN_ROOT);
+    let fd = this.#open(dir, DIR_OPEN);
     if (fd < 0) {
       if (!create || (fd !== -ENOENT && fd !== -ENOTDIR)) throw new Fail(-fd, "openat2");
       fd = this.#makeParents(dir);
@@ -408,7 +437,7 @@ class LayerWriter implements TarSink {
     try {
       for (const part of parts) {
         const path = joinPath(prefix, part);
-        let fd = openat2(this.#rootFd, path, DIR_OPEN, 0, IN_ROOT);
+        let fd = this.#open(path, DIR_OPEN);
         if (fd === -ENOTDIR || fd === -ENOENT) {
           // Missing, or something else is there: a whiteout device (this
           // layer's own) is replaced; a symlink or file is not a directory.
@@ -422,7 +451,7 @@ class LayerWriter implements TarSink {
           }
           const r = mkdirat(parentFd, part, 0o700);
           if (r < 0 && r !== -EEXIST) throw new Fail(-r, "mkdirat");
-          fd = openat2(this.#rootFd, path, DIR_OPEN, 0, IN_ROOT);
+          fd = this.#open(path, DIR_OPEN);
           if (fd < 0) throw new Fail(-fd, "openat2");
           this.#implied(fd, path);
         } else if (fd < 0) {
@@ -693,7 +722,7 @@ class LayerWriter implements TarSink {
       );
     }
     const [tdir, tbase] = splitPath(target);
-    let tfd = openat2(this.#rootFd, tdir || ".", DIR_OPEN, 0, IN_ROOT);
+    let tfd = this.#open(tdir || ".", DIR_OPEN);
     try {
       let st = tfd < 0 ? -ENOENT : statx(tfd, tbase, AT.SYMLINK_NOFOLLOW);
       if (st === -ENOENT || st === -ENOTDIR) {
@@ -703,7 +732,7 @@ class LayerWriter implements TarSink {
         // so the link is a real one inside this layer (the seed wrote
         // hardlinks as symlinks, which changes what the file is).
         if (this.#mode === "direct" && this.#copyUp(target)) {
-          tfd = openat2(this.#rootFd, tdir || ".", DIR_OPEN, 0, IN_ROOT);
+          tfd = this.#open(tdir || ".", DIR_OPEN);
           st = tfd < 0 ? tfd : statx(tfd, tbase, AT.SYMLINK_NOFOLLOW);
         }
       }
@@ -849,7 +878,7 @@ class LayerWriter implements TarSink {
 
   /** Opens directory `path` for xattrs (O_RDONLY, last component not followed); -errno when not a dir. */
   #openDir(path: string): number {
-    return openat2(this.#rootFd, path || ".", O.RDONLY | O.DIRECTORY | O.NOFOLLOW, 0, IN_ROOT);
+    return this.#open(path || ".", O.RDONLY | O.DIRECTORY | O.NOFOLLOW);
   }
 
   #withDir(path: string, f: (fd: number) => void): void {
@@ -887,10 +916,10 @@ class LayerWriter implements TarSink {
    */
   #opaque(dir: string): void {
     if (this.#mode === "direct") {
-      let fd = openat2(this.#rootFd, dir || ".", O.RDONLY | O.DIRECTORY, 0, IN_ROOT);
+      let fd = this.#open(dir || ".", O.RDONLY | O.DIRECTORY);
       if (fd === -ENOENT) {
         this.#parent(dir, true); // the marker implies its directory
-        fd = openat2(this.#rootFd, dir || ".", O.RDONLY | O.DIRECTORY, 0, IN_ROOT);
+        fd = this.#open(dir || ".", O.RDONLY | O.DIRECTORY);
       }
       if (fd < 0) throw new Fail(-fd, "openat2");
       try {
@@ -955,9 +984,7 @@ class LayerWriter implements TarSink {
   #emptyLower(dir: string, top = true): void {
     // The marked directory itself is resolved like the marker (symlinks
     // followed, confined); nothing below it is followed.
-    const fd = top
-      ? openat2(this.#rootFd, dir || ".", O.RDONLY | O.DIRECTORY, 0, IN_ROOT)
-      : this.#openDir(dir);
+    const fd = top ? this.#open(dir || ".", O.RDONLY | O.DIRECTORY) : this.#openDir(dir);
     if (fd < 0) {
       if (fd === -ENOENT || fd === -ENOTDIR || fd === -ELOOP) return;
       throw new Fail(-fd, "openat2");
