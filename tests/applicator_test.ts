@@ -334,15 +334,19 @@ Deno.test("whiteout names that resolve to nothing are refused", async () => {
   }
 });
 
-/** Mounts an overlay (userxattr, as strata does) and returns an unmount function. */
-async function overlay(lower: string[], upper: string, work: string, at: string) {
+/**
+ * Mounts an overlay (userxattr, as strata does; read-only without `upper`)
+ * and returns an unmount function.
+ */
+async function overlay(lower: string[], at: string, upper?: string, work?: string) {
   await Deno.mkdir(at, { recursive: true });
+  const lowers = `lowerdir=${[...lower].reverse().join(":")}`;
   await sh("mount", [
     "-t",
     "overlay",
     "overlay",
     "-o",
-    `userxattr,lowerdir=${[...lower].reverse().join(":")},upperdir=${upper},workdir=${work}`,
+    upper ? `userxattr,${lowers},upperdir=${upper},workdir=${work}` : `userxattr,${lowers}`,
     at,
   ]);
   return async () => {
@@ -420,7 +424,7 @@ Deno.test({
     // direct: the layer dir itself, reading the lower for the hardlink
     const dr = await apply(upperTar(), direct, { lowerDirs: [lower] });
     assertEquals(dr.warnings, []);
-    const umount = await overlay([lower], upper, work, merged);
+    const umount = await overlay([lower], merged, upper, work);
     try {
       const mr = await apply(upperTar(), merged, { whiteouts: "merged" });
       assertEquals(mr.warnings, []);
@@ -439,14 +443,9 @@ Deno.test({
       await umount();
     }
     // The same view from the direct-mode layer dir stacked on the lower.
-    const upper2 = join(d, "upper2"), work2 = join(d, "work2"), merged2 = join(d, "merged2");
-    await Deno.mkdir(upper2);
-    await Deno.mkdir(work2);
-    const umount2 = await overlay([lower, direct], upper2, work2, merged2);
-    const mergedAgain = join(d, "merged-again");
-    await Deno.mkdir(join(d, "u3"));
-    await Deno.mkdir(join(d, "w3"));
-    const umount3 = await overlay([lower, upper], join(d, "u3"), join(d, "w3"), mergedAgain);
+    const merged2 = join(d, "merged2"), mergedAgain = join(d, "merged-again");
+    const umount2 = await overlay([lower, direct], merged2);
+    const umount3 = await overlay([lower, upper], mergedAgain);
     try {
       const a = await treeRecord(merged2, { lines: true, xattrs: overlayInternals });
       const b = await treeRecord(mergedAgain, { lines: true, xattrs: overlayInternals });
