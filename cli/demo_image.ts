@@ -274,6 +274,10 @@ export interface DemoImageOptions {
   tag?: string;
   /** Called with lines for people. */
   log?: (line: string) => void;
+  /** More layers on top of the three (examples add their program this way). */
+  extraLayers?: LayoutLayer[];
+  /** Changes to the runtime config (merged over the demo's). */
+  config?: ContainerConfig;
 }
 
 /** What the demo image's entrypoint prints with no arguments; the demo and tests check it. */
@@ -391,6 +395,7 @@ export async function buildDemoImage(
       { tar: l1.bytes(), createdBy: "busybox, applets, /etc/passwd with an app user" },
       { tar: l2.bytes(), createdBy: "override /etc/motd, add /app scripts" },
       { tar: l3.bytes(), createdBy: "whiteout /etc/secret, opaque /data/cache" },
+      ...(options.extraLayers ?? []),
     ],
     config: {
       User: "app",
@@ -399,6 +404,7 @@ export async function buildDemoImage(
       Cmd: ["/app/show.sh"],
       WorkingDir: "/home/app",
       Labels: { "org.opencontainers.image.title": "strata demo" },
+      ...options.config,
     },
   });
 }
