@@ -95,6 +95,7 @@ export async function main(args: string[], options: MainOptions = {}): Promise<n
   let parsed: ParsedArgs | undefined;
   let debug = args.includes("--debug");
   let out = new Output(detectMode(args.includes("--quiet") || args.includes("-q")), sinks);
+  const controller = new AbortController();
   try {
     // `strata help [COMMAND]` is `strata [COMMAND] --help`.
     if (args[0] === "help") args = [...args.slice(1, 2), "--help"];
@@ -120,7 +121,6 @@ export async function main(args: string[], options: MainOptions = {}): Promise<n
     }
     if (o.version) throw new UsageError(`unknown option --version for ${spec.name}`, spec.name);
     const handler = await handlers[spec.name]();
-    const controller = new AbortController();
     const uninstall = options.signal ? () => {} : installSignals(controller);
     // Idempotent: `run` releases the signals early, the finally below again.
     options.signal?.addEventListener("abort", () => controller.abort(options.signal!.reason));
@@ -140,6 +140,11 @@ export async function main(args: string[], options: MainOptions = {}): Promise<n
     }
   } catch (e) {
     out.endLayers();
+    if (controller.signal.aborted && !debug) {
+      // Ctrl-C: the command stopped and cleaned up; say so plainly, exit as shells do.
+      out.error(`strata: ${what(parsed)}: interrupted`);
+      return 130;
+    }
     out.error(errorLine(what(parsed), e));
     if (debug) out.error(debugReport(e));
     return exitCodeFor(e, parsed?.command);
