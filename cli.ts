@@ -22,6 +22,8 @@ import { commandHelp, parseArgs, type ParsedArgs, UsageError } from "./cli/args.
 import { COMMANDS, GLOBAL_OPTIONS, TOP_OPTIONS, topHelp } from "./cli/spec.ts";
 import { debugReport, errorLine, exitCodeFor } from "./cli/errors.ts";
 import { detectMode, Output, type OutputSinks, processSinks } from "./cli/output.ts";
+
+export type { OutputSinks };
 import type { Context } from "./cli/context.ts";
 
 /** strata's version, from deno.json. */
