@@ -8,11 +8,13 @@
 import { join, resolve } from "@std/path";
 import { OverlayMount } from "../overlay/mount.ts";
 import { TempWork } from "../overlay/lock.ts";
+import { openCache } from "../overlay/cache.ts";
 import type { Context } from "./context.ts";
 import { CliError } from "./errors.ts";
 import { copyTree } from "./copy_tree.ts";
 import { formatBytes, formatMs } from "./output.ts";
-import { enterNamespace, pullImage } from "./pipeline.ts";
+import { cacheLayers, enterNamespace, openForCli } from "./pipeline.ts";
+import type { Image } from "../image/types.ts";
 
 async function checkTarget(dir: string): Promise<void> {
   try {
@@ -40,7 +42,20 @@ export async function exportCommand(ctx: Context): Promise<number> {
   const dir = resolve(dirArg);
   await checkTarget(dir); // before any download
   await enterNamespace(ctx);
-  const { paths } = await pullImage(ctx, ref, "missing");
+  const image = await openForCli(ctx, ref, "missing");
+  // Registered like a running container before its layers are resolved, so
+  // a concurrent `strata prune` keeps them while they are being read.
+  const claim = await claimLayers(ctx.cacheRoot, image);
+  try {
+    await exportImage(ctx, image, dir);
+  } finally {
+    await claim.release();
+  }
+  return 0;
+}
+
+async function exportImage(ctx: Context, image: Image, dir: string): Promise<void> {
+  const { paths } = await cacheLayers(ctx, image);
   const started = performance.now();
   const work = await TempWork.create(ctx.cacheRoot);
   try {
@@ -61,5 +76,53 @@ export async function exportCommand(ctx: Context): Promise<number> {
   } finally {
     await work.remove();
   }
-  return 0;
+}
+
+/**
+ * Records `image`'s layers as in use, the way a live bundle does
+ * (`containers/<id>/` with a held `lock` and a `bundle.json` listing the
+ * diff_ids), so `prune` and `verify` leave them alone until `release()`.
+ *
+ * @example Usage
+ * ```ts ignore
+ * const claim = await claimLayers("/var/lib/strata", image);
+ * try { ... } finally { await claim.release(); }
+ * ```
+ */
+export async function claimLayers(
+  root: string,
+  image: Image,
+): Promise<{ release(): Promise<void> }> {
+  await openCache(root); // the cache layout, 0700, with its id map checked
+  const containers = join(root, "containers");
+  const id = `export-${crypto.randomUUID().slice(0, 8)}`;
+  const tmp = join(containers, `.tmp-${crypto.randomUUID().slice(0, 13)}`);
+  const dir = join(containers, id);
+  await Deno.mkdir(tmp, { mode: 0o700 });
+  const lock = await Deno.open(join(tmp, "lock"), { write: true, create: true, mode: 0o600 });
+  try {
+    await lock.lock(true);
+    await Deno.writeTextFile(
+      join(tmp, "bundle.json"),
+      JSON.stringify({
+        id,
+        image: image.name,
+        imageDigest: image.digest,
+        diffIDs: image.layers.map((l) => l.diffID),
+        pid: Deno.pid,
+        created: new Date().toISOString(),
+      }),
+    );
+    await Deno.rename(tmp, dir);
+  } catch (e) {
+    lock.close();
+    await Deno.remove(tmp, { recursive: true }).catch(() => {});
+    throw e;
+  }
+  return {
+    release: async () => {
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+      lock.close();
+    },
+  };
 }
