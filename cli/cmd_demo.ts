@@ -18,7 +18,7 @@ import type { Context } from "./context.ts";
 import { CliError } from "./errors.ts";
 import { formatMs, shortDigest } from "./output.ts";
 import { enterNamespace, onceWarner, pullImage } from "./pipeline.ts";
-import { buildDemoImage, DEMO_EXPECTED } from "./demo_image.ts";
+import { aptInstall, buildDemoImage, DEMO_EXPECTED } from "./demo_image.ts";
 
 async function runOnce(
   ctx: Context,
@@ -38,6 +38,36 @@ async function runOnce(
   });
   const ms = performance.now() - started;
   return { ms, extracted, output: new TextDecoder().decode(r.stdout), status: r.status };
+}
+
+function onPath(cmd: string): boolean {
+  for (const dir of (Deno.env.get("PATH") ?? "/usr/bin:/bin").split(":")) {
+    try {
+      if (Deno.statSync(join(dir, cmd)).isFile) return true;
+    } catch {
+      // not there
+    }
+  }
+  return false;
+}
+
+/**
+ * The demo needs an OCI runtime. As root on Debian a missing runc is
+ * installed (the quick start must work on a fresh machine); otherwise the
+ * error says what to install.
+ */
+async function ensureRuntime(ctx: Context): Promise<void> {
+  if (typeof ctx.options.runtime === "string" || onPath("runc") || onPath("crun")) return;
+  const ns = await namespaceInfo();
+  if (ns.mode === "root" && onPath("apt-get")) {
+    ctx.out.note("no OCI runtime found: installing Debian's runc with apt-get");
+    await aptInstall("runc");
+    return;
+  }
+  throw new CliError(
+    "demo",
+    "no OCI runtime (runc or crun) on PATH: install one, for example `sudo apt-get install runc`",
+  );
 }
 
 /**
@@ -71,6 +101,7 @@ export async function demoCommand(ctx: Context): Promise<number> {
     );
     out.note(`cache: ${cacheRoot}${ownCache ? " (temporary)" : ""}`);
 
+    await ensureRuntime(ctx);
     const options: SpecOption[] = [];
     const ns = await namespaceInfo();
     if (ns.collapsed) {

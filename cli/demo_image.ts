@@ -204,6 +204,38 @@ export function isStaticElf(bytes: Uint8Array): boolean {
   return true;
 }
 
+/**
+ * Installs a Debian package with apt-get (root only), refreshing the package
+ * lists once if the first attempt fails (a fresh machine has none).
+ *
+ * @throws {BusyboxError} naming the package and apt-get's last message.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { aptInstall } from "./demo_image.ts";
+ * await aptInstall("runc");
+ * ```
+ */
+export async function aptInstall(pkg: string): Promise<void> {
+  const apt = (args: string[]) =>
+    new Deno.Command("apt-get", {
+      args,
+      stdin: "null",
+      stdout: "null",
+      stderr: "piped",
+      env: { DEBIAN_FRONTEND: "noninteractive" },
+    }).output();
+  let r = await apt(["install", "-y", "-qq", "--no-install-recommends", pkg]);
+  if (!r.success) {
+    await apt(["update", "-qq"]);
+    r = await apt(["install", "-y", "-qq", "--no-install-recommends", pkg]);
+  }
+  if (!r.success) {
+    const msg = new TextDecoder().decode(r.stderr).trim().split("\n").at(-1);
+    throw new BusyboxError(`apt-get install ${pkg} failed: ${msg}`);
+  }
+}
+
 /** Options of {@linkcode findBusybox}. */
 export interface FindBusyboxOptions {
   /** Path to a static busybox; default `/bin/busybox`. */
@@ -238,17 +270,7 @@ export async function findBusybox(options: FindBusyboxOptions = {}): Promise<str
   let bytes = await tryRead();
   if (!bytes && !options.path && (options.install ?? true) && Deno.uid() === 0) {
     options.log?.("busybox not found: installing Debian's busybox-static with apt-get");
-    const r = await new Deno.Command("apt-get", {
-      args: ["install", "-y", "-qq", "busybox-static"],
-      stdout: "null",
-      stderr: "piped",
-      env: { DEBIAN_FRONTEND: "noninteractive" },
-    }).output();
-    if (!r.success) {
-      throw new BusyboxError(
-        `apt-get install busybox-static failed: ${new TextDecoder().decode(r.stderr).trim()}`,
-      );
-    }
+    await aptInstall("busybox-static");
     bytes = await tryRead();
   }
   if (!bytes) {
