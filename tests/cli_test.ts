@@ -567,17 +567,17 @@ Deno.test("cli: a missing Deno permission names the flag to add", async () => {
 });
 
 Deno.test("cli: demo runs end to end, cold then warm, and leaves nothing behind", async () => {
-  const before = new Set([...Deno.readDirSync("/tmp")].map((e) => e.name));
-  const r = await strata(["demo"]);
+  // Its own TMPDIR, so "nothing left behind" is checked on a directory nobody else uses.
+  await using tmpDir = await tempDir("strata-cli-demo-");
+  const r = await strata(["demo"], { env: { TMPDIR: String(tmpDir) } });
   assertEquals(r.code, 0, r.stderr);
   for (const line of Object.values(DEMO_EXPECTED)) {
     assertEquals(r.stdout.split(line).length - 1, 2, `twice: ${line}`);
   }
+  assertStringIncludes(r.stderr, `built oci:${tmpDir}/strata-demo-`);
   assertMatch(r.stderr, /cold run: [\d.]+ m?s \(3 layers extracted/);
   assertMatch(r.stderr, /warm run: [\d.]+ m?s \(0 extracted/);
-  const left = [...Deno.readDirSync("/tmp")].map((e) => e.name)
-    .filter((n) => n.startsWith("strata-demo-") && !before.has(n));
-  assertEquals(left, []);
+  assertEquals([...Deno.readDirSync(String(tmpDir))], []);
 });
 
 Deno.test({
