@@ -14,8 +14,7 @@ export const GLOBAL_OPTIONS: readonly OptionSpec[] = [
     name: "cache",
     type: "string",
     value: "DIR",
-    help: "cache directory (default $STRATA_CACHE, else /var/lib/strata as root, " +
-      "${XDG_CACHE_HOME:-~/.cache}/strata otherwise)",
+    help: "cache (default: $STRATA_CACHE, /var/lib/strata as root, ~/.cache/strata)",
   },
   { name: "quiet", short: "q", type: "boolean", help: "no progress and no notes on stderr" },
   { name: "debug", type: "boolean", help: "on failure, print the stack and every cause" },
@@ -23,18 +22,18 @@ export const GLOBAL_OPTIONS: readonly OptionSpec[] = [
     name: "platform",
     type: "string",
     value: "OS/ARCH[/VARIANT]",
-    help: "platform to pick from a multi-platform image (default linux/<host arch>)",
+    help: "platform to pick from an index (default: linux/<host arch>)",
   },
   {
     name: "tls-verify",
     type: "boolean",
-    help: "--tls-verify=false allows plain HTTP and unverified TLS (a local registry)",
+    help: "=false: allow plain HTTP and unverified TLS (a local registry)",
   },
   {
     name: "creds",
     type: "string",
     value: "USER:PASS",
-    help: "registry credentials (else from $REGISTRY_AUTH_FILE, containers or docker auth files)",
+    help: "registry credentials (default: the containers/docker auth files)",
   },
   { name: "help", short: "h", type: "boolean", help: "show help" },
 ];
@@ -49,7 +48,7 @@ const IMAGE_REFS = `IMAGE is one of:
   oci-archive:FILE[:TAG]           a tarred OCI layout
   docker-archive:FILE[:NAME:TAG]   a \`docker save\` archive
   docker://HOST[:PORT]/REPO[:TAG|@DIGEST], or HOST/REPO:TAG   a registry
-  NAME                             an image already pulled under that name`;
+  sha256:DIGEST                    an image already pulled (names work offline too)`;
 
 /** Every command. */
 export const COMMANDS: readonly CommandSpec[] = [
@@ -108,14 +107,14 @@ ${IMAGE_REFS}`,
         short: "e",
         type: "list",
         value: "K=V",
-        help: "set an environment variable (repeatable)",
+        help: "set a variable (repeatable; a bare K passes strata's own)",
       },
       {
         name: "network",
         type: "string",
         value: "none|host",
         choices: ["none", "host"],
-        help: "none (default: a private network namespace with loopback only) or host",
+        help: "none (default: own namespace, loopback only) or host",
       },
       {
         name: "read-only",
@@ -168,8 +167,7 @@ ${IMAGE_REFS}`,
   {
     name: "demo",
     usage: "",
-    summary:
-      "Build a 3-layer image from the host's busybox (no network), pull it, run it cold and warm, clean up.",
+    summary: "Build a busybox image (no network), pull it, run it cold and warm, clean up.",
     description:
       "Uses a temporary cache unless --cache is given (then the image stays cached there).",
     positionals: [],
