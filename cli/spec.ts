@@ -14,7 +14,7 @@ export const GLOBAL_OPTIONS: readonly OptionSpec[] = [
     name: "cache",
     type: "string",
     value: "DIR",
-    help: "cache (default: $STRATA_CACHE, /var/lib/strata as root, ~/.cache/strata)",
+    help: "default $STRATA_CACHE, /var/lib/strata (root), ~/.cache/strata",
   },
   { name: "quiet", short: "q", type: "boolean", help: "no progress and no notes on stderr" },
   { name: "debug", type: "boolean", help: "on failure, print the stack and every cause" },
