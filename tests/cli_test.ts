@@ -593,3 +593,55 @@ Deno.test({
     for (const line of Object.values(DEMO_EXPECTED)) assertStringIncludes(r.stdout, line);
   },
 });
+
+Deno.test("cli: Ctrl-C during a pull stops it, cleans up and exits 130", async () => {
+  const img = await demoLayout();
+  await using workDir = await tempDir("strata-cli-int-");
+  const work = String(workDir);
+  // A copy of the layout whose first layer blob is a FIFO: the pull blocks
+  // mid-layer until this test feeds it, so the signal lands mid-extraction.
+  const layoutDir = join(work, "layout");
+  await sh("cp", ["-a", img.ref.slice(4, -":demo".length), layoutDir]);
+  const index = JSON.parse(await Deno.readTextFile(join(layoutDir, "index.json")));
+  const manifest = JSON.parse(
+    await Deno.readTextFile(join(layoutDir, "blobs/sha256", index.manifests[0].digest.slice(7))),
+  );
+  const blobPath = join(layoutDir, "blobs/sha256", manifest.layers[0].digest.slice(7));
+  const blob = await Deno.readFile(blobPath);
+  await Deno.remove(blobPath);
+  await sh("mkfifo", [blobPath]);
+  const cache = join(work, "cache");
+  // setsid: its own process group, as a terminal's Ctrl-C signals the whole group.
+  const child = new Deno.Command("setsid", {
+    args: [denoPath, "run", "-A", CLI, "pull", `oci:${layoutDir}:demo`, "--cache", cache],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    env: cliEnv(),
+    clearEnv: true,
+  }).spawn();
+  const fifo = await Deno.open(blobPath, { write: true });
+  await fifo.write(blob.subarray(0, blob.length >> 1));
+  let err = "";
+  const reader = child.stderr.getReader();
+  while (!err.includes("fetching")) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    err += new TextDecoder().decode(value);
+  }
+  await new Promise((r) => setTimeout(r, 200));
+  await sh("kill", ["-INT", "--", `-${child.pid}`]);
+  await new Promise((r) => setTimeout(r, 300));
+  fifo.close(); // EOF for a read still blocked on the FIFO
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    err += new TextDecoder().decode(value);
+  }
+  const status = await child.status;
+  await child.stdout.cancel();
+  assertEquals(status.code, 130, err);
+  assertEquals(err.trim().split("\n").at(-1), `strata: pull oci:${layoutDir}:demo: interrupted`);
+  assertEquals([...Deno.readDirSync(join(cache, "tmp"))], [], "no temp dir left");
+  assertEquals([...Deno.readDirSync(join(cache, "layers"))], [], "no partial layer published");
+});
