@@ -10,11 +10,11 @@
  * @module
  */
 import { join } from "@std/path";
-import { createHash } from "node:crypto";
 import { MediaType } from "../image/types.ts";
 import type { Layer } from "../image/types.ts";
 import { openLayerTar } from "../image/blob.ts";
 import { applyLayer } from "../layer/applicator.ts";
+import { bigLayer, debianRootfsLayer, type LayerFixture, mountTmpfs } from "./fixtures.ts";
 
 /** What {@linkcode bench} receives (see bench/main.ts). */
 export interface BenchContext {
@@ -31,64 +31,26 @@ async function sh(cmd: string, args: string[]): Promise<void> {
   }
 }
 
-async function sha256File(path: string): Promise<string> {
-  const h = createHash("sha256");
-  const f = await Deno.open(path);
-  for await (const c of f.readable) h.update(c);
-  return `sha256:${h.digest("hex")}`;
-}
-
 /**
- * A gzip layer whose blob is a file; `uncompressed()` verifies both digests
- * (image/blob.ts), as real layer sources do.
+ * A gzip layer over a fixture's blob file; `uncompressed()` verifies both
+ * digests while streaming (image/blob.ts), as real layer sources do.
  *
  * @example Usage
  * ```ts ignore
- * const layer = await fileLayer("/tmp/layer.tar.gz", "/tmp/layer.tar");
+ * import { debianRootfsLayer } from "./fixtures.ts";
+ * const layer = fixtureLayer(await debianRootfsLayer());
  * ```
  */
-export async function fileLayer(gz: string, tar: string): Promise<Layer> {
-  const digest = await sha256File(gz);
-  const diffID = await sha256File(tar);
-  const size = (await Deno.stat(gz)).size;
+export function fixtureLayer(f: LayerFixture): Layer {
   const layer: Layer = {
-    digest,
-    diffID,
+    digest: f.digestGz,
+    diffID: f.digestTar,
     mediaType: MediaType.OciLayerGzip,
-    size,
-    compressed: async () => (await Deno.open(gz)).readable,
+    size: f.sizeGz,
+    compressed: async () => (await Deno.open(f.tarGz)).readable,
     uncompressed: (signal) => openLayerTar(layer, signal),
   };
   return layer;
-}
-
-/** Builds (or reuses) a debootstrap minbase rootfs layer under `dir`. */
-async function debianLayer(dir: string, log: (l: string) => void): Promise<{ gz: string; tar: string }> {
-  // Prefer the shared fixture when L1's bench/fixtures.ts provides one.
-  try {
-    const fx = await import("./fixtures.ts") as {
-      debianLayer?: (o?: unknown) => Promise<{ gz?: string; tar?: string; path?: string }>;
-    };
-    if (fx.debianLayer) {
-      const l = await fx.debianLayer();
-      if (l.gz && l.tar) return { gz: l.gz, tar: l.tar };
-    }
-  } catch { /* no fixtures module yet */ }
-  const cache = Deno.env.get("STRATA_BENCH_CACHE") ?? "/var/tmp/strata-bench";
-  const gz = join(cache, "debian-layer.tar.gz"), tar = join(cache, "debian-layer.tar");
-  try {
-    await Deno.stat(gz);
-    await Deno.stat(tar);
-    return { gz, tar };
-  } catch { /* build it */ }
-  await Deno.mkdir(cache, { recursive: true });
-  const rootfs = join(dir, "rootfs");
-  log("debootstrap --variant=minbase bookworm (once, cached in " + cache + ")");
-  await sh("debootstrap", ["--variant=minbase", "bookworm", rootfs]);
-  await sh("tar", ["--numeric-owner", "--xattrs", "-C", rootfs, "-cf", tar, "."]);
-  await sh("sh", ["-c", `gzip -c '${tar}' > '${gz}'`]);
-  await Deno.remove(rootfs, { recursive: true });
-  return { gz, tar };
 }
 
 function median(xs: number[]): number {
@@ -97,48 +59,24 @@ function median(xs: number[]): number {
 }
 
 /** The child mode: applies one layer and prints its peak RSS. */
-async function child(gz: string, tar: string, root: string): Promise<void> {
-  const layer = await fileLayer(gz, tar);
-  await applyLayer(layer, root);
+async function child(fixtureJson: string, root: string): Promise<void> {
+  await applyLayer(fixtureLayer(JSON.parse(fixtureJson)), root);
   const status = await Deno.readTextFile("/proc/self/status");
   const hwm = /VmHWM:\s+(\d+) kB/.exec(status)?.[1];
   console.log(JSON.stringify({ peakRssKiB: Number(hwm) }));
 }
 
-async function peakRss(gz: string, tar: string, root: string): Promise<number> {
+/** Peak RSS (KiB) of a fresh process applying `f` to `root`. */
+async function peakRss(f: LayerFixture, root: string): Promise<number> {
   await Deno.mkdir(root);
   const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", import.meta.filename!, "--child", gz, tar, root],
+    args: ["run", "-A", import.meta.filename!, "--child", JSON.stringify(f), root],
     stdout: "piped",
     stderr: "inherit",
   }).output();
   if (!out.success) throw new Error("peak RSS child failed");
   await Deno.remove(root, { recursive: true });
   return JSON.parse(new TextDecoder().decode(out.stdout)).peakRssKiB;
-}
-
-/** Builds a ~`mb` MB layer of a few big and many small files (incompressible content). */
-async function bigLayer(dir: string, mb: number): Promise<{ gz: string; tar: string }> {
-  const src = join(dir, "big-src");
-  await Deno.mkdir(src);
-  const chunk = new Uint8Array(1 << 20);
-  const big = Math.floor(mb * 0.9);
-  const f = await Deno.open(join(src, "big.bin"), { write: true, create: true });
-  for (let i = 0; i < big; i++) {
-    crypto.getRandomValues(chunk.subarray(0, 65536));
-    for (let k = 65536; k < chunk.length; k += 65536) chunk.copyWithin(k, 0, 65536);
-    chunk[0] = i & 255;
-    await f.write(chunk);
-  }
-  f.close();
-  for (let i = 0; i < 2000; i++) {
-    await Deno.writeFile(join(src, `f${i}`), chunk.subarray(0, ((mb - big) << 20) / 2000 | 0));
-  }
-  const tar = join(dir, "big.tar"), gz = join(dir, "big.tar.gz");
-  await sh("tar", ["-C", src, "-cf", tar, "."]);
-  await sh("sh", ["-c", `gzip -1 -c '${tar}' > '${gz}'`]);
-  await Deno.remove(src, { recursive: true });
-  return { gz, tar };
 }
 
 /**
@@ -152,8 +90,10 @@ async function bigLayer(dir: string, mb: number): Promise<{ gz: string; tar: str
  */
 export async function bench(ctx: BenchContext): Promise<Record<string, number | string>> {
   const runs = Number(Deno.env.get("STRATA_BENCH_RUNS") ?? 5);
-  const { gz, tar } = await debianLayer(ctx.tmpfs, ctx.log);
-  const layer = await fileLayer(gz, tar);
+  ctx.log("Debian rootfs layer (debootstrap, cached by bench/fixtures.ts)");
+  const debian = await debianRootfsLayer();
+  const layer = fixtureLayer(debian);
+  const gz = debian.tarGz;
   const strata: number[] = [], gnu: number[] = [];
   let entries = 0;
   for (let i = 0; i < runs; i++) {
@@ -187,37 +127,29 @@ export async function bench(ctx: BenchContext): Promise<Record<string, number | 
   const ms = median(strata), tarMs = median(gnu);
   const result: Record<string, number | string> = {
     layer_entries: entries,
-    layer_bytes: (await Deno.stat(tar)).size,
+    layer_bytes: debian.sizeTar,
     strata_ms: Math.round(ms),
     tar_xzf_ms: Math.round(tarMs),
     ratio: Number((ms / tarMs).toFixed(3)),
   };
   if (Deno.env.get("STRATA_BENCH_BIG") !== "0") {
-    const mb = Number(Deno.env.get("STRATA_BENCH_BIG_MB") ?? 1024);
-    ctx.log(`building a ${mb} MB layer for the peak RSS check`);
-    const big = await bigLayer(ctx.tmpfs, mb);
-    result.big_layer_mb = mb;
-    result.big_peak_rss_mb = Math.round(await peakRss(big.gz, big.tar, join(ctx.tmpfs, "big")) / 1024);
-    const small = await peakRss(gz, tar, join(ctx.tmpfs, "small"));
-    result.debian_peak_rss_mb = Math.round(small / 1024);
-    await Deno.remove(big.gz);
-    await Deno.remove(big.tar);
+    const bytes = Number(Deno.env.get("STRATA_BENCH_BIG_BYTES") ?? 1 << 30);
+    ctx.log(`${bytes >> 20} MiB layer for the peak RSS check (cached by bench/fixtures.ts)`);
+    const big = await bigLayer(bytes);
+    result.big_layer_mib = big.sizeTar >> 20;
+    result.big_peak_rss_mib = Math.round(await peakRss(big, join(ctx.tmpfs, "big")) / 1024);
+    result.debian_peak_rss_mib = Math.round(await peakRss(debian, join(ctx.tmpfs, "deb")) / 1024);
   }
   return result;
 }
 
 if (import.meta.main) {
   if (Deno.args[0] === "--child") {
-    await child(Deno.args[1], Deno.args[2], Deno.args[3]);
+    await child(Deno.args[1], Deno.args[2]);
   } else {
     const dir = await Deno.makeTempDir({ prefix: "strata-bench-apply-" });
-    await sh("mount", ["-t", "tmpfs", "-o", "size=8g", "tmpfs", dir]);
-    try {
-      const r = await bench({ tmpfs: dir, log: (l) => console.error(`   ${l}`) });
-      for (const [k, v] of Object.entries(r)) console.log(`apply.${k}\t${v}`);
-    } finally {
-      await sh("umount", ["-l", dir]);
-      await Deno.remove(dir, { recursive: true });
-    }
+    await using fs = await mountTmpfs(dir, { size: "8g" });
+    const r = await bench({ tmpfs: fs.path, log: (l) => console.error(`   ${l}`) });
+    for (const [k, v] of Object.entries(r)) console.log(`apply.${k}\t${v}`);
   }
 }

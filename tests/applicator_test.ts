@@ -674,3 +674,54 @@ Deno.test("treeRecord changes with content, mode, owner, time, xattrs and links"
     assert((await treeRecord(dirs[1])).digest !== base.digest, what);
   }
 });
+
+// ------------------------------------------------------------ worker thread
+
+Deno.test("threads: worker writes the same tree and reports the same errors", async () => {
+  await using d_ = await tempDir();
+  const d = String(d_);
+  const w = () =>
+    new TarWriter({ defaultMtime: 50 })
+      .directory("./", { mode: 0o755 })
+      .directory("etc/", { mode: 0o750, uid: 3 })
+      .file("etc/big", new Uint8Array(3 << 20).fill(7), { mode: 0o600 })
+      .file("etc/.wh.old", "")
+      .symlink("etc/l", "big")
+      .hardlink("etc/h", "etc/big")
+      .fifo("run/p");
+  const a = join(d, "a"), b = join(d, "b");
+  await Deno.mkdir(a);
+  await Deno.mkdir(b);
+  const ra = await apply(w(), a, { threads: "main" });
+  const warnings: string[] = [];
+  const rb = await apply(w(), b, { threads: "worker", onWarning: (m) => warnings.push(m) });
+  assertEquals(rb, ra);
+  assertEquals(warnings, rb.warnings);
+  assertEquals((await treeRecord(b)).digest, (await treeRecord(a)).digest);
+  // Errors keep their class, entry and layer across the thread boundary.
+  const e = await assertRejects(
+    () =>
+      apply(new TarWriter().hardlink("x", "nope"), join(d, "a"), {
+        threads: "worker",
+        layer: "sha256:cafe",
+      }),
+    HardlinkTargetError,
+  );
+  assertEquals([e.entry, e.layer], ["x", "sha256:cafe"]);
+  const bad = new TarWriter().file("ok", "1").file("y", "2", { checksum: "bad" }).bytes();
+  const de = await assertRejects(() => apply(bad, a, { threads: "worker" }), DamagedLayerError);
+  assertEquals((de.cause as Error).name, "TarFormatError");
+  // Aborting stops the worker.
+  const ac = new AbortController();
+  let n = 0;
+  const stream = new ReadableStream<Uint8Array>({
+    pull(c) {
+      if (n++ === 3) ac.abort(new Error("stop"));
+      c.enqueue(new TarWriter().file(`f${n}`, "x").bytes({ endOfArchive: false }));
+    },
+  });
+  const ae = await assertRejects(() =>
+    new TarApplicator({ threads: "worker" }).apply(stream, b, ac.signal)
+  );
+  assertEquals((ae as Error).message, "stop");
+});
