@@ -1,0 +1,24 @@
+/**
+ * Layers: applying OCI layer tarballs to directories, safely and exactly
+ * (`applicator.ts`), the path policy (`path.ts`), and tree records for
+ * verifying cached layers (`record.ts`). The tar parser and writer live in
+ * `tar.ts` and `tar_writer.ts`.
+ *
+ * @module
+ */
+export {
+  ApplyError,
+  applyLayer,
+  type ApplyOptions,
+  type ApplyResult,
+  DamagedLayerError,
+  DeviceNotPermittedError,
+  EntryWriteError,
+  HardlinkTargetError,
+  TarApplicator,
+  type TarballApplicator,
+  WhiteoutError,
+  type WhiteoutMode,
+} from "./applicator.ts";
+export { confine } from "./path.ts";
+export { type TreeRecord, treeRecord, type TreeRecordOptions } from "./record.ts";
