@@ -202,6 +202,8 @@ let layout: Promise<{ dir: string; ref: string; digest: string; diffIDs: string[
 function demoLayout() {
   layout ??= (async () => {
     const dir = await Deno.makeTempDir({ prefix: "strata-cli-layout-" });
+    // Shared by the tests of this file, removed when the file's tests end.
+    globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
     await Deno.chmod(dir, 0o755);
     const built = await buildDemoImage(join(dir, "layout"));
     // World-readable, for the unprivileged user's test.
