@@ -120,6 +120,8 @@ export class LayerWriter implements TarSink {
 
   /** Parent dir fds (O_PATH) by confined path; "" is the root (never closed here). */
   readonly #parents = new Map<string, number>();
+  /** Something was removed: drop all cached parents before the next entry. */
+  #stale = false;
   /** Every path this layer wrote (entries, implied parents, copied-up link targets). */
   readonly #created = new Set<string>();
   /** Every ancestor of a path in #created. */
@@ -248,7 +250,13 @@ export class LayerWriter implements TarSink {
     this.#parents.clear();
   }
 
-  /** Forgets cached fds for `path` and everything below it (it was removed or replaced). */
+  /**
+   * Forgets cached fds for `path` and everything below it (it was removed or
+   * replaced) now, and every other cached fd before the next entry: a cached
+   * path may reach the removed directory through a symlink ("a/b" with "a"
+   * -> "x", then "x" replaced). The fds of callers in flight (the removed
+   * path's parent) stay open until then. Removals are rare; reopening is cheap.
+   */
   #invalidate(path: string): void {
     for (const [p, fd] of this.#parents) {
       if (isWithin(p, path)) {
@@ -256,6 +264,7 @@ export class LayerWriter implements TarSink {
         this.#parents.delete(p);
       }
     }
+    this.#stale = true;
   }
 
   /**
@@ -382,7 +391,10 @@ export class LayerWriter implements TarSink {
     this.entries++;
     this.#hdr = h;
     // Bounded cache; dropped only here, between entries, so no call holds a closed fd.
-    if (this.#parents.size > 64) this.#dropParents();
+    if (this.#stale || this.#parents.size > 64) {
+      this.#dropParents();
+      this.#stale = false;
+    }
     this.#fd = -1;
     this.#sparse = false;
     try {

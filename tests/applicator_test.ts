@@ -13,6 +13,7 @@ import {
   type ApplyOptions,
   DamagedLayerError,
   DeviceNotPermittedError,
+  EntryWriteError,
   HardlinkTargetError,
   TarApplicator,
   WhiteoutError,
@@ -214,6 +215,29 @@ Deno.test("xattr policy: overlay xattrs are never applied, trusted.* only as roo
   assertEquals(warnings, r.warnings);
 });
 
+Deno.test("GNU sparse files in every format keep their holes", async () => {
+  for (const sparseFormat of ["gnu", "pax0.0", "pax0.1", "pax1.0"] as const) {
+    await using d_ = await tempDir();
+    const d = String(d_);
+    await apply(
+      new TarWriter().sparseFile("s", 4 << 20, [
+        { offset: 0, data: "head" },
+        { offset: 2 << 20, data: "middle" },
+      ], { sparseFormat, mode: 0o640 }),
+      d,
+    );
+    const st = lst(join(d, "s"));
+    assertEquals(st.size, 4 << 20, sparseFormat);
+    assert(st.blocks! * 512 < 1 << 20, `${sparseFormat}: holes stay holes`);
+    const b = Deno.readFileSync(join(d, "s"));
+    const text = new TextDecoder();
+    assertEquals(text.decode(b.subarray(0, 4)), "head");
+    assertEquals(text.decode(b.subarray(2 << 20, (2 << 20) + 6)), "middle");
+    assertEquals(b[(2 << 20) - 1], 0);
+    assertEquals(b[(4 << 20) - 1], 0);
+  }
+});
+
 // ---------------------------------------------------------------- replacing
 
 Deno.test("an entry replaces whatever is at its path", async () => {
@@ -270,6 +294,24 @@ Deno.test("an entry replaces whatever is at its path", async () => {
   );
   assertEquals(lst(join(root, "z")).mode! & 0o777, 0o604);
   assertEquals(Deno.readTextFileSync(join(root, "y")), "second");
+});
+
+Deno.test("a path through a symlink sees a directory replaced behind it", async () => {
+  await using d_ = await tempDir();
+  const d = String(d_);
+  // "a/b" is reached through the symlink "a" -> "x"; then "x" becomes a
+  // file, so "a/b/f2" has no parent any more: an error, not a file written
+  // into the removed directory.
+  const w = new TarWriter()
+    .directory("x/")
+    .directory("x/b/")
+    .symlink("a", "x")
+    .file("a/b/f1", "1")
+    .file("x", "now a file")
+    .file("a/b/f2", "2");
+  const e = await assertRejects(() => apply(w, d), EntryWriteError);
+  assertEquals(e.entry, "a/b/f2");
+  assertEquals(Deno.readTextFileSync(join(d, "x")), "now a file");
 });
 
 // --------------------------------------------------------------- whiteouts
