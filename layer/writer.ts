@@ -133,15 +133,19 @@ export class LayerWriter implements TarSink {
   /** Merged mode: opaque dirs to empty of lower content at the end. */
   readonly #pendingOpaque: string[] = [];
   readonly #warned = new Set<string>();
+  /** Warnings so far (one per kind). */
   readonly warnings: string[] = [];
 
+  /** Entries seen. */
   entries = 0;
+  /** File bytes written. */
   bytes = 0;
-  #path = "";
+  #disposed = false;
   #fd = -1;
   #hdr: TarHeader | undefined;
   #sparse = false;
 
+  /** Opens `root` (which must exist) for one layer; throws {@linkcode EntryWriteError} when it cannot. */
   constructor(root: string, o: WriterOptions) {
     this.#root = root;
     this.#mode = o.whiteouts ?? "direct";
@@ -387,6 +391,7 @@ export class LayerWriter implements TarSink {
 
   // ---------------------------------------------------------------- sink
 
+  /** Creates (or replaces, or whites out) the entry `h`; a file stays open for its data. */
   entry(h: TarHeader): void {
     this.entries++;
     this.#hdr = h;
@@ -402,7 +407,6 @@ export class LayerWriter implements TarSink {
         throw new DamagedLayerError("name holds a NUL byte", h.name, this.#layer);
       }
       const path = confine(h.name);
-      this.#path = path;
       const [dir, base] = splitPath(path);
       if (base.startsWith(WH)) return this.#whiteout(dir, base);
       switch (h.type) {
@@ -431,6 +435,7 @@ export class LayerWriter implements TarSink {
     }
   }
 
+  /** Writes a piece of the current file (at `offset` for sparse files). */
   data(chunk: Uint8Array, offset: number): void {
     if (this.#fd < 0) return;
     // Sparse files: the parser gives each piece its offset in the real file;
@@ -440,6 +445,7 @@ export class LayerWriter implements TarSink {
     this.bytes += chunk.length;
   }
 
+  /** Sets the current file's owner, mode, xattrs and times, and closes it. */
   entryEnd(): void {
     const fd = this.#fd;
     if (fd < 0) return;
@@ -1073,6 +1079,8 @@ export class LayerWriter implements TarSink {
 
   /** Releases every fd; safe to call more than once. */
   dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
     if (this.#fd >= 0) close(this.#fd);
     this.#fd = -1;
     this.#dropParents();
@@ -1081,6 +1089,7 @@ export class LayerWriter implements TarSink {
     close(this.#rootFd);
   }
 
+  /** The root this writer applies to. */
   get root(): string {
     return this.#root;
   }
