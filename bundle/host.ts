@@ -8,6 +8,7 @@
  */
 
 import { cstr, libc } from "../sys/libc.ts";
+import { readProcText } from "../sys/proc.ts";
 
 /** One line of `/proc/self/uid_map` or `gid_map`. */
 export interface IDMapRange {
@@ -61,7 +62,7 @@ let gidMap: IDMapRange[] | undefined;
  * ```
  */
 export function uidMappings(): IDMapRange[] {
-  return uidMap ??= parseIDMap(Deno.readTextFileSync("/proc/self/uid_map"));
+  return uidMap ??= parseIDMap(readProcText("/proc/self/uid_map"));
 }
 
 /**
@@ -74,7 +75,7 @@ export function uidMappings(): IDMapRange[] {
  * ```
  */
 export function gidMappings(): IDMapRange[] {
-  return gidMap ??= parseIDMap(Deno.readTextFileSync("/proc/self/gid_map"));
+  return gidMap ??= parseIDMap(readProcText("/proc/self/gid_map"));
 }
 
 /**
@@ -162,7 +163,7 @@ let limits: Record<string, HostRlimit> | undefined;
  * ```
  */
 export function hostRlimits(): Record<string, HostRlimit> {
-  return limits ??= parseLimits(Deno.readTextFileSync("/proc/self/limits"));
+  return limits ??= parseLimits(readProcText("/proc/self/limits"));
 }
 
 /** Capability numbers strata checks for. */
@@ -181,7 +182,7 @@ export const CAP_SYS_RESOURCE = 24;
  * ```
  */
 export function hasCapability(cap: number): boolean {
-  const status = Deno.readTextFileSync("/proc/self/status");
+  const status = readProcText("/proc/self/status");
   const m = status.match(/^CapEff:\s*([0-9a-f]+)$/m);
   if (!m) return false;
   return ((BigInt("0x" + m[1]) >> BigInt(cap)) & 1n) === 1n;
@@ -224,7 +225,7 @@ export function canWriteCgroups(): boolean {
   const dirs: string[] = [];
   let text = "";
   try {
-    text = Deno.readTextFileSync("/proc/self/cgroup");
+    text = readProcText("/proc/self/cgroup");
   } catch {
     return cgroupsWritable = false;
   }

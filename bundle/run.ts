@@ -22,6 +22,7 @@ import type { Bundle } from "./bootstrap.ts";
 import { defaultSpec } from "./spec.ts";
 import { inUserNamespace, outsideUid } from "./host.ts";
 import { adaptSpecToHost } from "./writer.ts";
+import { readProcText } from "../sys/proc.ts";
 
 /** How one standard stream of the container is connected. */
 export type Stdio = "inherit" | "piped" | "null";
@@ -185,7 +186,7 @@ const warned = new Set<string>();
 
 function bootId(): string {
   try {
-    return Deno.readTextFileSync("/proc/sys/kernel/random/boot_id").trim();
+    return readProcText("/proc/sys/kernel/random/boot_id").trim();
   } catch {
     return "";
   }

@@ -14,6 +14,7 @@
  * @module
  */
 import { join } from "@std/path";
+import { readProcText } from "../sys/proc.ts";
 
 /** The sub-directories of a cache root. */
 export const CACHE_DIRS = ["layers", "tmp", "locks", "images", "containers"] as const;
@@ -53,8 +54,8 @@ function parseMap(text: string): IdRange[] {
  */
 export async function currentIdMap(): Promise<IdMap> {
   return {
-    uid: parseMap(await Deno.readTextFile("/proc/self/uid_map")),
-    gid: parseMap(await Deno.readTextFile("/proc/self/gid_map")),
+    uid: parseMap(readProcText("/proc/self/uid_map")),
+    gid: parseMap(readProcText("/proc/self/gid_map")),
   };
 }
 
@@ -134,8 +135,8 @@ function isRealRoot(): boolean {
   if (Deno.uid() !== 0) return false;
   try {
     return isIdentityMap({
-      uid: parseMap(Deno.readTextFileSync("/proc/self/uid_map")),
-      gid: parseMap(Deno.readTextFileSync("/proc/self/gid_map")),
+      uid: parseMap(readProcText("/proc/self/uid_map")),
+      gid: parseMap(readProcText("/proc/self/gid_map")),
     });
   } catch {
     return true;

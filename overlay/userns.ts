@@ -7,6 +7,7 @@
  * @module
  */
 import { currentIdMap, formatRanges, type IdRange, isIdentityMap } from "./cache.ts";
+import { readProcLink, readProcText } from "../sys/proc.ts";
 
 /** Set in the environment of the re-executed child, so it does not re-execute again. */
 export const USERNS_ENV = "STRATA_NAMESPACE";
@@ -36,7 +37,7 @@ export interface NamespaceInfo {
 
 function privateMountNs(): boolean | undefined {
   try {
-    return Deno.readLinkSync("/proc/self/ns/mnt") !== Deno.readLinkSync("/proc/1/ns/mnt");
+    return readProcLink("/proc/self/ns/mnt") !== readProcLink("/proc/1/ns/mnt");
   } catch {
     return Deno.env.get(USERNS_ENV) ? true : undefined;
   }
@@ -104,7 +105,7 @@ let warned = false;
 /** Reads this process' command line, with the deno binary as `argv[0]`. */
 function ownArgv(): string[] {
   try {
-    const raw = Deno.readTextFileSync("/proc/self/cmdline");
+    const raw = readProcText("/proc/self/cmdline");
     const argv = raw.split("\0");
     if (argv.at(-1) === "") argv.pop();
     if (argv.length > 0) return [Deno.execPath(), ...argv.slice(1)];

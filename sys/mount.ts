@@ -24,6 +24,7 @@
  */
 import { join } from "@std/path";
 import { AT_FDCWD, check, cstr, errno, ErrnoError, ffiAvailable, libc } from "./libc.ts";
+import { readProcText } from "./proc.ts";
 
 export { ErrnoError };
 
@@ -533,7 +534,7 @@ export function chooseMountBackend(): MountBackendChoice {
  * ```
  */
 export async function isMountpoint(path: string): Promise<boolean> {
-  const text = await Deno.readTextFile("/proc/self/mountinfo");
+  const text = readProcText("/proc/self/mountinfo");
   return text.split("\n").some((l) => unescapeMountinfo(l.split(" ")[4] ?? "") === path);
 }
 
@@ -565,7 +566,7 @@ function unescapeMountinfo(s: string): string {
  */
 export async function mountOf(path: string): Promise<MountInfo> {
   const real = await Deno.realPath(path);
-  const text = await Deno.readTextFile("/proc/self/mountinfo");
+  const text = readProcText("/proc/self/mountinfo");
   let best: MountInfo | undefined;
   for (const line of text.split("\n")) {
     if (!line) continue;
@@ -604,7 +605,7 @@ export async function mountsBelow(path: string): Promise<string[]> {
     if (e instanceof Deno.errors.NotFound) return [];
     throw e;
   }
-  const text = await Deno.readTextFile("/proc/self/mountinfo");
+  const text = readProcText("/proc/self/mountinfo");
   const out = new Set<string>();
   for (const line of text.split("\n")) {
     const f = line.split(" ");
