@@ -53,6 +53,8 @@ export function fixtureLayer(f: LayerFixture): Layer {
   return layer;
 }
 
+type Who = "strata" | "worker" | "tar";
+
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   return s.length % 2 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
@@ -94,18 +96,17 @@ export async function bench(ctx: BenchContext): Promise<Record<string, number | 
   const debian = await debianRootfsLayer();
   const layer = fixtureLayer(debian);
   const gz = debian.tarGz;
-  const strata: number[] = [], gnu: number[] = [];
+  const times: Record<Who, number[]> = { strata: [], worker: [], tar: [] };
   let entries = 0;
   for (let i = 0; i < runs; i++) {
-    const a = join(ctx.tmpfs, `s${i}`), b = join(ctx.tmpfs, `t${i}`);
-    await Deno.mkdir(a);
-    await Deno.mkdir(b);
-    // Alternate who goes first so neither always gets the warmer cache.
-    const order = i % 2 ? ["tar", "strata"] : ["strata", "tar"];
+    // Rotate who goes first so that none always gets the warmer cache.
+    const order: Who[] = ["strata", "tar", "worker"];
+    for (let k = 0; k < i % 3; k++) order.push(order.shift()!);
     for (const who of order) {
+      const dir = join(ctx.tmpfs, `${who}${i}`);
+      await Deno.mkdir(dir);
       const t0 = performance.now();
-      if (who === "strata") entries = (await applyLayer(layer, a)).entries;
-      else {
+      if (who === "tar") {
         await sh("tar", [
           "--numeric-owner",
           "--same-owner",
@@ -115,22 +116,30 @@ export async function bench(ctx: BenchContext): Promise<Record<string, number | 
           "-xzf",
           gz,
           "-C",
-          b,
+          dir,
         ]);
+      } else {
+        const threads = who === "worker" ? "worker" : "main";
+        entries = (await applyLayer(layer, dir, { threads })).entries;
       }
-      (who === "strata" ? strata : gnu).push(performance.now() - t0);
+      times[who].push(performance.now() - t0);
+      await Deno.remove(dir, { recursive: true });
     }
-    await Deno.remove(a, { recursive: true });
-    await Deno.remove(b, { recursive: true });
-    ctx.log(`run ${i}: strata ${strata[i].toFixed(0)} ms, tar -xzf ${gnu[i].toFixed(0)} ms`);
+    ctx.log(
+      `run ${i}: strata ${times.strata[i].toFixed(0)} ms, strata (worker thread) ${
+        times.worker[i].toFixed(0)
+      } ms, tar -xzf ${times.tar[i].toFixed(0)} ms`,
+    );
   }
-  const ms = median(strata), tarMs = median(gnu);
+  const ms = median(times.strata), wms = median(times.worker), tarMs = median(times.tar);
   const result: Record<string, number | string> = {
     layer_entries: entries,
     layer_bytes: debian.sizeTar,
     strata_ms: Math.round(ms),
+    strata_worker_ms: Math.round(wms),
     tar_xzf_ms: Math.round(tarMs),
     ratio: Number((ms / tarMs).toFixed(3)),
+    ratio_worker: Number((wms / tarMs).toFixed(3)),
   };
   if (Deno.env.get("STRATA_BENCH_BIG") !== "0") {
     const bytes = Number(Deno.env.get("STRATA_BENCH_BIG_BYTES") ?? 1 << 30);

@@ -228,6 +228,7 @@ export class TarApplicator implements TarballApplicator {
     const { onWarning, threads: _, ...options } = this.#options;
     const worker = new Worker(new URL("./apply_worker.ts", import.meta.url), { type: "module" });
     let inflight = 0;
+    const pool: Uint8Array<ArrayBuffer>[] = [];
     let failure: unknown;
     let result: ApplyResult | undefined;
     let wake: (() => void) | undefined;
@@ -241,7 +242,8 @@ export class TarApplicator implements TarballApplicator {
     worker.onmessage = (ev: MessageEvent<FromWorker>) => {
       const m = ev.data;
       if (m.t === "ack") {
-        inflight -= m.n;
+        inflight -= m.buf.length;
+        if (m.buf.length === WORKER_BATCH) pool.push(m.buf as Uint8Array<ArrayBuffer>); // reused: no fresh pages to fault in
         if (inflight <= WORKER_WINDOW / 2) kick();
       } else if (m.t === "warn") {
         onWarning?.(m.m);
@@ -282,7 +284,7 @@ export class TarApplicator implements TarballApplicator {
       const buf = fill === batch.length ? batch : batch.slice(0, fill);
       inflight += buf.length;
       worker.postMessage({ t: "data", buf } satisfies ToWorker, [buf.buffer]);
-      batch = new Uint8Array(WORKER_BATCH);
+      batch = pool.pop() ?? new Uint8Array(WORKER_BATCH);
       fill = 0;
     };
     const send = (c: Uint8Array) => {

@@ -15,7 +15,7 @@ import { type FromWorker, LayerWriter, type ToWorker } from "./writer.ts";
 // The worker global scope, typed without the deno.worker lib (which would
 // clash with the window types of the modules checked together with this one).
 const scope = globalThis as unknown as {
-  postMessage(m: FromWorker): void;
+  postMessage(m: FromWorker, transfer?: Transferable[]): void;
   onmessage: ((ev: MessageEvent<ToWorker>) => void) | null;
 };
 
@@ -56,7 +56,8 @@ scope.onmessage = (ev: MessageEvent<ToWorker>) => {
       parser = new TarParser(w, { onWarning: (x) => w.warn(x) });
     } else if (m.t === "data") {
       parser!.push(m.buf);
-      post({ t: "ack", n: m.buf.length });
+      // The buffer goes back (transferred) for the next batch.
+      scope.postMessage({ t: "ack", buf: m.buf }, [m.buf.buffer as ArrayBuffer]);
     } else {
       parser!.end();
       writer!.finish();

@@ -67,7 +67,7 @@ export type ToWorker =
 
 /** Messages from the worker. */
 export type FromWorker =
-  | { t: "ack"; n: number }
+  | { t: "ack"; buf: Uint8Array }
   | { t: "warn"; m: string }
   | { t: "done"; entries: number; bytes: number; warnings: string[] }
   | { t: "error"; e: SerializedError }
