@@ -190,6 +190,13 @@ const cases: Case[] = [
         .bytes({ truncateAt: 2048 }),
   },
   {
+    name: "a NUL byte in a pax path (C would read a shorter, different path)",
+    tar: () =>
+      new TarWriter()
+        .symlink("l", "../canary")
+        .file("x", "pwned", { pax: { path: "l/secret\0ignored" } }),
+  },
+  {
     name: "a deep `..` ladder and a long name",
     tar: () =>
       new TarWriter()
