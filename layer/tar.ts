@@ -159,6 +159,9 @@ const enum S {
 
 type MetaKind = "x" | "g" | "L" | "K";
 
+/** pax records whose values are names: a NUL inside one is an error. */
+const NUL_FREE_KEYS = new Set(["path", "linkpath", "uname", "gname", "GNU.sparse.name"]);
+
 interface PaxState {
   records: Map<string, Uint8Array>;
   sparse00: { offsets: number[]; sizes: number[] };
@@ -602,6 +605,14 @@ export class TarParser {
       }
       const key = utf8.decode(m.subarray(q + 1, eq));
       const value = m.slice(eq + 1, recEnd);
+      if (NUL_FREE_KEYS.has(key) && value.includes(0)) {
+        // C tools would stop at the NUL and see another name than we do (Go's archive/tar refuses too).
+        throw new TarFormatError(
+          `pax record ${key} contains a NUL byte`,
+          this.#entryOffset,
+          this.#entryName,
+        );
+      }
       if (key === "GNU.sparse.offset") st.sparse00.offsets.push(this.#paxInt(key, value));
       else if (key === "GNU.sparse.numbytes") st.sparse00.sizes.push(this.#paxInt(key, value));
       else st.records.set(key, value);

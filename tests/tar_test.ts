@@ -607,6 +607,9 @@ Deno.test("tar: malformed fields and records are errors", () => {
   // Pax header with nothing after it.
   const b4 = new TarWriter().raw(paxHeader("10 path=x\n")).bytes();
   assertThrows(() => readTar(b4), TarFormatError, "extended header records");
+  // A NUL inside a pax path: C tools would read a shorter, different name.
+  const b7 = new TarWriter().file("x", "", { pax: { path: "l/secret\0ignored" } }).bytes();
+  assertThrows(() => readTar(b7), TarFormatError, "pax record path contains a NUL byte");
   // Sparse maps that do not add up.
   const b5 = new TarWriter().file("s", "abc", {
     pax: { "GNU.sparse.map": "0,5", "GNU.sparse.size": "10" },
