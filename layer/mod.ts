@@ -22,3 +22,15 @@ export {
 } from "./applicator.ts";
 export { confine } from "./path.ts";
 export { type TreeRecord, treeRecord, type TreeRecordOptions } from "./record.ts";
+export {
+  readTar,
+  type TarEntry,
+  type TarEntryType,
+  TarFormatError,
+  type TarHeader,
+  TarParser,
+  type TarParserOptions,
+  type TarSink,
+  type TarSparseSegment,
+  untar,
+} from "./tar.ts";
