@@ -98,8 +98,9 @@ export interface TarSink {
 export interface TarParserOptions {
   /**
    * Largest pax record block, GNU long name/link, global header set or sparse
-   * map accepted, in bytes (default 1 MiB). Hostile archives cannot make the
-   * parser allocate more than this.
+   * map accepted, in bytes (default 1 MiB); all the extended headers before
+   * one entry may total twice this. Hostile archives cannot make the parser
+   * allocate more than a few times this.
    */
   maxMetaSize?: number;
   /** Told about entries treated specially: unknown types read as regular files, skipped volume labels. */
@@ -251,6 +252,7 @@ export class TarParser {
   #longName: string | null = null;
   #longLink: string | null = null;
   #pendingMeta = false;
+  #pendingBytes = 0;
 
   #meta: Uint8Array = new Uint8Array(0);
   #metaFill = 0;
@@ -262,7 +264,9 @@ export class TarParser {
   #segs: TarSparseSegment[] | null = null;
   #segIdx = 0;
   #segLeft = 0;
-  #sparseMapText = "";
+  #sparseNums: number[] = [];
+  #sparseCur = 0;
+  #sparseDigits = 0;
   #sparseMapBytes = 0;
   #error: unknown = null;
 
@@ -515,7 +519,21 @@ export class TarParser {
           this.#entryName ?? headerName,
         );
       }
-      this.#pendingMeta = kind !== "g" || this.#pendingMeta;
+      if (kind !== "g") {
+        // Several x/L/K headers may precede one entry; together they stay bounded too.
+        if (!this.#pendingMeta) this.#pendingBytes = 0;
+        this.#pendingBytes += size;
+        if (this.#pendingBytes > 2 * this.#maxMeta) {
+          throw new TarFormatError(
+            `extended headers for one entry total ${this.#pendingBytes} bytes, over the limit of ${
+              2 * this.#maxMeta
+            } bytes`,
+            this.#entryOffset,
+            this.#entryName ?? headerName,
+          );
+        }
+        this.#pendingMeta = true;
+      }
       this.#metaKind = kind;
       this.#meta = new Uint8Array(size);
       this.#metaFill = 0;
@@ -916,7 +934,9 @@ export class TarParser {
             throw new TarFormatError(`unsupported GNU sparse format ${ver}`, at, entryName());
           }
           header.sparse = [];
-          this.#sparseMapText = "";
+          this.#sparseNums = [];
+          this.#sparseCur = 0;
+          this.#sparseDigits = 0;
           this.#sparseMapBytes = 0;
           if (this.#remaining === 0) {
             throw new TarFormatError(
@@ -1016,27 +1036,30 @@ export class TarParser {
         cur.name,
       );
     }
-    this.#sparseMapText += String.fromCharCode.apply(null, b as unknown as number[]);
-    const lines = this.#sparseMapText.split("\n");
-    // The last piece has no newline yet: not a complete number.
-    const nums = lines.slice(0, -1);
-    if (nums.length === 0) return;
     const bad = (why: string) =>
       new TarFormatError(`invalid sparse map (format 1.0): ${why}`, this.#entryOffset, cur.name);
-    if (!/^[0-9]{1,16}$/.test(nums[0])) throw bad(`count ${JSON.stringify(nums[0].slice(0, 20))}`);
-    const count = Number(nums[0]);
-    if (count * 2 * 2 > this.#maxMeta) throw bad(`${count} segments`);
-    if (nums.length < 1 + 2 * count) return;
-    const segs: TarSparseSegment[] = [];
-    for (let i = 0; i < count; i++) {
-      const o = nums[1 + 2 * i];
-      const s = nums[2 + 2 * i];
-      if (!/^[0-9]{1,16}$/.test(o) || !/^[0-9]{1,16}$/.test(s)) throw bad(`segment ${i}`);
-      segs.push({ offset: Number(o), size: Number(s) });
+    // Decimal numbers, one per line: the count, then offset/size pairs; the map is
+    // padded with NULs to a block. Parsed incrementally, so each byte is read once.
+    const nums = this.#sparseNums;
+    for (let i = 0; i < BLOCK; i++) {
+      const c = b[i];
+      if (c >= 0x30 && c <= 0x39) {
+        if (++this.#sparseDigits > 16) throw bad("a number is too long");
+        this.#sparseCur = this.#sparseCur * 10 + (c - 0x30);
+      } else if (c === 0x0a && this.#sparseDigits > 0) {
+        nums.push(this.#sparseCur);
+        this.#sparseCur = 0;
+        this.#sparseDigits = 0;
+        if (nums.length === 1 && nums[0] * 16 > this.#maxMeta) throw bad(`${nums[0]} segments`);
+        if (nums.length === 1 + 2 * nums[0]) break;
+      } else throw bad(`unexpected byte 0x${c.toString(16)} at byte ${i} of a map block`);
     }
+    if (nums.length === 0 || nums.length < 1 + 2 * nums[0]) return;
+    const segs: TarSparseSegment[] = [];
+    for (let i = 0; i < nums[0]; i++) segs.push({ offset: nums[1 + 2 * i], size: nums[2 + 2 * i] });
     cur.sparse = segs;
     cur.size = this.#remaining;
-    this.#sparseMapText = "";
+    this.#sparseNums = [];
     this.#startSparse(this.#entryOffset);
   }
 

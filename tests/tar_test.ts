@@ -577,6 +577,15 @@ Deno.test("tar: oversized pax and GNU long-name records are refused before alloc
   lie.set(te.encode("77777777777\0"), 124); // 8 GiB pax body
   fixChecksum(lie.subarray(0, 512));
   assertThrows(() => readTar(lie), TarFormatError, "exceeds the limit");
+  // Many extended headers before one entry: bounded together.
+  const many = new TarWriter();
+  for (let i = 0; i < 30; i++) many.raw(paxHeader(`100 comment=${"c".repeat(87)}\n`));
+  many.file("f", "");
+  assertThrows(
+    () => readTar(many.bytes(), { maxMetaSize: 1000 }),
+    TarFormatError,
+    "extended headers for one entry total",
+  );
   // The limit is an option.
   assertThrows(
     () => readTar(new TarWriter().file("a".repeat(300), "").bytes(), { maxMetaSize: 100 }),
