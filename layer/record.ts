@@ -12,6 +12,8 @@ import {
   close,
   fgetxattr,
   flistxattr,
+  lgetxattrAt,
+  llistxattrAt,
   O,
   openat,
   read,
@@ -73,15 +75,15 @@ export function treeRecord(dir: string, options: TreeRecordOptions = {}): Promis
   const root = openat(AT.FDCWD, dir, O.RDONLY | O.DIRECTORY, 0);
   if (root < 0) return Promise.reject(new ErrnoError("open", -root, dir));
 
-  const xattrsOf = (fd: number): string => {
-    if (fd < 0) return "";
-    const names = flistxattr(fd);
+  /** Xattrs of the open `fd`, or (fd < 0) of `name` in `dirfd`, not followed. */
+  const xattrsOf = (fd: number, dirfd = -1, name = ""): string => {
+    const names = fd >= 0 ? flistxattr(fd) : llistxattrAt(dirfd, name);
     if (typeof names === "number") return "";
     names.sort();
     let s = "";
     for (const n of names) {
       if (filter && !filter(n)) continue;
-      const v = fgetxattr(fd, n);
+      const v = fd >= 0 ? fgetxattr(fd, n) : lgetxattrAt(dirfd, name, n);
       s += ` x:${n}=${typeof v === "number" ? "?" : hex(v)}`;
     }
     return s;
@@ -119,9 +121,11 @@ export function treeRecord(dir: string, options: TreeRecordOptions = {}): Promis
       }
     } else if (type === S.IFLNK) {
       const t = readlinkat(dirfd, name);
-      line += ` l:${JSON.stringify(typeof t === "number" ? "?" : t)}`;
-    } else if (type === S.IFCHR || type === S.IFBLK) {
-      line += ` d:${st.rdevMajor},${st.rdevMinor}`;
+      line += ` l:${JSON.stringify(typeof t === "number" ? "?" : t)}${xattrsOf(-1, dirfd, name)}`;
+    } else if (type !== S.IFDIR) {
+      // Devices, FIFOs and sockets are never opened (a device read has effects).
+      if (type === S.IFCHR || type === S.IFBLK) line += ` d:${st.rdevMajor},${st.rdevMinor}`;
+      line += xattrsOf(-1, dirfd, name);
     }
     if (type === S.IFDIR) {
       const fd = name === "" ? root : openat(dirfd, name, O.RDONLY | O.DIRECTORY | O.NOFOLLOW, 0);

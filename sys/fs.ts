@@ -581,6 +581,45 @@ export function fgetxattr(fd: number, attr: string): Uint8Array | number {
   return xbuf.slice(0, n);
 }
 
+/**
+ * Lists the extended attributes of `name` in `dirfd` without following a
+ * symlink there (through `/proc/self/fd`). Returns names, or `-errno`.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { llistxattrAt } from "./fs.ts";
+ * console.log(llistxattrAt(3, "link"));
+ * ```
+ */
+export function llistxattrAt(dirfd: number, name: string): string[] | number {
+  const p = enc(`/proc/self/fd/${dirfd}/${name}`);
+  if (!p) return -EINVAL;
+  const n = Number(libc().llistxattr(p, xbuf, u64(xbuf.length)));
+  if (n < 0) return -errno();
+  const names = decoder.decode(xbuf.subarray(0, n)).split("\0");
+  names.pop();
+  return names;
+}
+
+/**
+ * Reads the extended attribute `attr` of `name` in `dirfd` without following
+ * a symlink there. Returns a copy of the value, or `-errno`.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { lgetxattrAt } from "./fs.ts";
+ * console.log(lgetxattrAt(3, "link", "security.selinux"));
+ * ```
+ */
+export function lgetxattrAt(dirfd: number, name: string, attr: string): Uint8Array | number {
+  const p = enc(`/proc/self/fd/${dirfd}/${name}`);
+  const a = enc(attr, 1);
+  if (!p || !a) return -EINVAL;
+  const n = Number(libc().lgetxattr(p, a, xbuf, u64(xbuf.length)));
+  if (n < 0) return -errno();
+  return xbuf.slice(0, n);
+}
+
 /** The fields of `statx(2)` strata uses. */
 export interface Stat {
   /** Type and permission bits. */

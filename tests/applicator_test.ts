@@ -698,11 +698,20 @@ Deno.test("treeRecord changes with content, mode, owner, time, xattrs and links"
   const base = await treeRecord(dirs[0]);
   assertEquals((await treeRecord(dirs[1])).digest, base.digest);
   assertEquals([base.files, base.bytes], [5, 2]);
-  const changes: [string, () => void][] = [
+  const changes: [string, () => unknown][] = [
     ["content", () => Deno.writeTextFileSync(join(dirs[1], "d"), "3")],
     ["mode", () => Deno.chmodSync(join(dirs[1], "d"), 0o600)],
     ["mtime", () => Deno.utimeSync(join(dirs[1], "d"), 10, 11)],
     ["xattr", () => sh("setfattr", ["-n", "user.x", "-v", "2", join(dirs[1], "a")])],
+    ...(isRoot
+      ? [
+        ["symlink xattr", () =>
+          sh("setfattr", ["-h", "-n", "trusted.x", "-v", "1", join(dirs[1], "c")])] as [
+            string,
+            () => unknown,
+          ],
+      ]
+      : []),
     ["link", () => {
       Deno.removeSync(join(dirs[1], "b"));
       Deno.copyFileSync(join(dirs[1], "a"), join(dirs[1], "b"));
