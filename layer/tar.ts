@@ -204,6 +204,16 @@ function paxNsec(v: Uint8Array): number | undefined {
   return s.startsWith("-") && frac !== 0 ? 1e9 - frac : frac;
 }
 
+/** The header checksum over signed bytes, as some historic tars computed it. */
+function signedChecksum(b: Uint8Array): number {
+  let sum = 8 * 0x20;
+  for (let i = 0; i < BLOCK; i++) {
+    if (i >= 148 && i < 156) continue;
+    sum += b[i] < 128 ? b[i] : b[i] - 256;
+  }
+  return sum;
+}
+
 /** The typeflag for text (NUL is written as "\0"). */
 function flagOf(c: number): string {
   return String.fromCharCode(c);
@@ -464,12 +474,7 @@ export class TarParser {
 
   #header(b: Uint8Array, at: number): void {
     let sum = 0;
-    let ssum = 0;
-    for (let i = 0; i < BLOCK; i++) {
-      const x = b[i];
-      sum += x;
-      ssum += x < 128 ? x : x - 256;
-    }
+    for (let i = 0; i < BLOCK; i += 4) sum += b[i] + b[i + 1] + b[i + 2] + b[i + 3];
     if (sum === 0) {
       if (this.#pendingMeta) {
         throw new TarFormatError(
@@ -486,16 +491,10 @@ export class TarParser {
       this.#entryName = undefined;
     }
     const headerName = cstring(b, 0, 100);
-    let chk = 0;
-    let schk = 0;
-    for (let i = 148; i < 156; i++) {
-      chk += b[i];
-      schk += b[i] < 128 ? b[i] : b[i] - 256;
-    }
-    sum = sum - chk + 8 * 0x20;
-    ssum = ssum - schk + 8 * 0x20;
+    for (let i = 148; i < 156; i++) sum -= b[i];
+    sum += 8 * 0x20; // the checksum field counts as spaces
     const stored = this.#num(b, 148, 8, "checksum", at, headerName);
-    if (stored !== sum && stored !== ssum) {
+    if (stored !== sum && stored !== signedChecksum(b)) {
       throw new TarFormatError(
         `invalid header checksum (stored ${stored}, computed ${sum})`,
         at,
@@ -621,8 +620,15 @@ export class TarParser {
           this.#entryName,
         );
       }
-      const key = utf8.decode(m.subarray(q + 1, eq));
-      const value = m.slice(eq + 1, recEnd);
+      const key = cstring(m, q + 1, eq - q - 1);
+      if (key.length !== eq - q - 1 && m.subarray(q + 1, eq).includes(0)) {
+        throw new TarFormatError(
+          `malformed pax record (NUL in the keyword) at byte ${p} of a '${kind}' header`,
+          this.#entryOffset,
+          this.#entryName,
+        );
+      }
+      const value = m.subarray(eq + 1, recEnd); // m is ours alone: no copy needed
       if (NUL_FREE_KEYS.has(key) && value.includes(0)) {
         // C tools would stop at the NUL and see another name than we do (Go's archive/tar refuses too).
         throw new TarFormatError(
