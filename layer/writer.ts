@@ -269,6 +269,9 @@ export class LayerWriter implements TarSink {
       }
     }
     this.#stale = true;
+    // Directories written there are gone: their metadata must not land on
+    // whatever takes the path later.
+    for (const p of this.#dirs.keys()) if (isWithin(p, path)) this.#dirs.delete(p);
   }
 
   /**
@@ -814,6 +817,7 @@ export class LayerWriter implements TarSink {
     // Nothing of this layer is inside yet: remove the merged directory and
     // make it again, which overlayfs records as an opaque directory (the
     // same upper dir as direct mode gives).
+    const d = this.#dirs.get(dir);
     const r = removeAt(pfd, base);
     if (r < 0 && r !== -ENOENT) throw new Fail(-r, "remove");
     this.#invalidate(dir);
@@ -821,9 +825,10 @@ export class LayerWriter implements TarSink {
     if (m < 0) throw new Fail(-m, "mkdirat");
     const nst = statx(pfd, base, AT.SYMLINK_NOFOLLOW);
     if (typeof nst === "number") throw new Fail(-nst, "statx");
-    const d = this.#dirs.get(dir);
-    if (d) d.ino = nst.ino;
-    else {
+    if (d) {
+      d.ino = nst.ino;
+      this.#dirs.set(dir, d);
+    } else {
       // Not an entry of this layer: keep the lower directory's metadata.
       this.#dirs.set(dir, {
         mode: st.mode & 0o7777,
@@ -1062,7 +1067,12 @@ export class LayerWriter implements TarSink {
       }
       try {
         const st = statx(fd, "", AT.EMPTY_PATH);
-        if (typeof st === "number" || st.ino !== d.ino) continue; // another directory now
+        if (typeof st === "number") continue;
+        // Direct mode: a different directory now (reached through a symlink
+        // changed later) keeps its own metadata. Not in merged mode, where
+        // copy-up may change a directory's inode number on some overlays;
+        // removals already dropped what they replaced (#invalidate).
+        if (this.#mode === "direct" && st.ino !== d.ino) continue;
         this.#chown(fchown(fd, d.uid, d.gid), { uid: d.uid, gid: d.gid, name: path } as TarHeader);
         const r = fchmod(fd, d.mode);
         if (r < 0) throw new Fail(-r, "fchmod");
