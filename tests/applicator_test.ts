@@ -504,6 +504,43 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name: "merged mode sets directory metadata when the upper is on another file system",
+  ignore: !isRoot,
+  fn: async () => {
+    await using d_ = await tempDir();
+    const d = String(d_);
+    const lower = join(d, "lower"), up = join(d, "up"), merged = join(d, "m");
+    await Deno.mkdir(lower);
+    await Deno.mkdir(up);
+    await apply(
+      new TarWriter({ defaultMtime: 100 }).directory("etc/").file("etc/a", "a")
+        .directory("var/cache/").file("var/cache/x", "x"),
+      lower,
+    );
+    // Copy-up across file systems gives directories new inode numbers.
+    await sh("mount", ["-t", "tmpfs", "tmpfs", up]);
+    await Deno.mkdir(join(up, "upper"));
+    await Deno.mkdir(join(up, "work"));
+    const umount = await overlay([lower], merged, join(up, "upper"), join(up, "work"));
+    try {
+      await apply(
+        new TarWriter({ defaultMtime: 200 }).directory("etc/", { mode: 0o700, uid: 7 })
+          .file("etc/b", "b").directory("var/cache/", { mode: 0o711 }).file("var/cache/.wh.x", ""),
+        merged,
+        { whiteouts: "merged" },
+      );
+      for (const [p, mode, uid] of [["etc", 0o700, 7], ["var/cache", 0o711, 0]] as const) {
+        const st = lst(join(merged, p));
+        assertEquals([st.mode! & 0o7777, st.uid, st.mtime!.getTime()], [mode, uid, 200000], p);
+      }
+      assert(isWhiteout(join(up, "upper/var/cache/x")));
+    } finally {
+      await umount();
+    }
+  },
+});
+
 Deno.test("a hardlink to a file only a lower layer holds is copied up, then linked", async () => {
   await using d_ = await tempDir();
   const d = String(d_);
