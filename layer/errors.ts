@@ -102,7 +102,17 @@ export class DeviceNotPermittedError extends ApplyError {}
  */
 export class WhiteoutError extends ApplyError {}
 
-/** Wraps a parser error (or anything not an {@linkcode ApplyError}) as a {@linkcode DamagedLayerError}. */
+/**
+ * Wraps a parser error (or anything not an {@linkcode ApplyError}) as a
+ * {@linkcode DamagedLayerError}; an `ApplyError` is returned as it is.
+ *
+ * @example Usage
+ * ```ts
+ * import { asDamaged, DamagedLayerError } from "./errors.ts";
+ * const e = asDamaged(new Error("bad checksum"), "sha256:ab");
+ * console.log(e instanceof DamagedLayerError); // true
+ * ```
+ */
 export function asDamaged(e: unknown, layer?: string): unknown {
   if (e instanceof ApplyError) return e;
   const entry = (e as { entry?: string })?.entry;
@@ -130,7 +140,16 @@ export interface SerializedError {
   cause?: SerializedError;
 }
 
-/** Turns an error into plain data for `postMessage`. */
+/**
+ * Turns an error into plain data for `postMessage`.
+ *
+ * @example Usage
+ * ```ts
+ * import { HardlinkTargetError, reviveError, serializeError } from "./errors.ts";
+ * const back = reviveError(serializeError(new HardlinkTargetError("gone", "x", "sha256:ab")));
+ * console.log(back instanceof HardlinkTargetError); // true
+ * ```
+ */
 export function serializeError(e: unknown, depth = 0): SerializedError {
   if (!(e instanceof Error)) return { name: "Error", message: String(e) };
   const fields: Record<string, unknown> = {};
@@ -157,7 +176,17 @@ const classes: Record<string, typeof ApplyError> = {
   WhiteoutError,
 };
 
-/** Rebuilds an error serialized by {@linkcode serializeError}, with its applicator class. */
+/**
+ * Rebuilds an error serialized by {@linkcode serializeError}, with its
+ * applicator class, message, entry, layer, fields and cause.
+ *
+ * @example Usage
+ * ```ts
+ * import { reviveError } from "./errors.ts";
+ * const e = reviveError({ name: "WhiteoutError", message: "no", entry: "a/.wh.." });
+ * console.log(e.name, e.message); // WhiteoutError no
+ * ```
+ */
 export function reviveError(s: SerializedError): Error {
   const cause = s.cause ? reviveError(s.cause) : undefined;
   const cls = classes[s.name];

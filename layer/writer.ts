@@ -103,6 +103,21 @@ class Fail {
 /**
  * The synchronous heart of the applicator: a {@linkcode TarSink} that
  * writes each entry as the parser produces it. One instance per layer.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { LayerWriter } from "./writer.ts";
+ * import { TarParser } from "./tar.ts";
+ * const w = new LayerWriter("/tmp/root", { whiteouts: "direct" });
+ * try {
+ *   const p = new TarParser(w);
+ *   p.push(Deno.readFileSync("layer.tar"));
+ *   p.end();
+ *   w.finish();
+ * } finally {
+ *   w.dispose();
+ * }
+ * ```
  */
 export class LayerWriter implements TarSink {
   readonly #root: string;
