@@ -12,7 +12,12 @@
  * followed only inside the root. The last component is then created, replaced
  * or removed with `*at()` calls that never follow it (`O_NOFOLLOW`,
  * `AT_SYMLINK_NOFOLLOW`, `unlinkat`). Symlink targets are stored verbatim:
- * they are text, resolved (confined) only when used.
+ * they are text, resolved (confined) only when used. Hardlink targets must
+ * exist inside the root (in direct mode, a target only a lower layer holds is
+ * copied up first); a link to anything else is a {@linkcode HardlinkTargetError},
+ * so no entry can read a host file. Whiteout names that name nothing (`.wh..`)
+ * are a {@linkcode WhiteoutError}. Behind openat2, every directory opened is
+ * checked to lie below the root before anything is done through it.
  *
  * ## Whiteouts (OCI image-spec layer.md)
  * `.wh.NAME` hides NAME of lower layers, `.wh..wh..opq` hides all lower
@@ -47,6 +52,18 @@
  * `user.overlay.*` are NEVER applied from a tarball (they would forge
  * whiteouts, opaque dirs or redirects): they are dropped with a warning. A
  * file system refusing an xattr (EPERM, ENOTSUP) gives one warning per layer.
+ * Directories and whiteouts the tar implies but does not list take the
+ * metadata of the lower layer's directory, or the implying entry's time, so
+ * the same layer always gives the same tree.
+ *
+ * ## Speed
+ * Entries are written with synchronous FFI calls as the stream delivers them
+ * (no promise per entry, file data never buffered, parent directory fds
+ * cached). On the Debian bookworm rootfs layer (61 MB gzip, 179 MB tar, 6680
+ * entries), digests verified and all metadata applied, on a tmpfs, medians
+ * of interleaved runs against GNU `tar -xzf` of the same blob: 0.68 on a
+ * quiet machine, 0.8-1.0 with the other core busy (`deno task bench --only
+ * apply`). Peak RSS applying a 1 GiB layer: about 85-120 MiB.
  *
  * @module
  */

@@ -34,3 +34,5 @@ export {
   type TarSparseSegment,
   untar,
 } from "./tar.ts";
+/** The layer model `applyLayer` takes, and its digest type (from `image/types.ts`). */
+export type { Digest, Layer } from "../image/types.ts";
