@@ -786,6 +786,24 @@ Deno.test("threads: worker writes the same tree and reports the same errors", as
   assertEquals(rb, ra);
   assertEquals(warnings, rb.warnings);
   assertEquals((await treeRecord(b)).digest, (await treeRecord(a)).digest);
+  // auto (the default): past 4 MiB the looked-ahead chunks are replayed to the worker.
+  const big = () =>
+    new TarWriter({ defaultMtime: 9 }).directory("./").file("a", new Uint8Array(3 << 20).fill(1))
+      .file("b", new Uint8Array(3 << 20).fill(2)).file("c", "tail");
+  const c = join(d, "c"), e1 = join(d, "e1");
+  await Deno.mkdir(c);
+  await Deno.mkdir(e1);
+  const chunked = (bytes: Uint8Array) =>
+    new ReadableStream<Uint8Array>({
+      start(ctl) {
+        for (let o = 0; o < bytes.length; o += 65536) ctl.enqueue(bytes.slice(o, o + 65536));
+        ctl.close();
+      },
+    });
+  await new TarApplicator().apply(chunked(big().bytes()), c);
+  await new TarApplicator({ threads: "main" }).apply(chunked(big().bytes()), e1);
+  assertEquals((await treeRecord(c)).digest, (await treeRecord(e1)).digest);
+  assertEquals(Deno.readTextFileSync(join(c, "c")), "tail");
   // Errors keep their class, entry and layer across the thread boundary.
   const e = await assertRejects(
     () =>
