@@ -49,10 +49,10 @@ function parseMap(text: string): IdRange[] {
  * @example Usage
  * ```ts
  * import { currentIdMap } from "./cache.ts";
- * console.log((await currentIdMap()).uid); // [[0, 0, 4294967295]] outside any user namespace
+ * console.log(currentIdMap().uid); // [[0, 0, 4294967295]] outside any user namespace
  * ```
  */
-export async function currentIdMap(): Promise<IdMap> {
+export function currentIdMap(): IdMap {
   return {
     uid: parseMap(readProcText("/proc/self/uid_map")),
     gid: parseMap(readProcText("/proc/self/gid_map")),
@@ -189,7 +189,7 @@ async function mkdir700(path: string): Promise<void> {
 export async function openCache(root: string): Promise<{ root: string; idmap: IdMap }> {
   await mkdir700(root);
   for (const d of CACHE_DIRS) await mkdir700(join(root, d));
-  const current = await currentIdMap();
+  const current = currentIdMap();
   const file = join(root, "idmap.json");
   let recorded: IdMap | undefined;
   try {

@@ -53,8 +53,16 @@ function privateMountNs(): boolean | undefined {
  * console.log(info.mode, info.summary);
  * ```
  */
-export async function namespaceInfo(): Promise<NamespaceInfo> {
-  const map = await currentIdMap();
+export function namespaceInfo(): Promise<NamespaceInfo> {
+  try {
+    return Promise.resolve(namespaceInfoSync());
+  } catch (e) {
+    return Promise.reject(e);
+  }
+}
+
+function namespaceInfoSync(): NamespaceInfo {
+  const map = currentIdMap();
   const uid = Deno.uid() ?? -1;
   const identity = isIdentityMap(map);
   const mode: PrivilegeMode = !identity ? "userns" : uid === 0 ? "root" : "unprivileged";

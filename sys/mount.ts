@@ -530,10 +530,10 @@ export function chooseMountBackend(): MountBackendChoice {
  * @example Usage
  * ```ts
  * import { isMountpoint } from "./mount.ts";
- * console.log(await isMountpoint("/proc")); // true
+ * console.log(isMountpoint("/proc")); // true
  * ```
  */
-export async function isMountpoint(path: string): Promise<boolean> {
+export function isMountpoint(path: string): boolean {
   const text = readProcText("/proc/self/mountinfo");
   return text.split("\n").some((l) => unescapeMountinfo(l.split(" ")[4] ?? "") === path);
 }

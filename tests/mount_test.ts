@@ -61,7 +61,7 @@ for (const name of BACKENDS) {
       await m.mount();
       try {
         assertEquals(Deno.cwd(), cwd, "the working directory did not move");
-        assert(await isMountpoint(merged));
+        assert(isMountpoint(merged));
         assertEquals(await Deno.readTextFile(join(merged, "f")), "129", "the last layer wins");
         const names = new Set<string>();
         for await (const e of Deno.readDir(merged)) names.add(e.name);
@@ -76,7 +76,7 @@ for (const name of BACKENDS) {
         await m.unmount();
         await m.unmount(); // idempotent
       }
-      assert(!(await isMountpoint(merged)));
+      assert(!(isMountpoint(merged)));
       assertEquals(await mountsBelow(dir), []);
     },
   });

@@ -54,14 +54,14 @@ Deno.test({
     try {
       assertEquals(calls, [[a, b]]);
       const view = wd.applyPath();
-      assert(await isMountpoint(view));
+      assert(isMountpoint(view));
       assertEquals(await Deno.readTextFile(join(view, "etc", "conf")), "from b", "b is on top");
       await Deno.remove(join(view, "etc", "gone"));
       await Deno.remove(join(view, "opq"), { recursive: true });
       await Deno.mkdir(join(view, "opq"));
       await Deno.writeTextFile(join(view, "opq", "new"), "new");
       await wd.seal();
-      assert(!(await isMountpoint(view)));
+      assert(!(isMountpoint(view)));
       const out = wd.resultPath();
       const wh = await Deno.lstat(join(out, "etc", "gone"));
       assert(wh.isCharDevice && wh.rdev === 0, "a char 0/0 whiteout");
@@ -158,7 +158,7 @@ Deno.test("cache: layout 0700, idmap.json recorded, a narrower mapping refused",
   await using tmp = await tempDir();
   const root = join(String(tmp), "cache");
   const { idmap } = await openCache(root);
-  assertEquals(idmap, await currentIdMap());
+  assertEquals(idmap, currentIdMap());
   for (const d of ["", "layers", "tmp", "locks", "images", "containers"]) {
     assertEquals((await Deno.stat(join(root, d))).mode! & 0o777, 0o700, d);
   }
