@@ -5,12 +5,11 @@
  * hostname, a label in an environment variable, a private tmpfs at /scratch,
  * and a read-only bind of a host file over /etc/motd.
  *
- * Run: deno run -A examples/custom_spec_option.ts
+ * Run: deno run --allow-run --allow-ffi --allow-read --allow-write --allow-env --allow-sys examples/custom_spec_option.ts
  *
  * Permissions: --allow-run (unshare, runc, busybox), --allow-ffi (mounts),
  * --allow-read and --allow-write (cache, temp dir), --allow-env (cache
- * location) - and, with Deno 2.9, -A as a whole: Deno grants reads of
- * /proc/self/* (the uid maps and mount namespace strata checks) only to -A.
+ * location), --allow-sys (uid). /proc is read through libc (--allow-ffi).
  *
  * @module
  */

@@ -5,13 +5,12 @@
  * and copy the merged tree keeping owners, modes, times, xattrs and hard
  * links. `strata export IMAGE DIR` does the same from the command line.
  *
- * Run: deno run -A examples/export_rootfs.ts [IMAGE] DIR
+ * Run: deno run --allow-run --allow-ffi --allow-read --allow-write --allow-env --allow-sys examples/export_rootfs.ts [IMAGE] DIR
  * (without IMAGE, the demo image built from the host's busybox)
  *
  * Permissions: --allow-run (unshare), --allow-ffi (mount, xattrs, mknod),
  * --allow-read and --allow-write (cache, DIR), --allow-env (cache location)
- * - and, with Deno 2.9, -A as a whole: Deno grants reads of /proc/self/*
- * (the uid maps and mount namespace strata checks) only to -A.
+ * and --allow-sys (uid). /proc is read through libc (--allow-ffi).
  *
  * @module
  */

@@ -9,12 +9,11 @@
  * greets the name it is given. This script is itself a filter: its stdin is
  * the request, its stdout the function's response, pretty-printed.
  *
- * Run: echo '{"input":{"name":"world"}}' | deno run -A examples/function.ts
+ * Run: echo '{"input":{"name":"world"}}' | deno run --allow-run --allow-ffi --allow-read --allow-write --allow-env --allow-sys examples/function.ts
  *
  * Permissions: --allow-run (unshare, runc, busybox), --allow-ffi (mounts),
  * --allow-read and --allow-write (the cache and a temp dir), --allow-env
- * (cache location) - and, with Deno 2.9, -A as a whole: Deno grants reads of
- * /proc/self/* (the uid maps and mount namespace strata checks) only to -A.
+ * (cache location), --allow-sys (uid). /proc is read through libc (--allow-ffi).
  *
  * @module
  */
