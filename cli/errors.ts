@@ -82,6 +82,8 @@ function chain(e: unknown): unknown[] {
 export function permissionHint(e: unknown): string | undefined {
   for (const c of chain(e)) {
     if (!(c instanceof Error)) continue;
+    // sys/proc.ts already names the flag (/proc is read through libc).
+    if (c.name === "ProcPermissionError") return oneLine(c.message);
     const notCapable = c instanceof Deno.errors.NotCapable ||
       c.name === "NotCapable" || c.name === "FfiPermissionError";
     // Deno 1 and some node: shims raise PermissionDenied for the same thing;
