@@ -15,6 +15,7 @@ export * from "./mount.ts";
 export * from "./supported.ts";
 export * from "./workdir.ts";
 export * from "./resolver.ts";
+export * from "./prefetch.ts";
 export * from "./cache.ts";
 export * from "./lock.ts";
 export * from "./userns.ts";

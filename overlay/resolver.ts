@@ -12,6 +12,7 @@ import { treeRecord } from "../layer/record.ts";
 import { type IdMap, openCache } from "./cache.ts";
 import { FileLock, reclaimTemp, TempWork } from "./lock.ts";
 import { defaultNewOverlayMount, LayerWorkdir, type NewOverlayMountFn } from "./workdir.ts";
+import { type ResolveAllOptions, resolveLayers } from "./prefetch.ts";
 
 /** Resolves a layer to a path suitable for use as an overlayfs lower directory. */
 export interface LayerResolver {
@@ -20,6 +21,11 @@ export interface LayerResolver {
    * in its image, to a lower directory.
    */
   resolve(layer: Layer, parents?: readonly Layer[], signal?: AbortSignal): Promise<string>;
+  /**
+   * Resolves every layer of an image (bottom first) to lower directories,
+   * bottom first; resolvers that can fetch several layers at once implement it.
+   */
+  resolveAll?(layers: readonly Layer[], options?: ResolveAllOptions): Promise<string[]>;
 }
 
 /** Applies a layer to a directory (the seam to `layer/applicator.ts`). */
@@ -211,6 +217,26 @@ export class CachingLayerResolver implements LayerResolver {
       this.#inflight.set(key, p);
     }
     return p;
+  }
+
+  /**
+   * Resolves every layer of an image (bottom first) and returns their lower
+   * directories, bottom first. Cached layers are never fetched; the first
+   * missing layer streams straight into extraction while up to
+   * `concurrency` (default 3) of the following ones download in parallel into
+   * spool files below `tmp/`; layers are applied strictly in order (see
+   * `overlay/prefetch.ts`). A failed download or an abort stops every
+   * download and removes every spool.
+   *
+   * @example Usage
+   * ```ts ignore
+   * import { CachingLayerResolver } from "./resolver.ts";
+   * const resolver = await CachingLayerResolver.create("/var/lib/strata");
+   * const lowers = await resolver.resolveAll(image.layers, { concurrency: 3 });
+   * ```
+   */
+  resolveAll(layers: readonly Layer[], options: ResolveAllOptions = {}): Promise<string[]> {
+    return resolveLayers(this, layers, options);
   }
 
   /** Reads the `layer.json` of a published layer. */
