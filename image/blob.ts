@@ -7,13 +7,38 @@
  *
  * Decompression uses `node:zlib`, the fastest decompressor available to Deno
  * here (gzip and zstd; see FINDINGS.md), whose work runs on libuv's thread
- * pool rather than on the JavaScript thread.
+ * pool rather than on the JavaScript thread; streamed hashing uses
+ * `node:crypto`. Both are loaded only when a stream needs them: the first
+ * `node:` module a process loads boots Deno's Node compatibility layer
+ * (~20 ms), which a warm `strata run` (no layer to read) must not pay. Small
+ * documents (manifests, indexes, configs) are hashed with WebCrypto
+ * ({@linkcode verifyDocument}, {@linkcode hashDocument}).
  *
  * @module
  */
-import { createHash, type Hash } from "node:crypto";
-import * as zlib from "node:zlib";
+import type { Hash } from "node:crypto";
+import type * as Zlib from "node:zlib";
 import { type Digest, type Layer, MediaType } from "./types.ts";
+
+type NodeCrypto = typeof import("node:crypto");
+
+let cryptoModule: Promise<NodeCrypto> | undefined;
+let zlibModule: Promise<typeof Zlib> | undefined;
+let cryptoSync: NodeCrypto | undefined;
+
+/** `node:crypto`, imported on first use. */
+function nodeCrypto(): Promise<NodeCrypto> {
+  return cryptoModule ??= import("node:crypto");
+}
+
+/** `node:crypto` for the synchronous helpers, loaded on first use without an `await`. */
+function nodeCryptoSync(): NodeCrypto {
+  if (cryptoSync) return cryptoSync;
+  const proc = (globalThis as { process?: { getBuiltinModule?(id: string): unknown } }).process;
+  const mod = proc?.getBuiltinModule?.("node:crypto") as NodeCrypto | undefined;
+  if (!mod) throw new Error("node:crypto is not available in this runtime");
+  return cryptoSync = mod;
+}
 
 /** Hash algorithms strata verifies, with the length of their hex encoding. */
 const ALGORITHMS: Record<string, number> = { sha256: 64, sha512: 128 };
@@ -182,8 +207,13 @@ export function verifyDigest(
   what: string,
 ): TransformStream<Uint8Array, Uint8Array> {
   const { algorithm } = parseDigest(expected);
-  let hash: Hash = createHash(algorithm);
+  let createHash: NodeCrypto["createHash"];
+  let hash: Hash;
   return new TransformStream<Uint8Array, Uint8Array>({
+    async start() {
+      createHash = (await nodeCrypto()).createHash;
+      hash = createHash(algorithm);
+    },
     transform(chunk, controller) {
       hash.update(chunk);
       controller.enqueue(chunk);
@@ -196,9 +226,79 @@ export function verifyDigest(
   });
 }
 
-/** Computes the digest of `bytes` (`sha256` unless told otherwise). */
+/**
+ * Computes the digest of `bytes` (`sha256` unless told otherwise),
+ * synchronously. The first call loads `node:crypto` (~20 ms in a process that
+ * has no `node:` module yet); code on a latency-sensitive path should use
+ * {@linkcode hashDocument} instead.
+ *
+ * @example Usage
+ * ```ts
+ * import { digestOf } from "./blob.ts";
+ * console.log(digestOf("")); // "sha256:e3b0c442…"
+ * ```
+ */
 export function digestOf(bytes: Uint8Array | string, algorithm = "sha256"): Digest {
-  return `${algorithm}:${createHash(algorithm).update(bytes).digest("hex")}`;
+  return `${algorithm}:${nodeCryptoSync().createHash(algorithm).update(bytes).digest("hex")}`;
+}
+
+const WEBCRYPTO: Record<string, string> = { sha256: "SHA-256", sha512: "SHA-512" };
+const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, "0"));
+
+/**
+ * Computes the digest of `bytes` (`sha256` or `sha512`) with WebCrypto: for
+ * documents held in memory, without loading `node:crypto`.
+ *
+ * @example Usage
+ * ```ts
+ * import { hashDocument } from "./blob.ts";
+ * console.log(await hashDocument(new TextEncoder().encode("{}"))); // "sha256:44136fa3…"
+ * ```
+ */
+export async function hashDocument(
+  bytes: Uint8Array | string,
+  algorithm = "sha256",
+): Promise<Digest> {
+  const name = WEBCRYPTO[algorithm];
+  if (!name) {
+    throw new InvalidDigestError(
+      `${algorithm}:`,
+      `unsupported algorithm ${JSON.stringify(algorithm)} (strata verifies ${
+        Object.keys(ALGORITHMS).join(", ")
+      })`,
+    );
+  }
+  const data = typeof bytes === "string" ? new TextEncoder().encode(bytes) : bytes;
+  const sum = new Uint8Array(await crypto.subtle.digest(name, data as Uint8Array<ArrayBuffer>));
+  let hex = "";
+  for (const b of sum) hex += HEX[b];
+  return `${algorithm}:${hex}`;
+}
+
+/**
+ * Checks that `bytes` hash to `expected`, rejecting with
+ * {@linkcode DigestMismatchError} otherwise; the asynchronous twin of
+ * {@linkcode verifyBytes}, with WebCrypto (no `node:crypto`). For small
+ * documents (manifests, indexes, configs) held in memory.
+ *
+ * @example Usage
+ * ```ts
+ * import { verifyDocument } from "./blob.ts";
+ * await verifyDocument(
+ *   new Uint8Array(),
+ *   "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+ *   "an empty blob",
+ * );
+ * ```
+ */
+export async function verifyDocument(
+  bytes: Uint8Array,
+  expected: Digest,
+  what: string,
+): Promise<void> {
+  const { algorithm } = parseDigest(expected);
+  const actual = await hashDocument(bytes, algorithm);
+  if (actual !== expected) throw new DigestMismatchError(expected, actual, what);
 }
 
 /**
@@ -352,7 +452,8 @@ function zlibPair(
   sniff: (chunk: Uint8Array | undefined) => Uint8Array | undefined,
 ): TransformStream<Uint8Array, Uint8Array> {
   const opts = { chunkSize: ZLIB_CHUNK, writableHighWaterMark: 4 << 20 };
-  const z = kind === "gzip" ? zlib.createGunzip(opts) : zlib.createZstdDecompress(opts);
+  // Made once node:zlib is loaded; both halves' start() wait for that.
+  let z: Zlib.Gunzip | Zlib.ZstdDecompress | undefined;
   let out!: ReadableStreamDefaultController<Uint8Array>;
   let failed: unknown;
   let ended = false;
@@ -381,47 +482,57 @@ function zlibPair(
     try {
       out.error(e);
     } catch { /* already closed or errored */ }
-    z.destroy();
+    z?.destroy();
     wake();
   };
+  const setup = (zlib: typeof Zlib) => {
+    const d = kind === "gzip" ? zlib.createGunzip(opts) : zlib.createZstdDecompress(opts);
+    z = d;
+    d.on("data", (b: Uint8Array) => {
+      if (failed !== undefined) return;
+      out.enqueue(new Uint8Array(b.buffer, b.byteOffset, b.byteLength));
+      if ((out.desiredSize ?? 0) <= 0) d.pause();
+    });
+    d.pause();
+    d.on("error", (e: Error) => {
+      fail(new BlobFormatError(what, `${kind} decompression failed: ${e.message}`, { cause: e }));
+    });
+    d.on("end", () => {
+      ended = true;
+      if (failed === undefined) out.close();
+      wake();
+    });
+    d.on("drain", () => {
+      drained = true;
+      wake();
+    });
+    if (failed !== undefined) d.destroy(); // cancelled before node:zlib was loaded
+  };
+  const ready = (zlibModule ??= import("node:zlib")).then(setup);
   const readable = new ReadableStream<Uint8Array>({
     start(c) {
       out = c;
+      return ready;
     },
     pull() {
-      z.resume();
+      z?.resume();
     },
     cancel(reason) {
       failed ??= reason ?? new Error(`${what}: reading was cancelled`);
-      z.destroy();
+      z?.destroy();
       wake();
     },
   }, { highWaterMark: 2 });
-  z.on("data", (b: Uint8Array) => {
-    if (failed !== undefined) return;
-    out.enqueue(new Uint8Array(b.buffer, b.byteOffset, b.byteLength));
-    if ((out.desiredSize ?? 0) <= 0) z.pause();
-  });
-  z.pause();
-  z.on("error", (e: Error) => {
-    fail(new BlobFormatError(what, `${kind} decompression failed: ${e.message}`, { cause: e }));
-  });
-  z.on("end", () => {
-    ended = true;
-    if (failed === undefined) out.close();
-    wake();
-  });
-  z.on("drain", () => {
-    drained = true;
-    wake();
-  });
   const write = async (chunk: Uint8Array) => {
-    if (!z.write(chunk)) {
+    if (!z!.write(chunk)) {
       drained = false;
       await wait(() => drained);
     }
   };
   const writable = new WritableStream<Uint8Array>({
+    start() {
+      return ready;
+    },
     async write(chunk) {
       if (failed !== undefined) throw failed;
       let c: Uint8Array | undefined;
@@ -442,7 +553,7 @@ function zlibPair(
         fail(e);
         throw e;
       }
-      z.end();
+      z!.end();
       await wait(() => ended);
     },
     abort(reason) {

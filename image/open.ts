@@ -5,10 +5,9 @@
  *
  * @module
  */
-import { openDockerArchive, openOciArchive } from "./archive.ts";
 import { openOciLayout } from "./layout.ts";
 import { type ImageRef, parseRef, refString, registryRefString } from "./ref.ts";
-import { openRegistryImage, type RegistryOptions } from "./registry.ts";
+import type { RegistryOptions } from "./registry.ts";
 import type { ResolveOptions, SourceImage } from "./source.ts";
 import { canonicalName, ImageNotFoundError, ImageStore } from "./store.ts";
 import { parsePlatform, platformMatches } from "./platform.ts";
@@ -83,14 +82,20 @@ export async function openImage(ref: string, options: OpenImageOptions = {}): Pr
 export function openRef(parsed: ImageRef, options: OpenImageOptions = {}): Promise<SourceImage> {
   const o: RegistryOptions & ResolveOptions & { name?: string } = { ...options };
   switch (parsed.transport) {
+    // The registry client and the archive readers load on demand: a run from
+    // a layout or from the store (offline) never needs them.
     case "docker":
-      return openRegistryImage(parsed, o);
+      return import("./registry.ts").then((m) => m.openRegistryImage(parsed, o));
     case "oci":
       return openOciLayout(parsed.path, parsed.tag, { ...o, name: refString(parsed) });
     case "oci-archive":
-      return openOciArchive(parsed.path, parsed.tag, { ...o, name: refString(parsed) });
+      return import("./archive.ts").then((m) =>
+        m.openOciArchive(parsed.path, parsed.tag, { ...o, name: refString(parsed) })
+      );
     case "docker-archive":
-      return openDockerArchive(parsed.path, parsed, { ...o, name: refString(parsed) });
+      return import("./archive.ts").then((m) =>
+        m.openDockerArchive(parsed.path, parsed, { ...o, name: refString(parsed) })
+      );
   }
 }
 

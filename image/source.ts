@@ -7,7 +7,7 @@
  *
  * @module
  */
-import { digestOf, openLayerTar, parseDigest, verifyBytes } from "./blob.ts";
+import { digestOf, openLayerTar, parseDigest, verifyDocument } from "./blob.ts";
 import { choosePlatform, formatPlatform, hostPlatform, parsePlatform } from "./platform.ts";
 import {
   type Descriptor,
@@ -252,7 +252,7 @@ export async function resolveImage(
     const fetched = prefetched ?? await source.fetchManifest(desc, options.signal);
     prefetched = undefined;
     checkSize(fetched.bytes, desc, what);
-    verifyBytes(fetched.bytes, desc.digest, what);
+    await verifyDocument(fetched.bytes, desc.digest, what);
     const doc = parseJSON<Record<string, unknown>>(fetched.bytes, what);
     const kind = documentKind(doc, fetched.mediaType ?? desc.mediaType, what);
     if (kind === "index") {
@@ -307,7 +307,7 @@ export async function buildImage(
   }
   const configBytes = await source.fetchBlob(configDesc, options.signal);
   checkSize(configBytes, configDesc, cwhat);
-  verifyBytes(configBytes, configDesc.digest, cwhat);
+  await verifyDocument(configBytes, configDesc.digest, cwhat);
   const config = parseJSON<ImageConfig>(configBytes, cwhat);
   const diffIDs = config.rootfs?.diff_ids;
   if (!Array.isArray(diffIDs)) throw new ManifestError(cwhat, "no rootfs.diff_ids");

@@ -14,7 +14,7 @@
  * @module
  */
 import { join } from "@std/path";
-import { digestOf, parseDigest, verifyBytes } from "./blob.ts";
+import { hashDocument, parseDigest, verifyDocument } from "./blob.ts";
 import { parseRef, refString, registryRefString } from "./ref.ts";
 import { buildImage, imagePlatform, type ImageSource, parseJSON, SourceImage } from "./source.ts";
 import type { Descriptor, Digest, Image, ImageManifest } from "./types.ts";
@@ -145,8 +145,8 @@ export class ImageStore {
     return join(this.dir, "blobs", algorithm, hex);
   }
 
-  #refPath(name: string): string {
-    return join(this.dir, "refs", `${digestOf(name).slice(7)}.json`);
+  async #refPath(name: string): Promise<string> {
+    return join(this.dir, "refs", `${(await hashDocument(name)).slice(7)}.json`);
   }
 
   async #atomicWrite(path: string, bytes: Uint8Array): Promise<void> {
@@ -162,7 +162,7 @@ export class ImageStore {
   }
 
   async #putBlob(bytes: Uint8Array, digest: Digest): Promise<void> {
-    verifyBytes(bytes, digest, `blob ${digest} to store`);
+    await verifyDocument(bytes, digest, `blob ${digest} to store`);
     const path = this.#blobPath(digest);
     try {
       await Deno.lstat(path);
@@ -203,7 +203,7 @@ export class ImageStore {
       saved: new Date().toISOString(),
     };
     await this.#atomicWrite(
-      this.#refPath(canonical),
+      await this.#refPath(canonical),
       enc.encode(JSON.stringify(record, null, 2) + "\n"),
     );
     return record;
@@ -225,7 +225,7 @@ export class ImageStore {
     }
     try {
       const rec = parseJSON<StoredImage>(
-        await Deno.readFile(this.#refPath(canonical)),
+        await Deno.readFile(await this.#refPath(canonical)),
         `image store entry for ${canonical}`,
       );
       return rec.name === canonical ? rec : undefined;
@@ -266,7 +266,7 @@ export class ImageStore {
       victims = rec ? [rec] : [];
     }
     if (!victims.length) throw new ImageNotFoundError(nameOrDigest, this.dir);
-    for (const v of victims) await Deno.remove(this.#refPath(v.name)).catch(() => {});
+    for (const v of victims) await Deno.remove(await this.#refPath(v.name)).catch(() => {});
     const keep = new Set<string>();
     for (const r of all) {
       if (victims.some((v) => v.name === r.name)) continue;
@@ -308,7 +308,7 @@ export class ImageStore {
       }
     };
     const manifestBytes = await read(rec.digest);
-    verifyBytes(manifestBytes, rec.digest, `manifest of ${what}`);
+    await verifyDocument(manifestBytes, rec.digest, `manifest of ${what}`);
     const manifest = parseJSON<ImageManifest>(manifestBytes, `manifest of ${what}`);
     let remote: Promise<Image> | undefined;
     const openLayer = async (desc: Descriptor, signal?: AbortSignal) => {

@@ -6,7 +6,7 @@
  *
  * @module
  */
-import { createHash } from "node:crypto";
+import type * as NodeCrypto from "node:crypto";
 import {
   AT,
   close,
@@ -64,7 +64,24 @@ const hex = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, "
  * await Deno.remove(dir, { recursive: true });
  * ```
  */
-export function treeRecord(dir: string, options: TreeRecordOptions = {}): Promise<TreeRecord> {
+export async function treeRecord(
+  dir: string,
+  options: TreeRecordOptions = {},
+): Promise<TreeRecord> {
+  // Loaded here, not at the top: the first `node:` module costs a process
+  // ~20 ms, and most importers of this module (the layer resolver on a warm
+  // `strata run`) never record a tree.
+  createHash ??= (await import("node:crypto")).createHash;
+  return await recordTree(dir, options, createHash);
+}
+
+let createHash: typeof NodeCrypto.createHash | undefined;
+
+function recordTree(
+  dir: string,
+  options: TreeRecordOptions,
+  createHash: typeof NodeCrypto.createHash,
+): Promise<TreeRecord> {
   const total = createHash("sha256");
   const lines: string[] | undefined = options.lines ? [] : undefined;
   const links = new Map<string, string>();

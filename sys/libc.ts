@@ -189,10 +189,28 @@ const symbols = {
 /** The libc symbols strata binds. */
 export type LibcSymbols = Deno.DynamicLibrary<typeof symbols>["symbols"];
 
-let lib: Deno.DynamicLibrary<typeof symbols> | undefined;
+let lib: LibcSymbols | undefined;
+/** Every library handle opened, kept so that none is ever collected. */
+const handles: Deno.DynamicLibrary<Deno.ForeignLibraryInterface>[] = [];
+
+function open<S extends Deno.ForeignLibraryInterface>(syms: S): Deno.DynamicLibrary<S> {
+  try {
+    const l = Deno.dlopen("libc.so.6", syms);
+    handles.push(l);
+    return l;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotCapable || e instanceof Deno.errors.PermissionDenied) {
+      throw new FfiPermissionError({ cause: e });
+    }
+    throw e;
+  }
+}
 
 /**
- * Opens libc once and returns its bound symbols.
+ * Opens libc once and returns its bound symbols. Each symbol is bound on
+ * first use: Deno builds a call trampoline per symbol at `dlopen`, ~0.15 ms
+ * each, so binding all of them up front cost every process ~9 ms, a large
+ * share of a warm `strata run` that calls a dozen of them.
  *
  * @throws {FfiPermissionError} when `--allow-ffi` was not granted.
  *
@@ -203,16 +221,23 @@ let lib: Deno.DynamicLibrary<typeof symbols> | undefined;
  * ```
  */
 export function libc(): LibcSymbols {
-  if (lib) return lib.symbols;
-  try {
-    lib = Deno.dlopen("libc.so.6", symbols);
-  } catch (e) {
-    if (e instanceof Deno.errors.NotCapable || e instanceof Deno.errors.PermissionDenied) {
-      throw new FfiPermissionError({ cause: e });
-    }
-    throw e;
+  if (lib) return lib;
+  // One symbol now, so a missing --allow-ffi is reported here as before.
+  const first = open({ __errno_location: symbols.__errno_location }).symbols;
+  const bound = { __errno_location: first.__errno_location } as Record<string, unknown>;
+  for (const name of Object.keys(symbols) as (keyof typeof symbols)[]) {
+    if (name === "__errno_location") continue;
+    Object.defineProperty(bound, name, {
+      configurable: true,
+      enumerable: true,
+      get() {
+        const fn = open({ [name]: symbols[name] }).symbols[name];
+        Object.defineProperty(bound, name, { value: fn, enumerable: true });
+        return fn;
+      },
+    });
   }
-  return lib.symbols;
+  return lib = bound as unknown as LibcSymbols;
 }
 
 /**
