@@ -45,6 +45,25 @@ const handlers: Record<string, () => Promise<Handler>> = {
   demo: async () => (await import("./cli/cmd_demo.ts")).demoCommand,
 };
 
+/**
+ * Commands whose first step is entering the user/mount namespace (which, as
+ * root outside a private mount namespace or as a user, re-executes the whole
+ * command line under `unshare`): they enter it here, before their modules
+ * load, so the parent process that only waits for the child loads next to
+ * nothing. Their own `enterNamespace` call then returns at once in the child.
+ */
+const ENTER_FIRST = new Set(["run", "pull", "demo", "export"]);
+
+async function enterNamespaceEarly(out: Output): Promise<void> {
+  const { ensureUserNamespace } = await import("./overlay/userns.ts");
+  try {
+    await ensureUserNamespace({ quiet: out.mode === "quiet", warn: (m) => out.note(m) });
+  } catch {
+    // No namespace can be made: the command loads and enters it again, so
+    // its usage errors still come first and the failure is reported as usual.
+  }
+}
+
 /** Options of {@linkcode main}. */
 export interface MainOptions {
   /** Where output goes (default: the process's stdout and stderr). */
@@ -122,6 +141,7 @@ export async function main(args: string[], options: MainOptions = {}): Promise<n
       return 0;
     }
     if (o.version) throw new UsageError(`unknown option --version for ${spec.name}`, spec.name);
+    if (ENTER_FIRST.has(spec.name)) await enterNamespaceEarly(out);
     const handler = await handlers[spec.name]();
     const uninstall = options.signal ? () => {} : installSignals(controller);
     // Idempotent: `run` releases the signals early, the finally below again.

@@ -109,6 +109,8 @@ export interface EnsureUserNamespaceOptions {
 }
 
 let warned = false;
+/** Set when, as root, no private mount namespace could be made: later calls carry on at once. */
+let inPlace = false;
 
 /** Reads this process' command line, with the deno binary as `argv[0]`. */
 function ownArgv(): string[] {
@@ -266,6 +268,7 @@ async function reexec(unshareArgs: string[], argv: string[]): Promise<never> {
  */
 export async function ensureUserNamespace(options: EnsureUserNamespaceOptions = {}): Promise<void> {
   const warn = options.warn ?? ((m: string) => console.error(m));
+  if (inPlace) return;
   const info = await namespaceInfo();
   if (info.reexecuted || info.mode === "userns") {
     if (info.collapsed && !options.quiet && !warned) {
@@ -283,7 +286,10 @@ export async function ensureUserNamespace(options: EnsureUserNamespaceOptions = 
   if (info.mode === "root") {
     if (info.privateMountNamespace) return;
     const args = ["--mount", "--propagation", "private"];
-    if (!(await tryUnshare(args)).ok) return;
+    if (!(await tryUnshare(args)).ok) {
+      inPlace = true;
+      return;
+    }
     return await reexec(args, argv);
   }
   const base = ["--user", "--map-root-user", "--mount", "--propagation", "private"];
