@@ -210,8 +210,15 @@ export class CachingBundler {
       });
       placed = true;
       const lower: string[] = [];
-      for (let i = 0; i < image.layers.length; i++) {
-        lower.push(await this.#resolver.resolve(image.layers[i], image.layers.slice(0, i), signal));
+      if (this.#resolver.resolveAll) {
+        // Downloads overlap extraction; layers still apply in order.
+        lower.push(...await this.#resolver.resolveAll(image.layers, { signal }));
+      } else {
+        for (let i = 0; i < image.layers.length; i++) {
+          lower.push(
+            await this.#resolver.resolve(image.layers[i], image.layers.slice(0, i), signal),
+          );
+        }
       }
       overlay = await this.#bootstrap(join(dir, "bundle"), lower, {
         tmpfsSize: this.#o.tmpfsSize,

@@ -16,7 +16,6 @@ import { ensureUserNamespace } from "../overlay/userns.ts";
 import type { Context } from "./context.ts";
 import { imageSourceOptions } from "./context.ts";
 import { formatMs } from "./output.ts";
-import { imageWithProgress } from "./progress_layer.ts";
 
 /**
  * Makes mounting possible: re-executes the CLI in a private mount namespace
@@ -122,21 +121,21 @@ export async function cacheLayers(ctx: Context, image: Image): Promise<CachedLay
     },
   });
   const progress = ctx.out.layers(image.layers);
-  const watched = imageWithProgress(image, progress);
-  const paths: string[] = [];
+  let paths: string[];
   try {
-    for (let i = 0; i < watched.layers.length; i++) {
-      const before = extracted;
-      try {
-        paths.push(
-          await resolver.resolve(watched.layers[i], watched.layers.slice(0, i), ctx.signal),
-        );
-      } catch (e) {
-        progress[i].failed();
-        throw e;
-      }
-      progress[i].done(extracted === before);
-    }
+    // Later layers download while earlier ones are applied, in order (overlay/prefetch.ts).
+    paths = await resolver.resolveAll(image.layers, {
+      signal: ctx.signal,
+      onLayer: (e) => {
+        const p = progress[e.index];
+        if (e.type === "fetch-start") p.start();
+        else if (e.type === "fetch-bytes") p.fetched(e.bytes!);
+        else if (e.type === "apply-bytes") p.applied(e.bytes!);
+        else if (e.type === "cached") p.done(true);
+        else if (e.type === "done") p.done(!e.extracted);
+        else if (e.type === "failed") p.failed();
+      },
+    });
   } finally {
     ctx.out.endLayers();
   }
