@@ -23,7 +23,7 @@
  * @module
  */
 import { join } from "@std/path";
-import { createHash, type Hash } from "node:crypto";
+import type { Hash } from "node:crypto";
 import {
   compressionOf,
   decompress,
@@ -245,6 +245,9 @@ export class LayerSpool {
       const stream = await layer.compressed(signal);
       reader = stream.getReader();
       signal.throwIfAborted();
+      // Loaded here: a `node:` module costs a process ~20 ms at start-up, and a
+      // warm `strata run` (every layer cached) never spools a blob.
+      const { createHash } = await import("node:crypto");
       const hash: Hash = createHash(algorithm);
       for (;;) {
         const { done, value } = await reader.read();
