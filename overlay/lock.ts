@@ -8,6 +8,7 @@
 import { join } from "@std/path";
 import { cstr, errno, ErrnoError, ffiAvailable, libc } from "../sys/libc.ts";
 import { unmountBelow } from "../sys/mount.ts";
+import { AT, statx } from "../sys/fs.ts";
 
 const O_RDWR = 2;
 const O_CREAT = 0o100;
@@ -42,21 +43,32 @@ export class FileLock {
     this.#fd = fd;
   }
 
-  /** Waits for an exclusive lock on `path` (created 0600 if missing). */
+  /**
+   * Waits for an exclusive lock on `path` (created 0600 if missing).
+   *
+   * A lock file can be unlinked by whoever held it just before us (see
+   * {@linkcode reclaimTemp}); a lock on an unlinked inode guards nothing, so
+   * after locking, the path must still name the inode we locked, else retry.
+   */
   static async acquire(path: string, signal?: AbortSignal): Promise<FileLock> {
-    signal?.throwIfAborted();
-    const file = await Deno.open(path, { read: true, write: true, create: true, mode: 0o600 });
-    try {
-      await file.lock(true);
-    } catch (e) {
+    for (;;) {
+      signal?.throwIfAborted();
+      const file = await Deno.open(path, { read: true, write: true, create: true, mode: 0o600 });
+      try {
+        await file.lock(true);
+      } catch (e) {
+        file.close();
+        throw e;
+      }
+      if (signal?.aborted) {
+        file.close();
+        signal.throwIfAborted();
+      }
+      const held = await file.stat();
+      const now = await Deno.stat(path).catch(() => undefined);
+      if (now && now.ino === held.ino && now.dev === held.dev) return new FileLock(path, file);
       file.close();
-      throw e;
     }
-    if (signal?.aborted) {
-      file.close();
-      signal.throwIfAborted();
-    }
-    return new FileLock(path, file);
   }
 
   /**
@@ -73,6 +85,17 @@ export class FileLock {
       c.close(fd);
       if (e === EWOULDBLOCK) return null;
       throw new ErrnoError("flock", e, path);
+    }
+    // As in acquire(): the path must still name the locked inode. If it was
+    // unlinked meanwhile, its holder finished with it: report it as taken.
+    const held = statx(fd, "", AT.EMPTY_PATH);
+    const now = statx(AT.FDCWD, path, 0);
+    if (
+      typeof held === "number" || typeof now === "number" || held.ino !== now.ino ||
+      held.dev !== now.dev
+    ) {
+      c.close(fd);
+      return null;
     }
     return new FileLock(path, undefined, fd);
   }

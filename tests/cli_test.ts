@@ -560,12 +560,32 @@ Deno.test("cli: a missing Deno permission names the flag to add", async () => {
   const noEnv = await strata(["ls"], { flags: ["--allow-read", "--no-prompt"] });
   assertEquals(noEnv.code, 1);
   assertOneErrorLine(noEnv, "strata needs --allow-env to find the cache directory");
-  // Mounting commands read /proc/self (id maps, mount namespace): Deno wants -A for that.
+  // Mounting commands read /proc/self (id maps, mount namespace) through libc.
   const r = await strata(["pull", img.ref, "--cache", cache], {
-    flags: ["--allow-read", "--allow-write", "--allow-env", "--allow-run", "--no-prompt"],
+    flags: [
+      "--allow-read",
+      "--allow-write",
+      "--allow-env",
+      "--allow-run",
+      "--allow-sys",
+      "--no-prompt",
+    ],
   });
   assertEquals(r.code, 1);
-  assertOneErrorLine(r, "strata needs -A (--allow-all)");
+  assertOneErrorLine(r, "run deno with --allow-ffi");
+  // With the named permissions (no -A) the same pull works.
+  const ok = await strata(["pull", img.ref, "--cache", cache], {
+    flags: [
+      "--allow-read",
+      "--allow-write",
+      "--allow-env",
+      "--allow-run",
+      "--allow-sys",
+      "--allow-ffi",
+      "--no-prompt",
+    ],
+  });
+  assertEquals(ok.code, 0, ok.stderr);
 });
 
 Deno.test("cli: demo runs end to end, cold then warm, and leaves nothing behind", async () => {
