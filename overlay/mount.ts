@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { basename, dirname } from "@std/path";
 import {
   chooseMountBackend,
   MAX_LOWER_LAYERS,
@@ -55,6 +56,12 @@ export interface OverlayMountInit {
  * the new mount API takes one `lowerdir+` per layer, and the classic backends
  * fall back to short symlink names.
  *
+ * A read-only overlay of ONE lower directory (a single-layer image) is
+ * mounted over an empty directory made beside the mountpoint (removed on
+ * unmount): the kernel refuses one lower without an upper ("at least 2
+ * lowerdir are needed"), and a plain bind mount would show the layer's
+ * whiteouts as 0/0 devices where the overlay hides them.
+ *
  * @example Usage
  * ```ts ignore
  * import { OverlayMount } from "./mount.ts";
@@ -85,6 +92,7 @@ export class OverlayMount implements Mount, AsyncDisposable {
   readonly readonly: boolean;
   #backend?: MountBackend;
   #mounted = false;
+  #empty?: string;
 
   /** Describes an overlay; nothing is mounted until {@linkcode OverlayMount.mount}. */
   constructor(init: OverlayMountInit) {
@@ -106,14 +114,34 @@ export class OverlayMount implements Mount, AsyncDisposable {
     signal?.throwIfAborted();
     if (this.#mounted) throw new Error(`The overlay on ${this.mountpoint} is already mounted`);
     this.#backend ??= chooseMountBackend().backend;
-    await this.#backend.mountOverlay(this.mountpoint, {
-      lower: this.lower,
-      upper: this.upper,
-      work: this.work,
-      readonly: this.readonly,
-      userxattr: true,
-    });
+    let lower = this.lower;
+    if (this.upper === undefined && lower.length === 1) {
+      // The kernel wants two lowers without an upper: an empty one below.
+      this.#empty = await Deno.makeTempDir({
+        dir: dirname(this.mountpoint),
+        prefix: `.${basename(this.mountpoint)}-empty-`,
+      });
+      lower = [this.#empty, ...lower];
+    }
+    try {
+      await this.#backend.mountOverlay(this.mountpoint, {
+        lower,
+        upper: this.upper,
+        work: this.work,
+        readonly: this.readonly,
+        userxattr: true,
+      });
+    } catch (e) {
+      await this.#removeEmpty();
+      throw e;
+    }
     this.#mounted = true;
+  }
+
+  async #removeEmpty(): Promise<void> {
+    if (this.#empty === undefined) return;
+    await Deno.remove(this.#empty).catch(() => {});
+    this.#empty = undefined;
   }
 
   /** Unmounts it; does nothing when not mounted by this object. */
@@ -121,6 +149,7 @@ export class OverlayMount implements Mount, AsyncDisposable {
     if (!this.#mounted) return;
     await this.#backend!.unmount(this.mountpoint);
     this.#mounted = false;
+    await this.#removeEmpty();
   }
 
   /** Unmounts (for `await using`). */
