@@ -767,8 +767,22 @@ export class TarParser {
     }
 
     const xattrs: Record<string, Uint8Array> = {};
+    // A pax record with an empty value deletes, as for every other keyword
+    // (POSIX pax; Go's archive/tar drops it, so umoci, containerd, docker
+    // and podman never set an empty xattr either): it is no xattr, and a
+    // local empty record removes a global one.
     const addXattrs = (records: Map<string, Uint8Array>) => {
       for (const [k, val] of records) {
+        if (val.length === 0) {
+          if (k.startsWith("SCHILY.xattr.")) {
+            delete xattrs[k.slice(13).replace(/%3D|%25/g, (m) => (m === "%3D" ? "=" : "%"))];
+          } else if (k.startsWith("LIBARCHIVE.xattr.")) {
+            try {
+              delete xattrs[decodeURIComponent(k.slice(17))];
+            } catch { /* a malformed name that was never set */ }
+          }
+          continue;
+        }
         if (k.startsWith("SCHILY.xattr.")) {
           // GNU tar writes '=' and '%' in xattr names as %3D and %25 (a pax keyword ends at '=').
           xattrs[k.slice(13).replace(/%3D|%25/g, (m) => (m === "%3D" ? "=" : "%"))] = val;

@@ -256,7 +256,7 @@ Deno.test("tar: fractional mtime and atime via pax, integer in gnu", () => {
   );
 });
 
-Deno.test("tar: xattrs from SCHILY and LIBARCHIVE records, binary values, empty values", () => {
+Deno.test("tar: xattrs from SCHILY and LIBARCHIVE records, binary values, empty values delete", () => {
   const bin = new Uint8Array([0, 1, 2, 255, 10, 61]);
   const xattrs = {
     "user.a": "1",
@@ -266,10 +266,14 @@ Deno.test("tar: xattrs from SCHILY and LIBARCHIVE records, binary values, empty 
   };
   for (const xattrRecords of ["schily", "libarchive"] as const) {
     const h = readTar(new TarWriter({ xattrRecords }).file("f", "", { xattrs }).bytes())[0].header;
-    assertEquals(Object.keys(h.xattrs).sort(), Object.keys(xattrs).sort());
+    // An empty pax value deletes (POSIX; Go's archive/tar, so umoci and
+    // containerd, never set it either): no `user.empty`.
+    assertEquals(
+      Object.keys(h.xattrs).sort(),
+      Object.keys(xattrs).filter((k) => k !== "user.empty").sort(),
+    );
     assertEquals(h.xattrs["security.capability"], bin);
     assertEquals(text(h.xattrs["user.a"]), "1");
-    assertEquals(h.xattrs["user.empty"].length, 0);
   }
 });
 
