@@ -184,6 +184,9 @@ const symbols = {
   fchdir: { parameters: ["i32"], result: "i32" },
   // bundle/ (B): probe whether the cgroup fs is writable before asking a runtime for limits.
   faccessat: { parameters: ["i32", "buffer", "i32", "i32"], result: "i32" },
+  // overlay/userns.ts: probe a private mount namespace on this thread, then return to ours.
+  setns: { parameters: ["i32", "i32"], result: "i32" },
+  chroot: { parameters: ["buffer"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The libc symbols strata binds. */
