@@ -15,6 +15,7 @@
 import { join } from "@std/path";
 import {
   AT,
+  close,
   fchmodat,
   fchownat,
   linkat,
@@ -22,12 +23,18 @@ import {
   mkdirat,
   mknodat,
   must,
+  O,
+  openat,
+  read,
+  readDir,
   readlinkat,
   S,
   type Stat,
   statx,
   symlinkat,
+  writeAll,
 } from "../sys/fs.ts";
+import { hasEscapes } from "../sys/name.ts";
 import { cstr, errno, ErrnoError, libc } from "../sys/libc.ts";
 
 /** What {@linkcode copyTree} did. */
@@ -86,6 +93,48 @@ function setXattr(path: string, name: string, value: Uint8Array): number {
     0,
   );
   return r < 0 ? -errno() : 0;
+}
+
+/**
+ * The names in `dir`, read through sys/fs rather than Deno.readDir, which
+ * would turn a name that is not UTF-8 into another one (see sys/name.ts).
+ */
+function listNames(dir: string): string[] {
+  const fd = must(
+    openat(AT.FDCWD, dir, O.RDONLY | O.DIRECTORY | O.NOFOLLOW | O.CLOEXEC, 0),
+    "open",
+    dir,
+  );
+  try {
+    const list = readDir(fd);
+    if (typeof list === "number") must(list, "getdents64", dir);
+    return (list as { name: string }[]).map((e) => e.name);
+  } finally {
+    close(fd);
+  }
+}
+
+const copyBuf = new Uint8Array(1 << 20);
+
+/** Copies a file's content; Deno.copyFile (copy_file_range) unless a name is not UTF-8. */
+async function copyContent(from: string, to: string): Promise<void> {
+  if (!hasEscapes(from) && !hasEscapes(to)) return await Deno.copyFile(from, to);
+  const src = must(openat(AT.FDCWD, from, O.RDONLY | O.NOFOLLOW | O.CLOEXEC, 0), "open", from);
+  try {
+    const flags = O.WRONLY | O.CREAT | O.EXCL | O.NOFOLLOW | O.CLOEXEC;
+    const dst = must(openat(AT.FDCWD, to, flags, 0o600), "open", to);
+    try {
+      for (;;) {
+        const n = must(read(src, copyBuf), "read", from);
+        if (n === 0) break;
+        must(writeAll(dst, copyBuf.subarray(0, n)), "write", to);
+      }
+    } finally {
+      close(dst);
+    }
+  } finally {
+    close(src);
+  }
 }
 
 const times = new BigInt64Array(4);
@@ -184,8 +233,7 @@ export async function copyTree(
   };
 
   const walk = async (from: string, to: string) => {
-    const names: string[] = [];
-    for await (const e of Deno.readDir(from)) names.push(e.name);
+    const names = listNames(from);
     names.sort();
     for (const name of names) {
       options.signal?.throwIfAborted();
@@ -210,7 +258,7 @@ export async function copyTree(
           await walk(f, t);
           break;
         case S.IFREG:
-          await Deno.copyFile(f, t);
+          await copyContent(f, t);
           result.bytes += st.size;
           break;
         case S.IFLNK: {

@@ -13,6 +13,7 @@
  *
  * @module
  */
+import { decodeName } from "../sys/name.ts";
 
 /** The kind of a tar entry, after GNU/pax details are resolved. */
 export type TarEntryType =
@@ -179,7 +180,7 @@ function cstring(buf: Uint8Array, off: number, len: number): string {
   }
   if (end === off) return "";
   if (ascii) return String.fromCharCode.apply(null, buf.subarray(off, end) as unknown as number[]);
-  return utf8.decode(buf.subarray(off, end));
+  return decodeName(buf.subarray(off, end));
 }
 
 function asciiOf(b: Uint8Array, off: number, len: number): string {
@@ -563,7 +564,7 @@ export class TarParser {
         this.#parsePax(m, st, "x");
         this.#pax = st;
         const p = st.records.get("path");
-        if (p) this.#entryName = utf8.decode(p);
+        if (p) this.#entryName = decodeName(p);
         break;
       }
       case "g": {
@@ -731,9 +732,9 @@ export class TarParser {
     if (this.#longName !== null) name = this.#longName;
     let linkname = this.#longLink ?? cstring(b, 157, 100);
     const paxPath = local("path");
-    if (paxPath) name = utf8.decode(paxPath);
+    if (paxPath) name = decodeName(paxPath);
     const paxLink = local("linkpath");
-    if (paxLink) linkname = utf8.decode(paxLink);
+    if (paxLink) linkname = decodeName(paxLink);
     this.#entryName = name;
 
     const num = (off: number, len: number, field: string) =>
@@ -940,7 +941,7 @@ export class TarParser {
       const s00 = pax.sparse00;
       const sparseName = local("GNU.sparse.name");
       if (major || map01 || s00.offsets.length > 0) {
-        if (sparseName) header.name = this.#entryName = utf8.decode(sparseName);
+        if (sparseName) header.name = this.#entryName = decodeName(sparseName);
         const realV = local("GNU.sparse.realsize") ?? local("GNU.sparse.size");
         if (!realV) {
           throw new TarFormatError("sparse file without GNU.sparse.realsize/size", at, entryName());

@@ -7,6 +7,7 @@
  */
 import { join } from "@std/path";
 import { cstr, errno, ErrnoError, libc } from "../sys/libc.ts";
+import { AT, close, O, openat, readDir, S, statx } from "../sys/fs.ts";
 import { type Mount, OverlayMount } from "./mount.ts";
 
 /** Creates the overlay a {@linkcode LayerWorkdir} applies a layer to. `lower` is bottom first. */
@@ -205,9 +206,16 @@ async function stripBookkeeping(root: string): Promise<void> {
         throw new ErrnoError(`lremovexattr ${name}`, errno(), path);
       }
     }
-    const st = await Deno.lstat(path);
-    if (!st.isDirectory) return;
-    for await (const e of Deno.readDir(path)) await walk(join(path, e.name));
+    // Through sys/fs, not Deno.readDir: names that are not UTF-8 keep their bytes.
+    const st = statx(AT.FDCWD, path, AT.SYMLINK_NOFOLLOW);
+    if (typeof st === "number") throw new ErrnoError("statx", -st, path);
+    if ((st.mode & S.IFMT) !== S.IFDIR) return;
+    const fd = openat(AT.FDCWD, path, O.RDONLY | O.DIRECTORY | O.NOFOLLOW, 0);
+    if (fd < 0) throw new ErrnoError("open", -fd, path);
+    const names = readDir(fd);
+    close(fd);
+    if (typeof names === "number") throw new ErrnoError("getdents64", -names, path);
+    for (const e of names) await walk(join(path, e.name));
   };
   await walk(root);
 }

@@ -15,6 +15,7 @@
  * @module
  */
 import { errno, ErrnoError, libc } from "./libc.ts";
+import { decodeName, encodeNameInto } from "./name.ts";
 
 const arm = Deno.build.arch === "aarch64";
 
@@ -80,7 +81,6 @@ export const DT = {
 const SYS_openat2 = 437; // same number on every architecture (added after the unification at 424)
 const SYS_getdents64 = arm ? 61 : 217;
 
-const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 const scratch = [new Uint8Array(16384), new Uint8Array(16384)];
 
@@ -94,7 +94,7 @@ function enc(s: string, slot = 0): Uint8Array<ArrayBuffer> | null {
   if (s.length * 3 + 1 > b.length) {
     b = new Uint8Array(s.length * 3 + 1);
   }
-  const { written } = encoder.encodeInto(s, b);
+  const written = encodeNameInto(s, b); // byte-exact names (sys/name.ts)
   if (b.subarray(0, written).includes(0)) return null;
   b[written] = 0;
   return b as Uint8Array<ArrayBuffer>;
@@ -721,7 +721,7 @@ export function readDir(fd: number): DirEntry[] | number {
       const start = off + 19;
       let end = start;
       while (dentBuf[end] !== 0) end++;
-      const name = decoder.decode(dentBuf.subarray(start, end));
+      const name = decodeName(dentBuf.subarray(start, end));
       if (name !== "." && name !== "..") out.push({ name, type });
       off += reclen;
     }
@@ -742,7 +742,7 @@ export function readlinkat(dirfd: number, name: string): string | number {
   if (!p) return -EINVAL;
   const n = Number(libc().readlinkat(dirfd, p, xbuf, u64(xbuf.length)));
   if (n < 0) return -errno();
-  return decoder.decode(xbuf.subarray(0, n));
+  return decodeName(xbuf.subarray(0, n));
 }
 
 /**

@@ -8,6 +8,7 @@
  *
  * @module
  */
+import { encodeNameInto } from "./name.ts";
 
 /** Errno numbers (x86_64 and aarch64 Linux agree on all of these). */
 export const Errno = {
@@ -274,8 +275,6 @@ export function errno(): number {
   return p === null ? 0 : new Deno.UnsafePointerView(p).getInt32();
 }
 
-const encoder = new TextEncoder();
-
 /**
  * Encodes a string as a NUL-terminated C string.
  *
@@ -287,7 +286,7 @@ const encoder = new TextEncoder();
  */
 export function cstr(s: string): Uint8Array<ArrayBuffer> {
   const b = new Uint8Array(s.length * 3 + 1);
-  const { written } = encoder.encodeInto(s, b);
+  const written = encodeNameInto(s, b); // names that are not UTF-8 keep their bytes (sys/name.ts)
   b[written] = 0;
   return b.subarray(0, written + 1);
 }
