@@ -15,7 +15,7 @@ import {
   withReadonlyRootFS,
   withUser,
 } from "../bundle/options.ts";
-import { runContainer } from "../bundle/run.ts";
+import { runContainer, selectRuntime } from "../bundle/run.ts";
 import type { SpecOption } from "../bundle/spec.ts";
 import { UsageError } from "./args.ts";
 import type { Context } from "./context.ts";
@@ -88,19 +88,28 @@ export function runSpecOptions(ctx: Context): SpecOption[] {
 export async function runCommand(ctx: Context): Promise<number> {
   const specOptions = runSpecOptions(ctx); // usage errors before any work
   await enterNamespace(ctx);
-  const { image } = await pullImage(ctx, ctx.args.positionals[0], "missing");
-  const bundler = await CachingBundler.create(ctx.cacheRoot, {
-    onWarning: (m) => ctx.out.warn(m),
-  });
-  const id = `strata-${crypto.randomUUID().replaceAll("-", "").slice(0, 12)}`;
-  const bundle = await bundler.bundle(image, id, ...specOptions, ctx.signal);
-  // From here runContainer owns Ctrl-C: it forwards it to the container and
-  // cleans up the bundle whatever happens.
-  ctx.releaseSignals();
-  const result = await runContainer(bundle, {
-    id,
-    runtime: ctx.options.runtime as string | undefined,
-    onWarning: await onceWarner(ctx),
-  });
-  return result.status;
+  const runtime = ctx.options.runtime as string | undefined;
+  // While the image opens: the runtime choice (runContainer makes it again
+  // from what this call leaves in memory, so crun's probe result, kept on disk
+  // per boot, is read once) and the once-per-cache warnings file.
+  const choosing = runtime ? undefined : selectRuntime().catch(() => undefined);
+  const warner = onceWarner(ctx);
+  try {
+    const { image, resolver } = await pullImage(ctx, ctx.args.positionals[0], "missing");
+    const bundler = await CachingBundler.create(ctx.cacheRoot, {
+      resolver,
+      onWarning: (m) => ctx.out.warn(m),
+    });
+    const id = `strata-${crypto.randomUUID().replaceAll("-", "").slice(0, 12)}`;
+    const bundle = await bundler.bundle(image, id, ...specOptions, ctx.signal);
+    // From here runContainer owns Ctrl-C: it forwards it to the container and
+    // cleans up the bundle whatever happens.
+    ctx.releaseSignals();
+    const result = await runContainer(bundle, { id, runtime, onWarning: await warner });
+    return result.status;
+  } finally {
+    // A failure before the run must not exit in the middle of a first probe
+    // (its probe container and directory would be left behind).
+    await choosing;
+  }
 }

@@ -102,17 +102,24 @@ export interface CachedLayers {
   ms: number;
 }
 
+/** A command's layer resolver and how many layers it extracted so far. */
+export interface CountingResolver {
+  /** The resolver (warnings go to the command's output). */
+  resolver: CachingLayerResolver;
+  /** Layers extracted through it so far. */
+  extracted(): number;
+}
+
 /**
- * Resolves every layer of `image` into the cache (extracting what is
- * missing), reporting per-layer progress on stderr.
+ * Opens the layer cache for a command: warnings go to its output, and the
+ * layers it extracts are counted.
  *
  * @example Usage
  * ```ts ignore
- * const { paths } = await cacheLayers(ctx, image);
+ * const { resolver, extracted } = await commandResolver(ctx);
  * ```
  */
-export async function cacheLayers(ctx: Context, image: Image): Promise<CachedLayers> {
-  const started = performance.now();
+export async function commandResolver(ctx: Context): Promise<CountingResolver> {
   let extracted = 0;
   const resolver = await CachingLayerResolver.create(ctx.cacheRoot, {
     onWarning: (m) => ctx.out.warn(m),
@@ -120,6 +127,27 @@ export async function cacheLayers(ctx: Context, image: Image): Promise<CachedLay
       if (e.type === "extract") extracted++;
     },
   });
+  return { resolver, extracted: () => extracted };
+}
+
+/**
+ * Resolves every layer of `image` into the cache (extracting what is
+ * missing), reporting per-layer progress on stderr. `counting` is the
+ * resolver to use (default: a new {@linkcode commandResolver}).
+ *
+ * @example Usage
+ * ```ts ignore
+ * const { paths } = await cacheLayers(ctx, image);
+ * ```
+ */
+export async function cacheLayers(
+  ctx: Context,
+  image: Image,
+  counting?: CountingResolver,
+): Promise<CachedLayers> {
+  const started = performance.now();
+  const { resolver, extracted } = counting ?? await commandResolver(ctx);
+  const before = extracted();
   const progress = ctx.out.layers(image.layers);
   let paths: string[];
   try {
@@ -139,11 +167,14 @@ export async function cacheLayers(ctx: Context, image: Image): Promise<CachedLay
   } finally {
     ctx.out.endLayers();
   }
-  return { paths, extracted, ms: performance.now() - started };
+  return { paths, extracted: extracted() - before, ms: performance.now() - started };
 }
 
 /**
- * Opens `ref` and makes sure all its layers are cached; notes how long it took.
+ * Opens `ref` and makes sure all its layers are cached; notes how long it
+ * took. The layer cache opens (checks its id map, reclaims dead processes'
+ * temporary directories) while the image is being opened; the resolver is
+ * returned for later use (a bundler).
  *
  * @example Usage
  * ```ts ignore
@@ -154,15 +185,32 @@ export async function pullImage(
   ctx: Context,
   ref: string,
   pull: "missing" | "always",
-): Promise<{ image: SourceImage; paths: string[]; extracted: number; ms: number }> {
-  const image = await openForCli(ctx, ref, pull);
-  const r = await cacheLayers(ctx, image);
+): Promise<
+  {
+    image: SourceImage;
+    paths: string[];
+    extracted: number;
+    ms: number;
+    resolver: CachingLayerResolver;
+  }
+> {
+  const started = performance.now();
+  const [opened, counting] = await Promise.allSettled([
+    openForCli(ctx, ref, pull),
+    commandResolver(ctx),
+  ]);
+  // The image's own failure first, as when the two ran one after the other.
+  if (opened.status === "rejected") throw opened.reason;
+  if (counting.status === "rejected") throw counting.reason;
+  const image = opened.value;
+  const r = await cacheLayers(ctx, image, counting.value);
+  r.ms = performance.now() - started;
   if (r.extracted > 0) {
     ctx.out.note(
       `${ref}: ${r.extracted} of ${image.layers.length} layers extracted in ${formatMs(r.ms)}`,
     );
   }
-  return { image, ...r };
+  return { image, ...r, resolver: counting.value.resolver };
 }
 
 /**
