@@ -33,7 +33,7 @@ export interface StoredImage {
   platform: string;
   /** Total size of the layer blobs. */
   size: number;
-  /** When the name was saved (ISO 8601). */
+  /** When the name was saved pointing at this image (ISO 8601); saving it again keeps it. */
   saved: string;
 }
 
@@ -162,14 +162,14 @@ export class ImageStore {
   }
 
   async #putBlob(bytes: Uint8Array, digest: Digest): Promise<void> {
-    await verifyDocument(bytes, digest, `blob ${digest} to store`);
     const path = this.#blobPath(digest);
     try {
       await Deno.lstat(path);
-      return; // content-addressed: already there
+      return; // content-addressed: already there, verified when it was written
     } catch (e) {
       if (!(e instanceof Deno.errors.NotFound)) throw e;
     }
+    await verifyDocument(bytes, digest, `blob ${digest} to store`);
     await this.#atomicWrite(path, bytes);
   }
 
@@ -191,8 +191,12 @@ export class ImageStore {
     const configBytes = image instanceof SourceImage
       ? image.configBytes
       : enc.encode(JSON.stringify(image.config));
-    await this.#putBlob(configBytes, image.configDigest);
-    await this.#putBlob(manifestBytes, image.digest);
+    const refPath = await this.#refPath(canonical);
+    const [, , previous] = await Promise.all([
+      this.#putBlob(configBytes, image.configDigest),
+      this.#putBlob(manifestBytes, image.digest),
+      this.#readRecord(refPath, canonical).catch(() => undefined), // unreadable: rewrite it
+    ]);
     const record: StoredImage = {
       name: canonical,
       digest: image.digest,
@@ -202,10 +206,14 @@ export class ImageStore {
       size: image.layers.reduce((n, l) => n + l.size, 0),
       saved: new Date().toISOString(),
     };
-    await this.#atomicWrite(
-      await this.#refPath(canonical),
-      enc.encode(JSON.stringify(record, null, 2) + "\n"),
-    );
+    // The name already points at this image (every warm `strata run` of a
+    // layout saves it again): keep the record, and when it was first saved.
+    if (
+      previous && previous.digest === record.digest &&
+      previous.configDigest === record.configDigest && previous.source === record.source &&
+      previous.platform === record.platform && previous.size === record.size
+    ) return previous;
+    await this.#atomicWrite(refPath, enc.encode(JSON.stringify(record, null, 2) + "\n"));
     return record;
   }
 
@@ -223,9 +231,14 @@ export class ImageStore {
     } catch {
       return undefined;
     }
+    return await this.#readRecord(await this.#refPath(canonical), canonical);
+  }
+
+  /** The record at `path` when it is the one of `canonical`, else undefined. */
+  async #readRecord(path: string, canonical: string): Promise<StoredImage | undefined> {
     try {
       const rec = parseJSON<StoredImage>(
-        await Deno.readFile(await this.#refPath(canonical)),
+        await Deno.readFile(path),
         `image store entry for ${canonical}`,
       );
       return rec.name === canonical ? rec : undefined;
