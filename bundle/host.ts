@@ -182,11 +182,15 @@ export const CAP_SYS_RESOURCE = 24;
  * ```
  */
 export function hasCapability(cap: number): boolean {
-  const status = readProcText("/proc/self/status");
-  const m = status.match(/^CapEff:\s*([0-9a-f]+)$/m);
-  if (!m) return false;
-  return ((BigInt("0x" + m[1]) >> BigInt(cap)) & 1n) === 1n;
+  effective ??= (() => {
+    const m = readProcText("/proc/self/status").match(/^CapEff:\s*([0-9a-f]+)$/m);
+    return m ? BigInt("0x" + m[1]) : 0n;
+  })();
+  return ((effective >> BigInt(cap)) & 1n) === 1n;
 }
+
+/** The effective capability set, read once (strata never changes its own). */
+let effective: bigint | undefined;
 
 /**
  * True when a runtime may raise hard rlimits: the process has

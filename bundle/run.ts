@@ -138,7 +138,30 @@ async function ensureStateDir(dir: string): Promise<void> {
   }
 }
 
+const found = new Map<string, string>();
+
+/**
+ * Finds `name` on PATH (or checks a path). A hit is remembered per PATH and
+ * checked with one stat next time: scanning PATH costs an exception per
+ * directory that lacks the program, and a run looks runtimes up twice.
+ */
 function which(name: string): string | undefined {
+  const key = `${Deno.env.get("PATH")}\0${name}`;
+  const hit = found.get(key);
+  if (hit !== undefined) {
+    try {
+      if (Deno.statSync(hit).isFile) return hit;
+    } catch {
+      // gone since: search again
+    }
+  }
+  const path = search(name);
+  if (path === undefined) found.delete(key);
+  else found.set(key, path);
+  return path;
+}
+
+function search(name: string): string | undefined {
   if (name.includes("/")) {
     try {
       return Deno.statSync(name).isFile ? name : undefined;
