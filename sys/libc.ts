@@ -254,12 +254,17 @@ export function libc(): LibcSymbols {
  * ```
  */
 export function ffiAvailable(): boolean {
+  // A grant is remembered: every /proc read asks, and asking Deno costs
+  // ~0.1 ms (2 ms the first time). strata never revokes its permissions.
+  if (ffiGranted) return true;
   try {
-    return Deno.permissions.querySync({ name: "ffi" }).state === "granted";
+    return ffiGranted = Deno.permissions.querySync({ name: "ffi" }).state === "granted";
   } catch {
     return false;
   }
 }
+
+let ffiGranted = false;
 
 /**
  * Reads errno of the calling thread; call it straight after the failing call.
