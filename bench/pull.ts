@@ -1,26 +1,33 @@
 /**
- * Pull benchmark: streams every layer of a multi-layer image (a Debian rootfs,
- * 64 MiB of incompressible files, two small layers) through strata's
- * verifying, decompressing reader, once from Debian's `docker-registry` on
- * 127.0.0.1 and once from an OCI layout on the same tmpfs, interleaved, and
- * reports medians and their ratio (goal: registry ≤ 1.1 × layout, i.e. the
- * network costs next to nothing because it overlaps decompression and
- * hashing). Each run also reports the pipelined variant for both sources,
- * where every layer's stream is opened at once and read in order (so the next
- * layer's first chunks are fetched and decompressed while the current one is
- * consumed).
+ * Pull benchmark: the end-to-end pull of a multi-layer image INTO the layer
+ * cache (open, fetch, verify both digests, decompress, extract, publish)
+ * from Debian's `docker-registry` on 127.0.0.1 and from an OCI layout of the
+ * same image on the same tmpfs, interleaved in the same run, medians and
+ * their ratio (goal: registry ≤ 1.1 × layout, i.e. the network overlaps
+ * extraction). Each source is pulled two ways:
+ * - `resolveAll` (what `strata pull` does): later layers download into
+ *   spools while the current one is applied, in order;
+ * - one layer after another (`resolve` in a loop, the way before prefetch).
  *
- * Runnable alone: `deno run -A bench/pull.ts` (uses a temp dir, not a tmpfs).
+ * The image: the Debian rootfs layer, 64 MiB of incompressible files split
+ * into two layers (32 + 64 MiB makers), and two small layers. Every pull
+ * starts from an empty cache on the tmpfs.
+ *
+ * `$STRATA_BENCH_RUNS` sets the number of runs (default 5),
+ * `$STRATA_PULL_CONCURRENCY` resolveAll's concurrency (default 3).
+ *
+ * Runnable alone: `deno run -A bench/pull.ts` (mounts its own tmpfs as root,
+ * else uses a temp dir).
  *
  * @module
  */
 import { join } from "@std/path";
 import { digestOf } from "../image/blob.ts";
 import { openImage } from "../image/open.ts";
-import type { Image } from "../image/types.ts";
 import { MediaType } from "../image/types.ts";
+import { CachingLayerResolver } from "../overlay/resolver.ts";
 import { Registry } from "../tests/_registry.ts";
-import { bigLayer, debianRootfsLayer, type LayerFixture } from "./fixtures.ts";
+import { bigLayer, debianRootfsLayer, type LayerFixture, mountTmpfs } from "./fixtures.ts";
 import { TarWriter } from "../layer/tar_writer.ts";
 import { gzipSync } from "node:zlib";
 
@@ -88,16 +95,36 @@ async function smallLayer(dir: string, name: string): Promise<LayerFixture> {
   };
 }
 
-/** Reads every layer in order through `uncompressed()`; returns bytes read. */
-async function drain(image: Image, pipelined: boolean): Promise<number> {
-  let n = 0;
-  // Pipelined: every download starts now; the consumer still reads in order.
-  const opened = pipelined ? image.layers.map((l) => l.uncompressed()) : [];
-  for (const [i, l] of image.layers.entries()) {
-    const s = pipelined ? await opened[i] : await l.uncompressed();
-    for await (const c of s) n += c.length;
+let pulls = 0;
+/** `resolveAll`'s concurrency (`$STRATA_PULL_CONCURRENCY`, default its own: 3). */
+const CONCURRENCY = Deno.env.get("STRATA_PULL_CONCURRENCY")
+  ? Number(Deno.env.get("STRATA_PULL_CONCURRENCY"))
+  : undefined;
+
+/** Pulls `ref` into a fresh cache below `dir`; returns milliseconds and the files published. */
+async function pullInto(
+  dir: string,
+  ref: string,
+  prefetch: boolean,
+): Promise<{ ms: number; files: number }> {
+  const cache = join(dir, `cache-${pulls++}`);
+  try {
+    const t0 = performance.now();
+    const image = await openImage(ref, { tlsVerify: false });
+    const r = await CachingLayerResolver.create(cache);
+    if (prefetch) await r.resolveAll(image.layers, { concurrency: CONCURRENCY });
+    else {
+      for (let i = 0; i < image.layers.length; i++) {
+        await r.resolve(image.layers[i], image.layers.slice(0, i));
+      }
+    }
+    const ms = performance.now() - t0;
+    let files = 0;
+    for (const l of image.layers) files += (await r.record(l.diffID)).record.files;
+    return { ms, files };
+  } finally {
+    await Deno.remove(cache, { recursive: true });
   }
-  return n;
 }
 
 /** Runs the benchmark in `ctx.tmpfs`. */
@@ -107,6 +134,7 @@ export async function bench(
   const runs = Number(Deno.env.get("STRATA_BENCH_RUNS") ?? 5);
   const layers = [
     await debianRootfsLayer(),
+    await bigLayer(32 << 20),
     await bigLayer(64 << 20),
     await smallLayer(ctx.tmpfs, "conf"),
     await smallLayer(ctx.tmpfs, "app"),
@@ -120,61 +148,69 @@ export async function bench(
   ctx.log(
     `${layers.length} layers, ${(compressed / 1e6).toFixed(0)} MB compressed, ${
       (tarBytes / 1e6).toFixed(0)
-    } MB of tar; ${runs} interleaved runs`,
+    } MB of tar, into an empty cache each time; ${runs} interleaved runs`,
   );
+  const refs = {
+    layout: `oci:${layout}:bench`,
+    registry: `docker://${reg.host}/bench/image:latest`,
+  };
   const times: Record<string, number[]> = {
     layout: [],
     registry: [],
-    layoutPipelined: [],
-    registryPipelined: [],
+    layoutSequential: [],
+    registrySequential: [],
   };
-  const once = async (key: string, ref: string, pipelined: boolean) => {
-    const t0 = performance.now();
-    const image = await openImage(ref, { tlsVerify: false });
-    const n = await drain(image, pipelined);
-    const ms = performance.now() - t0;
-    if (n !== tarBytes) throw new Error(`${key}: read ${n} bytes, expected ${tarBytes}`);
-    times[key].push(ms);
+  let files = -1;
+  const once = async (key: string, source: "layout" | "registry", prefetch: boolean) => {
+    const r = await pullInto(ctx.tmpfs, refs[source], prefetch);
+    if (files >= 0 && r.files !== files) {
+      throw new Error(`${key}: published ${r.files} files, another pull ${files}`);
+    }
+    files = r.files;
+    times[key].push(r.ms);
   };
-  await once("layout", `oci:${layout}:bench`, false); // warm the page cache and the JIT
+  await once("layout", "layout", true); // warm the page cache and the JIT
   times.layout = [];
   for (let i = 0; i < runs; i++) {
-    await once("layout", `oci:${layout}:bench`, false);
-    await once("registry", `docker://${reg.host}/bench/image:latest`, false);
-    await once("layoutPipelined", `oci:${layout}:bench`, true);
-    await once("registryPipelined", `docker://${reg.host}/bench/image:latest`, true);
+    await once("layout", "layout", true);
+    await once("registry", "registry", true);
+    await once("layoutSequential", "layout", false);
+    await once("registrySequential", "registry", false);
   }
-  const layoutMs = median(times.layout);
-  const registryMs = median(times.registry);
-  const pipeMs = median(times.registryPipelined);
-  const layoutPipeMs = median(times.layoutPipelined);
+  const m = Object.fromEntries(Object.entries(times).map(([k, v]) => [k, median(v)]));
+  const ratio = m.registry / m.layout;
+  const ratioSeq = m.registrySequential / m.layoutSequential;
   ctx.log(
-    `in order: layout ${layoutMs.toFixed(0)} ms, registry ${registryMs.toFixed(0)} ms (${
-      (registryMs / layoutMs).toFixed(2)
-    }x); pipelined: layout ${layoutPipeMs.toFixed(0)} ms, registry ${pipeMs.toFixed(0)} ms (${
-      (pipeMs / layoutPipeMs).toFixed(2)
-    }x)`,
+    `resolveAll: layout ${m.layout.toFixed(0)} ms, registry ${m.registry.toFixed(0)} ms (${
+      ratio.toFixed(2)
+    }x, goal <= 1.1x); one layer at a time: layout ${m.layoutSequential.toFixed(0)} ms, registry ${
+      m.registrySequential.toFixed(0)
+    } ms (${ratioSeq.toFixed(2)}x)`,
   );
   return {
     layers: layers.length,
     compressedMB: Math.round(compressed / 1e6),
     tarMB: Math.round(tarBytes / 1e6),
-    layoutMs: Math.round(layoutMs),
-    registryMs: Math.round(registryMs),
-    layoutPipelinedMs: Math.round(layoutPipeMs),
-    registryPipelinedMs: Math.round(pipeMs),
-    ratio: Number((registryMs / layoutMs).toFixed(3)),
-    ratioPipelined: Number((pipeMs / layoutPipeMs).toFixed(3)),
-    tarMBps: Math.round(tarBytes / 1e6 / (layoutMs / 1000)),
+    files,
+    layoutMs: Math.round(m.layout),
+    registryMs: Math.round(m.registry),
+    layoutSequentialMs: Math.round(m.layoutSequential),
+    registrySequentialMs: Math.round(m.registrySequential),
+    ratio: Number(ratio.toFixed(3)),
+    ratioSequential: Number(ratioSeq.toFixed(3)),
+    registrySpeedup: Number((m.registrySequential / m.registry).toFixed(3)),
+    tarMBps: Math.round(tarBytes / 1e6 / (m.layout / 1000)),
   };
 }
 
 if (import.meta.main) {
   const dir = await Deno.makeTempDir({ prefix: "strata-bench-pull-" });
+  const fs = Deno.uid() === 0 ? await mountTmpfs(dir, { size: "6g" }) : undefined;
   try {
     const r = await bench({ tmpfs: dir, log: (l) => console.error(`   ${l}`) });
     for (const [k, v] of Object.entries(r)) console.log(`pull.${k}\t${v}`);
   } finally {
-    await Deno.remove(dir, { recursive: true });
+    await fs?.unmount();
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
 }

@@ -113,7 +113,10 @@ export interface PrefetchTarget {
   resolve(layer: Layer, parents?: readonly Layer[], signal?: AbortSignal): Promise<string>;
 }
 
-const READ_CHUNK = 256 * 1024;
+/** Reads of a spool file: 1 MiB (async reads of 256 KiB cost three times as much per byte). */
+const READ_CHUNK = 1 << 20;
+/** Writes to a spool file are gathered up to this size. */
+const WRITE_CHUNK = 1 << 20;
 
 function counter(report: (n: number) => void): TransformStream<Uint8Array, Uint8Array> {
   return new TransformStream({
@@ -249,21 +252,44 @@ export class LayerSpool {
       // warm `strata run` (every layer cached) never spools a blob.
       const { createHash } = await import("node:crypto");
       const hash: Hash = createHash(algorithm);
+      // Network chunks are gathered into 1 MiB writes (each write is an
+      // operation on Deno's thread pool; 4x fewer of them cost half as much),
+      // unless a reader has caught up with the download and waits for more.
+      const pending = new Uint8Array(WRITE_CHUNK);
+      let fill = 0;
+      let received = 0;
+      const flush = async () => {
+        if (fill === 0) return;
+        await writeAll(file!, pending.subarray(0, fill));
+        this.#written += fill;
+        fill = 0;
+        this.#wake();
+      };
       for (;;) {
         const { done, value } = await reader.read();
         signal.throwIfAborted();
         if (done) break;
-        if (this.#written + value.byteLength > layer.size) {
+        received += value.byteLength;
+        if (received > layer.size) {
           throw new Error(
             `the blob is larger than the ${layer.size} bytes its descriptor declares`,
           );
         }
         hash.update(value);
-        await writeAll(file, value);
-        this.#written += value.byteLength;
         this.#onBytes?.(value.byteLength);
-        this.#wake();
+        if (fill + value.byteLength > WRITE_CHUNK) await flush();
+        if (value.byteLength >= WRITE_CHUNK) {
+          await writeAll(file, value);
+          this.#written += value.byteLength;
+          this.#wake();
+        } else {
+          pending.set(value, fill);
+          fill += value.byteLength;
+          // A reader waiting at the end of the file gets the bytes at once.
+          if (fill === WRITE_CHUNK || this.#waiters.length > 0) await flush();
+        }
       }
+      await flush();
       const actual = `${algorithm}:${hash.digest("hex")}`;
       if (actual !== layer.digest) {
         throw new DigestMismatchError(layer.digest, actual, `layer ${layer.digest} (blob)`);
