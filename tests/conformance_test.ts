@@ -1,0 +1,464 @@
+/**
+ * Conformance on real images: images built with buildah (tests/_real_images.ts)
+ * are flattened by umoci, the reference, and by strata in every way strata
+ * offers (the CLI's `export` from an OCI layout, a docker-archive and an
+ * oci-archive; the library's resolver in both whiteout modes; as root and as
+ * an unprivileged user in its own user namespace). The trees must be equal
+ * entry by entry: type, mode (setuid/setgid/sticky included), owner, size,
+ * content, symlink target, device numbers, xattrs (file capabilities, user
+ * xattrs), hardlink groups and mtimes (files and directories). Containers
+ * run from strata and from runc on umoci's bundle must print the same.
+ *
+ * The one difference allowed: the mtime of the root directory itself, which
+ * no layer of these images names (umoci leaves it at the epoch, strata's is
+ * when the top layer was extracted).
+ */
+import { assert, assertEquals } from "@std/assert";
+import { join } from "@std/path";
+import { openImage } from "../image/open.ts";
+import { TarApplicator } from "../layer/applicator.ts";
+import { TarParser } from "../layer/tar.ts";
+import { TarWriter } from "../layer/tar_writer.ts";
+import { decodeName, encodeName } from "../sys/name.ts";
+import { treeRecord } from "../layer/record.ts";
+import { OverlayMount } from "../overlay/mount.ts";
+import { CachingLayerResolver, type ResolveMode } from "../overlay/resolver.ts";
+import {
+  denoPath,
+  ensureTestUser,
+  have,
+  isRoot,
+  mountsBelow,
+  repoRoot,
+  run,
+  runAsUser,
+  sh,
+  tempDir,
+} from "./_helpers.ts";
+import {
+  buildBusyboxImages,
+  buildDebianImages,
+  ensureBuildTools,
+  type RealImages,
+  umociUnpack,
+} from "./_real_images.ts";
+
+const CLI = join(repoRoot, "cli.ts");
+
+/** treeRecord lines, the root directory's mtime left out (see the module doc). */
+async function record(dir: string): Promise<string[]> {
+  const lines = (await treeRecord(dir, { lines: true })).lines!;
+  lines[0] = lines[0].replace(/ m:\S+/, "");
+  return lines;
+}
+
+/** Asserts two records are equal, showing only the lines that differ. */
+function assertSameTree(actual: string[], expected: string[], what: string): void {
+  if (actual.join("\n") === expected.join("\n")) return;
+  const e = new Set(expected), a = new Set(actual);
+  const diff = [
+    ...expected.filter((l) => !a.has(l)).map((l) => `- ${l.slice(0, 300)}`),
+    ...actual.filter((l) => !e.has(l)).map((l) => `+ ${l.slice(0, 300)}`),
+  ];
+  throw new Error(
+    `${what}: differs from umoci (- umoci, + strata), ${diff.length} lines:\n` +
+      diff.slice(0, 60).join("\n"),
+  );
+}
+
+async function strata(args: string[]): Promise<string> {
+  const r = await run(denoPath, ["run", "-A", CLI, ...args]);
+  if (r.code !== 0) throw new Error(`strata ${args.join(" ")} exited ${r.code}: ${r.stderr}`);
+  return r.stdout;
+}
+
+/** Resolves `ref` with a library resolver in `mode` and records the mounted view. */
+async function viewRecord(cache: string, mode: ResolveMode, ref: string): Promise<string[]> {
+  const resolver = await CachingLayerResolver.create(cache, { mode });
+  const image = await openImage(ref);
+  const lowers: string[] = [];
+  for (const [i, layer] of image.layers.entries()) {
+    lowers.push(await resolver.resolve(layer, image.layers.slice(0, i)));
+  }
+  const view = await Deno.makeTempDir({ dir: cache, prefix: "view-" });
+  const m = new OverlayMount({ mountpoint: view, lower: lowers, readonly: true });
+  await m.mount();
+  try {
+    return await record(view);
+  } finally {
+    await m.unmount();
+    await Deno.remove(view);
+  }
+}
+
+/** What a container prints about the image's files (the same script for strata and runc). */
+const PROBE = [
+  "exec 2>&1",
+  "id",
+  "cat /etc/motd",
+  "/usr/bin/env -i A=1 /usr/bin/env", // a dynamic binary: the loader and libc are intact
+  "/usr/bin/suid-env -i B=2 /usr/bin/env",
+  "test -u /usr/bin/suid-env && test -g /usr/bin/sgid-env && test -k /tmp && echo modes-ok",
+  "cat /srv/long-target-link /srv/file2dir /opt/data/sub/c",
+  // Link counts of files only: overlayfs reports 1 for a merged directory
+  // (as under docker and podman), a plain directory counts its subdirectories.
+  "find /srv /opt /usr/share/doc /home /var/lib /etc/motd ! -type d -exec stat -c '%n|%f|%u:%g|%s|%Y|%h|%N' {} ';' | sort",
+  "find /srv /opt /usr/share/doc /home /var/lib -type d -exec stat -c '%n|%f|%u:%g|%s|%Y' {} ';' | sort",
+].join("; ");
+
+/** Runs PROBE with runc on umoci's bundle. */
+async function runcProbe(bundle: string): Promise<string> {
+  const configPath = join(bundle, "config.json");
+  const config = JSON.parse(await Deno.readTextFile(configPath));
+  config.process.terminal = false;
+  // umoci's spec keeps three capabilities; strata gives a container the
+  // default set docker and podman give. Give runc the same, so what differs
+  // is the filesystem, not root's right to read a 0750 home directory.
+  const caps = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_AUDIT_WRITE",
+  ];
+  config.process.capabilities = {
+    bounding: caps,
+    effective: caps,
+    permitted: caps,
+    inheritable: [],
+    ambient: [],
+  };
+  config.process.args = ["/bin/sh", "-c", PROBE];
+  await Deno.writeTextFile(configPath, JSON.stringify(config));
+  const id = `strata-conf-${crypto.randomUUID().slice(0, 8)}`;
+  try {
+    return await sh("runc", ["run", "--bundle", bundle, id]);
+  } finally {
+    await run("runc", ["delete", "--force", id]);
+  }
+}
+
+/**
+ * The rootless side: as the test user, in the user namespace strata makes
+ * (ensureUserNamespace), both resolver modes and the CLI's export, each
+ * recorded from inside the namespace (so owners and file capabilities read
+ * as the image says).
+ */
+const USER_SCRIPT = `
+import { ensureUserNamespace } from "${repoRoot}/overlay/userns.ts";
+import { CachingLayerResolver } from "${repoRoot}/overlay/resolver.ts";
+import { OverlayMount } from "${repoRoot}/overlay/mount.ts";
+import { openImage } from "${repoRoot}/image/open.ts";
+import { treeRecord } from "${repoRoot}/layer/record.ts";
+const [home, ref] = Deno.args;
+await ensureUserNamespace();
+const record = async (dir) => {
+  const lines = (await treeRecord(dir, { lines: true })).lines;
+  lines[0] = lines[0].replace(/ m:\\S+/, "");
+  return lines;
+};
+const out = {};
+for (const mode of ["direct", "workdir"]) {
+  const cache = home + "/cache-" + mode;
+  const r = await CachingLayerResolver.create(cache, { mode });
+  const image = await openImage(ref);
+  const lowers = [];
+  for (let i = 0; i < image.layers.length; i++) {
+    lowers.push(await r.resolve(image.layers[i], image.layers.slice(0, i)));
+  }
+  const view = await Deno.makeTempDir({ dir: cache });
+  const m = new OverlayMount({ mountpoint: view, lower: lowers, readonly: true });
+  await m.mount();
+  try {
+    out[mode] = await record(view);
+  } finally {
+    await m.unmount();
+  }
+}
+const exp = home + "/export";
+const p = await new Deno.Command(Deno.execPath(), {
+  args: ["run", "-A", "${CLI}", "export", "-q", "--cache", home + "/cache-cli", ref, exp],
+  stdout: "inherit", stderr: "inherit",
+}).output();
+if (!p.success) throw new Error("strata export exited " + p.code);
+out.cli = await record(exp);
+console.log(JSON.stringify(out));
+`;
+
+async function rootlessRecords(
+  dir: string,
+  ref: string,
+): Promise<Record<"direct" | "workdir" | "cli", string[]>> {
+  const { uid, gid } = await ensureTestUser();
+  const home = join(dir, "user");
+  await Deno.mkdir(home);
+  await Deno.chown(home, uid, gid);
+  const script = join(dir, "rootless.ts");
+  await Deno.writeTextFile(script, USER_SCRIPT);
+  await Deno.writeTextFile(
+    `${script}.imports.json`,
+    JSON.stringify({ imports: { "@std/path": "node:path" } }),
+  );
+  const r = await runAsUser([
+    denoPath,
+    "run",
+    "-A",
+    "--no-lock",
+    "--no-config",
+    `--import-map=${script}.imports.json`,
+    script,
+    home,
+    ref,
+  ]);
+  const line = r.stdout.split("\n").find((l) => l.startsWith("{"));
+  if (r.code !== 0 || !line) throw new Error(`rootless script exited ${r.code}: ${r.stderr}`);
+  return JSON.parse(line);
+}
+
+/** Tools the comparison drives; the build tools are installed when missing. */
+async function toolsMissing(): Promise<string | undefined> {
+  for (const t of ["umoci", "runc"]) {
+    if (!(await have(t))) return t;
+  }
+  return await ensureBuildTools();
+}
+
+async function conformance(
+  t: Deno.TestContext,
+  dir: string,
+  images: RealImages,
+  options: { rootless: boolean; probe: boolean },
+): Promise<void> {
+  const umoci: Record<string, string[]> = {};
+  const bundles: Record<string, string> = {};
+  const utf8Tags = images.tags.filter((tag) => !images.nonUtf8Tags.includes(tag));
+  for (const tag of utf8Tags) {
+    bundles[tag] = join(dir, `umoci-${tag}`);
+    umoci[tag] = await record(await umociUnpack(images.layout, tag, bundles[tag]));
+  }
+
+  await t.step("strata export (CLI, OCI layout) = umoci unpack, every tag", async () => {
+    const cache = join(dir, "cache-cli");
+    for (const tag of utf8Tags) {
+      const out = join(dir, `export-${tag}`);
+      await strata(["export", "-q", "--cache", cache, `oci:${images.layout}:${tag}`, out]);
+      assertSameTree(await record(out), umoci[tag], `export of ${tag}`);
+    }
+  });
+
+  for (const mode of ["direct", "workdir"] as const) {
+    await t.step(`resolver mode ${mode}: the overlay view = umoci unpack, every tag`, async () => {
+      const cache = join(dir, `cache-${mode}`);
+      for (const tag of utf8Tags) {
+        const lines = await viewRecord(cache, mode, `oci:${images.layout}:${tag}`);
+        assertSameTree(lines, umoci[tag], `${mode} view of ${tag}`);
+      }
+    });
+  }
+
+  await t.step("docker-archive and oci-archive flatten to the same tree", async () => {
+    const cache = join(dir, "cache-archives");
+    for (
+      const [name, ref] of [
+        ["docker-archive", `docker-archive:${images.dockerArchive}`],
+        ["oci-archive", `oci-archive:${images.ociArchive}:${images.last}`],
+      ]
+    ) {
+      const out = join(dir, `export-${name}`);
+      await strata(["export", "-q", "--cache", cache, ref, out]);
+      assertSameTree(await record(out), umoci[images.last], `export of the ${name}`);
+    }
+  });
+
+  if (images.nonUtf8Tags.length) {
+    await t.step("file names that are not UTF-8 keep their bytes", async () => {
+      const cache = join(dir, "cache-cli");
+      for (const tag of images.nonUtf8Tags) {
+        bundles[tag] = join(dir, `umoci-${tag}`);
+        umoci[tag] = await record(await umociUnpack(images.layout, tag, bundles[tag]));
+        const out = join(dir, `export-${tag}`);
+        await strata(["export", "-q", "--cache", cache, `oci:${images.layout}:${tag}`, out]);
+        assertSameTree(await record(out), umoci[tag], `export of ${tag}`);
+        for (const mode of ["direct", "workdir"] as const) {
+          const lines = await viewRecord(
+            join(dir, `cache-${mode}`),
+            mode,
+            `oci:${images.layout}:${tag}`,
+          );
+          assertSameTree(lines, umoci[tag], `${mode} view of ${tag}`);
+        }
+      }
+    });
+  }
+
+  if (options.probe) {
+    await t.step("strata run prints what runc on umoci's bundle prints", async () => {
+      const expected = await runcProbe(bundles[images.last]);
+      assert(expected.includes("modes-ok"), expected);
+      assert(expected.includes("uid=0(root)"), expected);
+      const ref = `oci:${images.layout}:${images.last}`;
+      const cache = join(dir, "cache-cli");
+      const got = await strata(["run", "-q", "--cache", cache, ref, "/bin/sh", "-c", PROBE]);
+      assertEquals(got, expected);
+      if (options.rootless) {
+        const { uid, gid } = await ensureTestUser();
+        const home = join(dir, "user-run");
+        await Deno.mkdir(home);
+        await Deno.chown(home, uid, gid);
+        const r = await runAsUser([
+          denoPath,
+          "run",
+          "-A",
+          CLI,
+          "run",
+          "-q",
+          "--cache",
+          join(home, "cache"),
+          ref,
+          "/bin/sh",
+          "-c",
+          PROBE,
+        ]);
+        assertEquals(r.code, 0, r.stderr);
+        // Without the device node a user namespace cannot make (see below).
+        const noDevice = expected.split("\n").filter((l) => !l.startsWith("/srv/null|"));
+        assertEquals(r.stdout, noDevice.join("\n"), "rootless run");
+      }
+    });
+  }
+
+  if (options.rootless) {
+    await t.step("rootless (user namespace): both modes and export = umoci unpack", async () => {
+      const got = await rootlessRecords(dir, `oci:${images.layout}:${images.last}`);
+      // A user namespace may not mknod a real device (strata skips it with a
+      // warning, as `umoci unpack --rootless` does); everything else is equal.
+      const expected = umoci[images.last].filter((l) => !/ 2[0-9]{4} .* d:(?!0,0$)/.test(l));
+      assertEquals(umoci[images.last].length - expected.length, 1, "srv/null left out");
+      for (const [what, lines] of Object.entries(got)) {
+        assertSameTree(lines, expected, `rootless ${what}`);
+      }
+    });
+  }
+  assertEquals(await mountsBelow(dir), []);
+}
+
+Deno.test({
+  name: "conformance: a busybox image built with buildah, strata vs umoci",
+  ignore: !isRoot,
+  async fn(t) {
+    const missing = await toolsMissing();
+    if (missing) throw new Error(`${missing} is needed (apt-get install ${missing})`);
+    await using tmp = await tempDir("strata-conformance-");
+    const dir = String(tmp);
+    const images = await buildBusyboxImages(join(dir, "build"));
+    await conformance(t, dir, images, { rootless: true, probe: true });
+  },
+});
+
+/**
+ * The Debian variant (a real distribution: 6k entries, useradd, dpkg --purge)
+ * takes about a minute, most of it building the image, so it runs on request:
+ * STRATA_CONFORMANCE_DEBIAN=1. Its debootstrap rootfs is bench/fixtures.ts',
+ * cached under /var/tmp/strata-bench (built from the apt mirror if missing).
+ */
+const wantDebian = Deno.env.get("STRATA_CONFORMANCE_DEBIAN") === "1";
+
+Deno.test({
+  name:
+    "conformance: a Debian image (debootstrap rootfs + a useradd/rm/dpkg layer), strata vs umoci",
+  ignore: !isRoot || !wantDebian,
+  async fn(t) {
+    const missing = await toolsMissing();
+    if (missing) throw new Error(`${missing} is needed (apt-get install ${missing})`);
+    const { debianRootfsLayer } = await import("../bench/fixtures.ts");
+    const fixture = await debianRootfsLayer();
+    await using tmp = await tempDir("strata-conformance-");
+    const dir = String(tmp);
+    const images = await buildDebianImages(join(dir, "build"), fixture.tar);
+    await conformance(t, dir, images, { rootless: false, probe: false });
+  },
+});
+
+// Regression tests for what the comparisons above found.
+
+Deno.test("names: any byte string survives decodeName -> encodeName (surrogate escapes)", () => {
+  let seed = 7;
+  const rand = () => (seed = (seed * 1103515245 + 12345) & 0x7fffffff);
+  for (let i = 0; i < 2000; i++) {
+    const b = new Uint8Array(1 + (rand() % 12)).map(() => rand() % 256);
+    assertEquals(encodeName(decodeName(b)), b);
+  }
+  const bom = new Uint8Array([0xef, 0xbb, 0xbf, 0x61]);
+  assertEquals(encodeName(decodeName(bom)), bom, "a leading BOM is part of the name");
+  assertEquals(decodeName(new TextEncoder().encode("日本語 é 😀")), "日本語 é 😀");
+  assertEquals(decodeName(new Uint8Array([0x63, 0xe9])), "c\udce9");
+  assert(decodeName(new Uint8Array([0xe9])) !== decodeName(new Uint8Array([0xe8])));
+});
+
+const latin1 = (s: string) => Uint8Array.from(s, (c) => c.charCodeAt(0));
+
+Deno.test("applicator: Latin-1 names that differ in one byte stay two files, with their bytes", async () => {
+  await using tmp = await tempDir();
+  const root = String(tmp);
+  const tar = new TarWriter()
+    .directory("d/")
+    .file(latin1("d/caf\xe9"), "e-acute")
+    .file(latin1("d/caf\xe8"), "e-grave")
+    .symlink(latin1("d/link-\xff"), latin1("caf\xe9"))
+    .bytes();
+  await new TarApplicator().apply(new Blob([tar as Uint8Array<ArrayBuffer>]).stream(), root);
+  const ls = await sh("ls", ["-b", join(root, "d")]);
+  assertEquals(ls.split("\n").filter(Boolean).sort(), ["caf\\350", "caf\\351", "link-\\377"]);
+  const r = await run("sh", ["-c", `cat "$1"/d/link-*`, "sh", root]);
+  assertEquals(r.stdout, "e-acute", "the link's target kept its byte too");
+});
+
+Deno.test("tar: an empty pax xattr value is no xattr, and removes a global one", () => {
+  const bytes = new TarWriter()
+    .globalPax({ "SCHILY.xattr.user.g": "G" })
+    .file("a", "")
+    .file("b", "", { xattrs: { "user.g": "", "user.empty": "" } })
+    .bytes();
+  const seen: Record<string, string[]> = {};
+  const parser = new TarParser({
+    entry: (h) => void (seen[h.name] = Object.keys(h.xattrs).sort()),
+    data: () => {},
+    entryEnd: () => {},
+  });
+  parser.push(bytes);
+  parser.end();
+  assertEquals(seen, { a: ["user.g"], b: [] });
+});
+
+Deno.test({
+  name: "OverlayMount: read-only over ONE lower mounts, hides its whiteouts, leaves nothing behind",
+  ignore: !isRoot,
+  async fn() {
+    await using tmp = await tempDir();
+    const dir = String(tmp);
+    const layer = join(dir, "layer");
+    await Deno.mkdir(layer);
+    const tar = new TarWriter().file("kept", "k").file(".wh.gone", "").bytes();
+    await new TarApplicator().apply(new Blob([tar as Uint8Array<ArrayBuffer>]).stream(), layer);
+    assert((await Deno.lstat(join(layer, "gone"))).isCharDevice, "a 0/0 whiteout in the layer");
+    const view = join(dir, "view");
+    await Deno.mkdir(view);
+    const m = new OverlayMount({ mountpoint: view, lower: [layer], readonly: true });
+    await m.mount();
+    try {
+      assertEquals((await Array.fromAsync(Deno.readDir(view))).map((e) => e.name), ["kept"]);
+    } finally {
+      await m.unmount();
+    }
+    assertEquals((await Array.fromAsync(Deno.readDir(dir))).map((e) => e.name).sort(), [
+      "layer",
+      "view",
+    ]);
+  },
+});
