@@ -7,11 +7,13 @@
  */
 import { join } from "@std/path";
 import type { Layer } from "../image/types.ts";
-import { applyLayer, type ApplyOptions, type ApplyResult } from "../layer/applicator.ts";
-import { treeRecord } from "../layer/record.ts";
+// The extraction code (the applicator, the tar parser, the tree record, the
+// workdir overlay) loads when a layer is actually extracted: a warm run
+// resolves every layer with one stat and must not pay for ~150 KB of modules.
+import type { ApplyOptions, ApplyResult } from "../layer/applicator.ts";
 import { type IdMap, openCache } from "./cache.ts";
 import { FileLock, reclaimTemp, TempWork } from "./lock.ts";
-import { defaultNewOverlayMount, LayerWorkdir, type NewOverlayMountFn } from "./workdir.ts";
+import type { NewOverlayMountFn } from "./workdir.ts";
 import { type ResolveAllOptions, resolveLayers } from "./prefetch.ts";
 
 /** Resolves a layer to a path suitable for use as an overlayfs lower directory. */
@@ -42,7 +44,7 @@ export type ApplyLayerFn = (
  *   directories as `user.overlay.opaque` xattrs. No mount; works in a user
  *   namespace (mknod of 0/0 is allowed there since Linux 5.8).
  * - `workdir`: the seed's way: the tar is applied to an overlay of the parent
- *   layers and the overlay's upper directory is kept ({@linkcode LayerWorkdir}).
+ *   layers and the overlay's upper directory is kept (`LayerWorkdir` of `workdir.ts`).
  */
 export type ResolveMode = "direct" | "workdir";
 
@@ -62,7 +64,7 @@ export interface ResolverEvent {
 export interface CachingLayerResolverOptions {
   /** How layers are extracted (default `direct`). */
   mode?: ResolveMode;
-  /** The overlay a `workdir` extraction mounts (default {@linkcode defaultNewOverlayMount}). */
+  /** The overlay a `workdir` extraction mounts (default `defaultNewOverlayMount` of `workdir.ts`). */
   newOverlayMount?: NewOverlayMountFn;
   /** Applies a layer (default `applyLayer` of `layer/applicator.ts`). */
   apply?: ApplyLayerFn;
@@ -153,7 +155,9 @@ export class CachingLayerResolver implements LayerResolver {
     this.idmap = idmap;
     this.mode = o.mode ?? "direct";
     this.#o = o;
-    this.#apply = o.apply ?? applyLayer;
+    this.#apply = o.apply ??
+      (async (layer, root, options) =>
+        (await import("../layer/applicator.ts")).applyLayer(layer, root, options));
   }
 
   /**
@@ -270,6 +274,7 @@ export class CachingLayerResolver implements LayerResolver {
               cause: e,
             });
           });
+        const { treeRecord } = await import("../layer/record.ts");
         const record: LayerRecord = {
           diffID: layer.diffID,
           digest: layer.digest,
@@ -325,8 +330,9 @@ export class CachingLayerResolver implements LayerResolver {
       await Deno.mkdir(fs, { mode: 0o755 });
       return await this.#apply(layer, fs, { whiteouts: "direct", lowerDirs, signal, onWarning });
     }
-    const wd = await LayerWorkdir.create(workPath, layer.diffID, lowerDirs, {
-      newOverlayMount: this.#o.newOverlayMount ?? defaultNewOverlayMount,
+    const workdir = await import("./workdir.ts");
+    const wd = await workdir.LayerWorkdir.create(workPath, layer.diffID, lowerDirs, {
+      newOverlayMount: this.#o.newOverlayMount ?? workdir.defaultNewOverlayMount,
     });
     try {
       const r = await this.#apply(layer, wd.applyPath(), {
