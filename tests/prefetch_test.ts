@@ -19,7 +19,8 @@ import { openImage } from "../image/open.ts";
 import { writeOciLayout } from "../image/build.ts";
 import { TarWriter } from "../layer/tar_writer.ts";
 import { type MemoryLayer, memoryLayer, snapshotTree } from "./_layers.ts";
-import { isRoot, tempDir } from "./_helpers.ts";
+import { isRoot, repoRoot, tempDir } from "./_helpers.ts";
+import { formatBytes } from "../cli/output.ts";
 import { CuttingProxy, Registry } from "./_registry.ts";
 
 /** Deterministic pseudo-random bytes (xorshift32), incompressible for gzip. */
@@ -377,6 +378,79 @@ Deno.test({
   },
 });
 
+/** A process that pulls three layers, the first trickling, and reports spooled downloads. */
+const CRASH_SCRIPT = `
+import { CachingLayerResolver } from "REPO/overlay/resolver.ts";
+import { memoryLayer, slowLayer } from "REPO/tests/_layers.ts";
+import { TarWriter } from "REPO/layer/tar_writer.ts";
+const layer = (n, size) => {
+  const t = new TarWriter({ defaultMtime: 1700000000 });
+  const data = new Uint8Array(size);
+  crypto.getRandomValues(data.subarray(0, 65536));
+  t.file("f" + n, data);
+  return memoryLayer(t, "gzip");
+};
+const r = await CachingLayerResolver.create(Deno.args[0]);
+const layers = [slowLayer(layer(0, 1 << 20), 50, 2048), layer(1, 1 << 20), layer(2, 1 << 20)];
+await r.resolveAll(layers, {
+  onLayer: (e) => {
+    if (e.type === "fetch-end" && e.spooled) console.log(JSON.stringify({ spooled: e.index }));
+  },
+});
+console.log(JSON.stringify({ finished: true }));
+`;
+
+Deno.test({
+  name: "prefetch: a process killed with spools in flight leaves only reclaimable leftovers",
+  ignore: !isRoot,
+  async fn() {
+    await using tmp = await tempDir();
+    const dir = `${tmp}`;
+    const cache = join(dir, "cache");
+    const script = join(dir, "crash.ts");
+    await Deno.writeTextFile(script, CRASH_SCRIPT.replaceAll("REPO", repoRoot));
+    await Deno.writeTextFile(
+      `${script}.json`,
+      JSON.stringify({ imports: { "@std/path": `${repoRoot}/sys/path.ts` } }),
+    );
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", "--no-lock", "--no-config", `--import-map=${script}.json`, script, cache],
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const stderr = new Response(child.stderr).text();
+    const spooled = new Set<number>();
+    let buf = "";
+    for await (const chunk of child.stdout.pipeThrough(new TextDecoderStream())) {
+      buf += chunk;
+      for (const line of buf.split("\n").slice(0, -1)) {
+        const o = JSON.parse(line);
+        if (o.spooled !== undefined) spooled.add(o.spooled);
+      }
+      buf = buf.slice(buf.lastIndexOf("\n") + 1);
+      if (spooled.size === 2) {
+        child.kill("SIGKILL");
+        break;
+      }
+    }
+    const status = await child.status;
+    assertEquals(spooled.size, 2, await stderr);
+    assertEquals(status.signal, "SIGKILL");
+    // Two spools (and, unless it had not begun yet, layer 1's extraction) were
+    // in flight; nothing was published.
+    const left = await names(join(cache, "tmp"));
+    assert(left.length >= 2, `left in tmp/: ${left}`);
+    assertEquals(await names(join(cache, "layers")), []);
+    const reclaimed: ResolverEvent[] = [];
+    await CachingLayerResolver.create(cache, { onEvent: (e) => reclaimed.push(e) });
+    assertEquals(
+      reclaimed.filter((e) => e.type === "reclaimed").map((e) => e.path).sort(),
+      left.map((n) => join(cache, "tmp", n)),
+    );
+    await assertNoSpools(cache);
+  },
+});
+
 Deno.test({
   name: "LayerSpool: readers follow the writer; the stream errors when the blob does not verify",
   ignore: !isRoot,
@@ -440,5 +514,36 @@ Deno.test({
       assertEquals(await snapshotTree(rp[i]), await snapshotTree(lp[i]));
     }
     await assertNoSpools(join(dir, "cache-registry"));
+
+    // `strata pull` from the registry: every layer's progress line counts the
+    // whole blob fetched and the whole tar applied, whichever way it came.
+    const env = { ...Deno.env.toObject() };
+    delete env.NODE_EXTRA_CA_CERTS;
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        join(repoRoot, "cli.ts"),
+        "pull",
+        "--tls-verify=false",
+        "--cache",
+        join(dir, "cache-cli"),
+        `docker://${reg.host}/multi/app:v1`,
+      ],
+      env,
+      clearEnv: true,
+    }).output();
+    const stderr = new TextDecoder().decode(out.stderr);
+    assertEquals(out.code, 0, stderr);
+    assertEquals(new TextDecoder().decode(out.stdout).trim(), remote.digest);
+    for (const [i, l] of remote.layers.entries()) {
+      assertStringIncludes(
+        stderr,
+        `layer ${i + 1}/4 ${l.digest.slice(0, 19)}: done: ${formatBytes(l.size)} fetched, ${
+          formatBytes(tars[i].length)
+        } applied`,
+      );
+    }
+    await assertNoSpools(join(dir, "cache-cli"));
   },
 });
