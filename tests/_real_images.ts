@@ -27,20 +27,20 @@ export interface RealImages {
   ociArchive: string;
   /** Last tag (the one the archives hold). */
   last: string;
-  /** Tags whose layers hold file names that are not valid UTF-8. */
-  nonUtf8Tags: string[];
 }
 
 /**
  * Makes sure the commands the image builds drive are there, installing their
  * Debian packages with apt-get when missing (root only): buildah, setcap
- * (libcap2-bin), setfattr (attr). Returns the first command still missing.
+ * (libcap2-bin), setfattr (attr), and podman (the second reference). Returns
+ * the first command still missing.
  */
 export async function ensureBuildTools(): Promise<string | undefined> {
   const wanted: [string, string][] = [
     ["buildah", "buildah"],
     ["setcap", "libcap2-bin"],
     ["setfattr", "attr"],
+    ["podman", "podman"],
   ];
   const missing = [];
   for (const [cmd, pkg] of wanted) if (!(await have(cmd))) missing.push(pkg);
@@ -254,7 +254,6 @@ export async function buildBusyboxImages(dir: string): Promise<RealImages> {
     dockerArchive: join(dir, "image.docker.tar"),
     ociArchive: join(dir, "image.oci.tar"),
     last: "l2",
-    nonUtf8Tags: ["l3", "l4"],
   };
 }
 
@@ -300,7 +299,6 @@ commit "$c" d1
     dockerArchive: join(dir, "image.docker.tar"),
     ociArchive: join(dir, "image.oci.tar"),
     last: "d1",
-    nonUtf8Tags: [],
   };
 }
 
@@ -316,4 +314,52 @@ commit "$c" d1
 export async function umociUnpack(layout: string, tag: string, bundle: string): Promise<string> {
   await sh("umoci", ["unpack", "--image", `${layout}:${tag}`, bundle]);
   return join(bundle, "rootfs");
+}
+
+/**
+ * The second reference: podman (containers/storage's overlay driver, what
+ * podman and buildah run containers on), with a private store below `dir`.
+ * `view()` pulls `layout:tag`, mounts the image and hands `fn` the merged
+ * view. Its run root must be short (podman wants under 50 characters), so it
+ * is a temp dir of its own, removed on dispose with the store's images.
+ *
+ * @example Usage
+ * ```ts ignore
+ * await using podman = await PodmanStore.create("/tmp/work/podman");
+ * const lines = await podman.view(images.layout, "l2", (p) => record(p));
+ * ```
+ */
+export class PodmanStore implements AsyncDisposable {
+  readonly #args: string[];
+  readonly #runroot: string;
+
+  private constructor(root: string, runroot: string) {
+    this.#runroot = runroot;
+    this.#args = ["--root", root, "--runroot", runroot, "--storage-driver", "overlay"];
+  }
+
+  /** Makes the store (nothing is pulled yet). */
+  static async create(dir: string): Promise<PodmanStore> {
+    await Deno.mkdir(dir, { recursive: true });
+    const runroot = await Deno.makeTempDir({ prefix: "strata-pr-" });
+    return new PodmanStore(join(dir, "root"), runroot);
+  }
+
+  /** Pulls and mounts `layout:tag`, runs `fn` on the merged view, unmounts. */
+  async view<T>(layout: string, tag: string, fn: (rootfs: string) => Promise<T>): Promise<T> {
+    const id = (await sh("podman", [...this.#args, "pull", "-q", `oci:${layout}:${tag}`])).trim();
+    const mountpoint = (await sh("podman", [...this.#args, "image", "mount", id])).trim();
+    try {
+      return await fn(mountpoint);
+    } finally {
+      await sh("podman", [...this.#args, "image", "unmount", id]);
+    }
+  }
+
+  /** Removes the store's images and the run root. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await run("podman", [...this.#args, "rmi", "--all", "--force"]);
+    await run("umount", ["-R", "-l", this.#runroot]);
+    await Deno.remove(this.#runroot, { recursive: true }).catch(() => {});
+  }
 }

@@ -3,15 +3,22 @@
  * are flattened by umoci, the reference, and by strata in every way strata
  * offers (the CLI's `export` from an OCI layout, a docker-archive and an
  * oci-archive; the library's resolver in both whiteout modes; as root and as
- * an unprivileged user in its own user namespace). The trees must be equal
- * entry by entry: type, mode (setuid/setgid/sticky included), owner, size,
- * content, symlink target, device numbers, xattrs (file capabilities, user
- * xattrs), hardlink groups and mtimes (files and directories). Containers
- * run from strata and from runc on umoci's bundle must print the same.
+ * an unprivileged user in its own user namespace). podman's image mount
+ * (containers/storage's overlay driver) is a second reference. The trees must
+ * be equal entry by entry: type, mode (setuid/setgid/sticky included), owner,
+ * size, content, symlink target, device numbers, xattrs (file capabilities,
+ * user xattrs), hardlink groups, mtimes (files and directories) and names
+ * byte for byte (non-ASCII and non-UTF-8 ones). Containers run from strata
+ * and from runc on umoci's bundle must print the same.
  *
- * The one difference allowed: the mtime of the root directory itself, which
- * no layer of these images names (umoci leaves it at the epoch, strata's is
- * when the top layer was extracted).
+ * Differences allowed, each justified where it is allowed: the mtime of the
+ * root directory itself, which no layer of these images names (umoci leaves
+ * it at the epoch, strata's is when the top layer was extracted, podman makes
+ * it 0555); a device node in a user namespace (not creatable there: skipped
+ * with a warning, as `umoci --rootless` cannot make one either); the link
+ * count of directories inside a container (overlayfs reports 1 for merged
+ * ones). And one pinned divergence between strata's own modes, see the last
+ * test.
  */
 import { assert, assertEquals } from "@std/assert";
 import { join } from "@std/path";
@@ -40,6 +47,7 @@ import {
   buildBusyboxImages,
   buildDebianImages,
   ensureBuildTools,
+  PodmanStore,
   type RealImages,
   umociUnpack,
 } from "./_real_images.ts";
@@ -238,15 +246,14 @@ async function conformance(
 ): Promise<void> {
   const umoci: Record<string, string[]> = {};
   const bundles: Record<string, string> = {};
-  const utf8Tags = images.tags.filter((tag) => !images.nonUtf8Tags.includes(tag));
-  for (const tag of utf8Tags) {
+  for (const tag of images.tags) {
     bundles[tag] = join(dir, `umoci-${tag}`);
     umoci[tag] = await record(await umociUnpack(images.layout, tag, bundles[tag]));
   }
 
   await t.step("strata export (CLI, OCI layout) = umoci unpack, every tag", async () => {
     const cache = join(dir, "cache-cli");
-    for (const tag of utf8Tags) {
+    for (const tag of images.tags) {
       const out = join(dir, `export-${tag}`);
       await strata(["export", "-q", "--cache", cache, `oci:${images.layout}:${tag}`, out]);
       assertSameTree(await record(out), umoci[tag], `export of ${tag}`);
@@ -256,12 +263,25 @@ async function conformance(
   for (const mode of ["direct", "workdir"] as const) {
     await t.step(`resolver mode ${mode}: the overlay view = umoci unpack, every tag`, async () => {
       const cache = join(dir, `cache-${mode}`);
-      for (const tag of utf8Tags) {
+      for (const tag of images.tags) {
         const lines = await viewRecord(cache, mode, `oci:${images.layout}:${tag}`);
         assertSameTree(lines, umoci[tag], `${mode} view of ${tag}`);
       }
     });
   }
+
+  await t.step(
+    "podman's image mount (containers/storage) = strata = umoci, every tag",
+    async () => {
+      // All but the root directory's own line: containers/storage makes layer
+      // roots 0555, umoci and strata 0755 (no layer of these images names it).
+      await using podman = await PodmanStore.create(join(dir, "podman"));
+      for (const tag of images.tags) {
+        const lines = await podman.view(images.layout, tag, record);
+        assertSameTree(lines.slice(1), umoci[tag].slice(1), `podman's view of ${tag}`);
+      }
+    },
+  );
 
   await t.step("docker-archive and oci-archive flatten to the same tree", async () => {
     const cache = join(dir, "cache-archives");
@@ -276,27 +296,6 @@ async function conformance(
       assertSameTree(await record(out), umoci[images.last], `export of the ${name}`);
     }
   });
-
-  if (images.nonUtf8Tags.length) {
-    await t.step("file names that are not UTF-8 keep their bytes", async () => {
-      const cache = join(dir, "cache-cli");
-      for (const tag of images.nonUtf8Tags) {
-        bundles[tag] = join(dir, `umoci-${tag}`);
-        umoci[tag] = await record(await umociUnpack(images.layout, tag, bundles[tag]));
-        const out = join(dir, `export-${tag}`);
-        await strata(["export", "-q", "--cache", cache, `oci:${images.layout}:${tag}`, out]);
-        assertSameTree(await record(out), umoci[tag], `export of ${tag}`);
-        for (const mode of ["direct", "workdir"] as const) {
-          const lines = await viewRecord(
-            join(dir, `cache-${mode}`),
-            mode,
-            `oci:${images.layout}:${tag}`,
-          );
-          assertSameTree(lines, umoci[tag], `${mode} view of ${tag}`);
-        }
-      }
-    });
-  }
 
   if (options.probe) {
     await t.step("strata run prints what runc on umoci's bundle prints", async () => {
@@ -557,6 +556,8 @@ Deno.test({
   name: "known divergence: a file written through a lower layer's symlinked parent",
   ignore: !isRoot,
   async fn() {
+    const missing = await toolsMissing();
+    if (missing) throw new Error(`${missing} is needed (apt-get install ${missing})`);
     await using tmp = await tempDir("strata-conformance-");
     const dir = String(tmp);
     const layout = join(dir, "layout");
@@ -571,8 +572,11 @@ Deno.test({
     const umoci = await record(await umociUnpack(layout, "v", join(dir, "umoci")));
     const direct = await viewRecord(join(dir, "cache-direct"), "direct", ref);
     const workdir = await viewRecord(join(dir, "cache-workdir"), "workdir", ref);
+    await using store = await PodmanStore.create(join(dir, "podman"));
+    const podman = await store.view(layout, "v", record);
     const paths = (lines: string[]) => lines.map((l) => l.split(" ")[0]).join(" ");
     assertEquals(paths(direct), `"." "lib" "lib/foo" "usr" "usr/lib" "usr/lib/libc"`);
+    assertEquals(paths(podman), paths(direct));
     assertEquals(paths(workdir), `"." "lib" "usr" "usr/lib" "usr/lib/foo" "usr/lib/libc"`);
     assertEquals(paths(umoci), paths(workdir));
   },
