@@ -22,7 +22,9 @@ import { selectFromIndex } from "./layout.ts";
 import { parseRegistryRef, registryRefString } from "./ref.ts";
 import {
   BlobNotFoundError,
+  BlobSizeError,
   buildImage,
+  checkDescriptor,
   type FetchedDocument,
   fileStream,
   type ImageSource,
@@ -347,9 +349,14 @@ export class OciArchiveSource implements ImageSource {
     return this.tar.read(this.#blob(desc));
   }
 
-  /** Streams a layer blob from its offset in the archive. */
+  /** Streams a layer blob from its offset in the archive; a member whose size is not the descriptor's is refused. */
   openBlob(desc: Descriptor, signal?: AbortSignal): Promise<ReadableStream<Uint8Array>> {
-    return this.tar.stream(this.#blob(desc), signal);
+    const name = this.#blob(desc);
+    const size = this.tar.get(name)!.size;
+    if (size !== desc.size) {
+      throw new BlobSizeError(`layer ${desc.digest} of ${this.name}`, desc.size, `${size} bytes`);
+    }
+    return this.tar.stream(name, signal);
   }
 }
 
@@ -374,7 +381,10 @@ export async function openOciArchive(
   }
   const source = new OciArchiveSource(tar, name);
   const index = parseJSON<ImageIndex>(await tar.read("index.json"), `index.json of ${name}`);
-  const root = selectFromIndex(index, tag, name, options.platform);
+  const root = checkDescriptor(
+    selectFromIndex(index, tag, name, options.platform),
+    `index.json of ${name}`,
+  );
   return await resolveImage(source, root, options);
 }
 

@@ -8,18 +8,40 @@ import { join } from "@std/path";
 import { choosePlatform, hostPlatform, parsePlatform } from "./platform.ts";
 import {
   BlobNotFoundError,
+  BlobSizeError,
+  checkDescriptor,
   type FetchedDocument,
   fileStream,
   type ImageSource,
   ManifestError,
   MAX_DOCUMENT_SIZE,
   parseJSON,
+  readSmallFile,
   resolveImage,
   type ResolveOptions,
   type SourceImage,
 } from "./source.ts";
 import { parseDigest } from "./blob.ts";
 import type { Descriptor, ImageIndex, Platform } from "./types.ts";
+
+/**
+ * A layout blob strata refuses to read: a symlink resolving outside the
+ * layout, or not a regular file.
+ *
+ * @example Usage
+ * ```ts
+ * import { UnsafeBlobError } from "./layout.ts";
+ * const e = new UnsafeBlobError("layer sha256:ab of oci:/x", "not a regular file");
+ * console.assert(e.message === "Refusing layer sha256:ab of oci:/x: not a regular file");
+ * ```
+ */
+export class UnsafeBlobError extends Error {
+  /** Builds the error for blob `what`. */
+  constructor(what: string, reason: string, options?: ErrorOptions) {
+    super(`Refusing ${what}: ${reason}`, options);
+    this.name = "UnsafeBlobError";
+  }
+}
 
 /** The annotation naming an entry of a layout's index.json. */
 export const REF_NAME = "org.opencontainers.image.ref.name";
@@ -103,27 +125,56 @@ export class OciLayoutSource implements ImageSource {
     return join(this.dir, "blobs", algorithm, hex);
   }
 
-  async #stat(desc: Descriptor): Promise<Deno.FileInfo> {
+  #root?: Promise<string>;
+
+  /**
+   * Finds the file of blob `desc` and checks it may be read: it must resolve
+   * (symlinks followed) to a regular file inside the layout. A blob that is a
+   * symlink to a host file could not pass off other content (every blob is
+   * verified against its digest), but strata would still read, hash and name
+   * the digest of a file the layout's author chose outside it, or block on a
+   * FIFO, or read `/dev/zero` forever; layouts written by skopeo, umoci,
+   * buildah and strata never hold such links, so they are refused.
+   */
+  async #resolve(desc: Descriptor, what: string): Promise<{ path: string; size: number }> {
     const path = this.blobPath(desc.digest);
+    let real: string;
     try {
-      return await Deno.stat(path);
+      this.#root ??= Deno.realPath(this.dir);
+      real = await Deno.realPath(path);
     } catch (e) {
+      // The message says it all; Deno's ("No such file ... realpath '...'") would repeat it.
       if (e instanceof Deno.errors.NotFound) {
-        throw new BlobNotFoundError(desc.digest, this.name, `no file ${path}`, { cause: e });
+        throw new BlobNotFoundError(desc.digest, this.name, `no file ${path}`);
       }
       throw e;
     }
+    const root = await this.#root;
+    if (!real.startsWith(root.endsWith("/") ? root : `${root}/`)) {
+      throw new UnsafeBlobError(
+        `${what} ${desc.digest} of ${this.name}`,
+        `${path} resolves to ${real}, outside the layout`,
+      );
+    }
+    const st = await Deno.stat(real);
+    if (!st.isFile) {
+      throw new UnsafeBlobError(
+        `${what} ${desc.digest} of ${this.name}`,
+        `${path} is not a regular file`,
+      );
+    }
+    return { path: real, size: st.size };
   }
 
   async #small(desc: Descriptor, what: string): Promise<Uint8Array> {
-    const st = await this.#stat(desc);
-    if (st.size > MAX_DOCUMENT_SIZE) {
+    const { path, size } = await this.#resolve(desc, what);
+    if (size > MAX_DOCUMENT_SIZE) {
       throw new ManifestError(
         `${what} ${desc.digest} of ${this.name}`,
-        `${st.size} bytes is too large`,
+        `${size} bytes is too large`,
       );
     }
-    return await Deno.readFile(this.blobPath(desc.digest));
+    return await readSmallFile(path, `${what} ${desc.digest} of ${this.name}`);
   }
 
   /** Reads a manifest or index blob. */
@@ -136,10 +187,13 @@ export class OciLayoutSource implements ImageSource {
     return this.#small(desc, "config");
   }
 
-  /** Streams a layer blob. */
+  /** Streams a layer blob; a file whose size is not the descriptor's is refused before reading. */
   async openBlob(desc: Descriptor, signal?: AbortSignal): Promise<ReadableStream<Uint8Array>> {
-    await this.#stat(desc);
-    return await fileStream(this.blobPath(desc.digest), 0, undefined, signal);
+    const { path, size } = await this.#resolve(desc, "layer");
+    if (size !== desc.size) {
+      throw new BlobSizeError(`layer ${desc.digest} of ${this.name}`, desc.size, `${size} bytes`);
+    }
+    return await fileStream(path, 0, desc.size, signal);
   }
 
   /** Reads and checks `oci-layout` and `index.json`. */
@@ -147,7 +201,7 @@ export class OciLayoutSource implements ImageSource {
     let layout: { imageLayoutVersion?: string };
     try {
       layout = parseJSON(
-        await Deno.readFile(join(this.dir, "oci-layout")),
+        await readSmallFile(join(this.dir, "oci-layout"), `oci-layout of ${this.name}`),
         `oci-layout of ${this.name}`,
       );
     } catch (e) {
@@ -170,10 +224,8 @@ export class OciLayoutSource implements ImageSource {
         `unsupported imageLayoutVersion ${JSON.stringify(layout.imageLayoutVersion)}`,
       );
     }
-    return parseJSON<ImageIndex>(
-      await Deno.readFile(join(this.dir, "index.json")),
-      `index.json of ${this.name}`,
-    );
+    const what = `index.json of ${this.name}`;
+    return parseJSON<ImageIndex>(await readSmallFile(join(this.dir, "index.json"), what), what);
   }
 }
 
@@ -193,6 +245,9 @@ export async function openOciLayout(
 ): Promise<SourceImage> {
   const source = new OciLayoutSource(dir, options.name);
   const index = await source.readIndex();
-  const root = selectFromIndex(index, tag, source.name, options.platform);
+  const root = checkDescriptor(
+    selectFromIndex(index, tag, source.name, options.platform),
+    `index.json of ${source.name}`,
+  );
   return await resolveImage(source, root, options);
 }

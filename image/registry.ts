@@ -144,7 +144,8 @@ const isAbort = (e: unknown, signal?: AbortSignal) =>
 async function registryErrorText(res: Response): Promise<string> {
   let text = "";
   try {
-    text = await res.text();
+    // An error body is for a message: 64 KiB of it is plenty, and an endless one must not hang.
+    text = new TextDecoder().decode(await readBounded(res, 64 << 10, "", true));
   } catch { /* body unreadable */ }
   try {
     const j = JSON.parse(text) as { errors?: { code?: string; message?: string }[] };
@@ -152,7 +153,48 @@ async function registryErrorText(res: Response): Promise<string> {
       return j.errors.map((e) => [e.code, e.message].filter(Boolean).join(" ")).join("; ");
     }
   } catch { /* not JSON */ }
-  return text.trim().slice(0, 200) || res.statusText;
+  // Control characters (a binary body, terminal escapes) have no place in a message line.
+  // deno-lint-ignore no-control-regex
+  return text.replace(/[\x00-\x1f\x7f]+/g, " ").trim().slice(0, 200) || res.statusText;
+}
+
+/**
+ * Reads a response body whole, but no more than `max` bytes: a body without
+ * a Content-Length (or with one that lies) is refused (or, with `truncate`,
+ * cut) at the first byte past `max`, so a registry cannot make strata buffer
+ * without bound.
+ */
+async function readBounded(
+  res: Response,
+  max: number,
+  what: string,
+  truncate = false,
+): Promise<Uint8Array> {
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  const reader = res.body?.getReader();
+  if (!reader) return new Uint8Array();
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    if (total + value.length > max) {
+      await reader.cancel().catch(() => {});
+      if (!truncate) throw new RegistryError(what, `larger than ${max} bytes`);
+      chunks.push(value.subarray(0, max - total));
+      total = max;
+      break;
+    }
+    total += value.length;
+    chunks.push(value);
+  }
+  if (chunks.length === 1) return chunks[0];
+  const out = new Uint8Array(total);
+  let off = 0;
+  for (const c of chunks) {
+    out.set(c, off);
+    off += c.length;
+  }
+  return out;
 }
 
 /** A pull client for one registry host. */
@@ -267,7 +309,15 @@ export class RegistryClient {
     if (!res.ok) {
       throw new RegistryError(twhat, `${res.status} ${await registryErrorText(res)}`, res.status);
     }
-    const body = await res.json() as { token?: string; access_token?: string };
+    let body: { token?: string; access_token?: string };
+    try {
+      body = JSON.parse(new TextDecoder().decode(await readBounded(res, 1 << 20, twhat)));
+    } catch (e) {
+      if (e instanceof RegistryError) throw e;
+      throw new AuthenticationError(twhat, `the token server's answer is not JSON`, undefined, {
+        cause: e,
+      });
+    }
     const token = body.token ?? body.access_token;
     if (!token) throw new AuthenticationError(twhat, "the token server answered without a token");
     this.#auth.set(repository, `Bearer ${token}`);
@@ -398,10 +448,7 @@ export class RegistryClient {
       await res.body?.cancel();
       throw new RegistryError(what, `${length} bytes is larger than ${MAX_DOCUMENT_SIZE}`);
     }
-    const bytes = new Uint8Array(await res.arrayBuffer());
-    if (bytes.length > MAX_DOCUMENT_SIZE) {
-      throw new RegistryError(what, `larger than ${MAX_DOCUMENT_SIZE} bytes`);
-    }
+    const bytes = await readBounded(res, MAX_DOCUMENT_SIZE, what);
     const mediaType = res.headers.get("content-type")?.split(";")[0].trim() || undefined;
     let digest: string;
     if (reference.includes(":")) digest = reference; // verified by the resolver

@@ -108,9 +108,14 @@ export class SourceLayer implements Layer {
     this.#open = open;
   }
 
-  /** Opens the blob as stored, unverified. */
-  compressed(signal?: AbortSignal): Promise<ReadableStream<Uint8Array>> {
-    return this.#open(signal);
+  /**
+   * Opens the blob as stored, its digest unverified but its length held to
+   * the descriptor's `size`: reading stops with {@linkcode BlobSizeError} at
+   * the first byte past it, or at an end before it (whatever the source).
+   */
+  async compressed(signal?: AbortSignal): Promise<ReadableStream<Uint8Array>> {
+    const blob = await this.#open(signal);
+    return blob.pipeThrough(exactSize(this.size, `layer ${this.digest}`));
   }
 
   /** Opens the tar, verifying the blob digest and diff_id as it streams. */
@@ -178,7 +183,16 @@ export function parseJSON<T>(bytes: Uint8Array, what: string): T {
   return v as T;
 }
 
-function checkDescriptor(d: unknown, what: string): Descriptor {
+/**
+ * Checks that `d` is a descriptor (digest, media type, size) whose digest is
+ * well formed, before anything uses it (a digest becomes a blob path).
+ *
+ * @example Usage
+ * ```ts ignore
+ * const desc = checkDescriptor(index.manifests[0], "index.json of oci:/x");
+ * ```
+ */
+export function checkDescriptor(d: unknown, what: string): Descriptor {
   const desc = d as Descriptor;
   if (
     typeof desc !== "object" || desc === null || typeof desc.digest !== "string" ||
@@ -370,6 +384,91 @@ export class BlobNotFoundError extends Error {
     super(`Blob ${digest} not found in ${where}: ${reason}`, options);
     this.name = "BlobNotFoundError";
     this.digest = digest;
+  }
+}
+
+/**
+ * A blob that is longer or shorter than the descriptor naming it says.
+ *
+ * @example Usage
+ * ```ts
+ * import { BlobSizeError } from "./source.ts";
+ * const e = new BlobSizeError("layer sha256:ab", 10, "11 bytes or more");
+ * console.assert(e.message.includes("descriptor says 10"));
+ * ```
+ */
+export class BlobSizeError extends Error {
+  /** Builds the error for content `what`; `actual` says what was found. */
+  constructor(what: string, expected: number, actual: string, options?: ErrorOptions) {
+    super(
+      `Wrong size for ${what}: its descriptor says ${expected} bytes, the blob has ${actual}`,
+      options,
+    );
+    this.name = "BlobSizeError";
+  }
+}
+
+/**
+ * A pass-through stage that errors with {@linkcode BlobSizeError} as soon as
+ * more than `size` bytes arrive (so nothing past the size is read on), or
+ * when the stream ends short of it.
+ *
+ * @example Usage
+ * ```ts
+ * import { exactSize } from "./source.ts";
+ * const s = new Blob(["abc"]).stream().pipeThrough(exactSize(3, "a blob"));
+ * console.assert(await new Response(s).text() === "abc");
+ * ```
+ */
+export function exactSize(size: number, what: string): TransformStream<Uint8Array, Uint8Array> {
+  let seen = 0;
+  return new TransformStream<Uint8Array, Uint8Array>({
+    transform(chunk, controller) {
+      seen += chunk.length;
+      if (seen > size) throw new BlobSizeError(what, size, `${seen} bytes or more`);
+      controller.enqueue(chunk);
+    },
+    flush() {
+      if (seen < size) throw new BlobSizeError(what, size, `${seen} (it ends early)`);
+    },
+  });
+}
+
+/**
+ * Reads a small file whole, refusing one that is not a regular file (a FIFO
+ * would block, `/dev/zero` never end) or is larger than `max` bytes before
+ * reading it, and one that grows while it is read: a manifest, index or
+ * config must never make strata read without bound.
+ *
+ * @example Usage
+ * ```ts ignore
+ * const bytes = await readSmallFile("/tmp/layout/index.json", "index.json of oci:/tmp/layout");
+ * ```
+ */
+export async function readSmallFile(
+  path: string,
+  what: string,
+  max = MAX_DOCUMENT_SIZE,
+): Promise<Uint8Array> {
+  const st = await Deno.stat(path);
+  if (!st.isFile) throw new ManifestError(what, `${path} is not a regular file`);
+  if (st.size > max) {
+    throw new ManifestError(what, `${st.size} bytes is larger than the ${max} strata reads`);
+  }
+  const file = await Deno.open(path, { read: true });
+  try {
+    // One byte more than stat said, to notice a file that grows meanwhile.
+    const buf = new Uint8Array(st.size + 1);
+    let off = 0;
+    while (off < buf.length) {
+      const n = await file.read(buf.subarray(off));
+      if (n === null) break;
+      off += n;
+    }
+    if (off > st.size) throw new ManifestError(what, `${path} grew while it was read`);
+    return buf.subarray(0, off);
+  } finally {
+    file.close();
   }
 }
 
