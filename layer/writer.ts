@@ -139,6 +139,8 @@ export class LayerWriter implements TarSink {
   #stale = false;
   /** Every path this layer wrote (entries, implied parents, copied-up link targets). */
   readonly #created = new Set<string>();
+  /** Merged mode: directories whose metadata #keepDirMeta has looked at. */
+  readonly #seenDirs = new Set<string>();
   /** Every ancestor of a path in #created. */
   readonly #createdBelow = new Set<string>([""]);
   /** Paths this layer whited out (direct mode: a dir written there later becomes opaque). */
@@ -255,6 +257,7 @@ export class LayerWriter implements TarSink {
     if (dir === "") return this.#rootFd;
     const cached = this.#parents.get(dir);
     if (cached !== undefined) return cached;
+    if (this.#mode === "merged") this.#keepDirMeta(dir);
     let fd = this.#open(dir, DIR_OPEN);
     if (fd < 0) {
       if (!create || (fd !== -ENOENT && fd !== -ENOTDIR)) throw new Fail(-fd, "openat2");
@@ -262,6 +265,40 @@ export class LayerWriter implements TarSink {
     }
     this.#parents.set(dir, fd);
     return fd;
+  }
+
+  /**
+   * Merged mode: remembers the metadata of the directories on the way to
+   * `dir` that the layer does not name (lower content seen through the
+   * overlay) before anything is written below them, so that finish() puts it
+   * back. Copy-up and new or removed children change a directory's mtime,
+   * which the image never asked for: umoci restores a parent after each
+   * entry, and direct mode gives such an implied directory its lower
+   * metadata; without this the two modes gave different trees.
+   */
+  #keepDirMeta(dir: string): void {
+    let prefix = "";
+    for (const part of dir.split("/")) {
+      prefix = joinPath(prefix, part);
+      if (this.#seenDirs.has(prefix)) continue;
+      this.#seenDirs.add(prefix);
+      if (this.#dirs.has(prefix) || this.#created.has(prefix)) continue;
+      const fd = this.#open(prefix, DIR_OPEN);
+      if (fd < 0) return; // missing: #makeParents makes it, #implied sets it
+      const st = statx(fd, "", AT.EMPTY_PATH);
+      close(fd);
+      if (typeof st === "number") return;
+      this.#dirs.set(prefix, {
+        mode: st.mode & 0o7777,
+        uid: st.uid,
+        gid: st.gid,
+        atime: st.mtimeSec,
+        mtime: st.mtimeSec,
+        atimeNsec: st.mtimeNsec,
+        mtimeNsec: st.mtimeNsec,
+        ino: st.ino,
+      });
+    }
   }
 
   #dropParents(): void {
