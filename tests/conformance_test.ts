@@ -581,3 +581,44 @@ Deno.test({
     assertEquals(paths(umoci), paths(workdir));
   },
 });
+
+/**
+ * A layer that writes into lower directories without naming them (no `etc/`
+ * entry before `etc/.wh.motd`; a hand-made or partial tar): workdir mode
+ * applied it through the overlay, and copy-up and the new or removed children
+ * left those directories with the time of the extraction, where direct mode
+ * and umoci keep the lower directory's metadata.
+ */
+Deno.test({
+  name: "resolver modes: directories a layer writes into without naming them keep their metadata",
+  ignore: !isRoot,
+  async fn() {
+    await using tmp = await tempDir("strata-conformance-");
+    const dir = String(tmp);
+    const layout = join(dir, "layout");
+    const base = new TarWriter()
+      .directory("etc/", { mode: 0o750, uid: 5, gid: 6, mtime: 1111 })
+      .file("etc/motd", "m", { mtime: 1000 })
+      .directory("var/", { mtime: 2222 })
+      .directory("var/lib/", { mode: 0o700, mtime: 3333 })
+      .file("var/lib/x", "x")
+      .bytes();
+    const top = new TarWriter({ defaultMtime: 5555 })
+      .file("etc/.wh.motd", "")
+      .file("etc/new", "n")
+      .file("var/lib/.wh..wh..opq", "")
+      .file("var/lib/y", "y")
+      .bytes();
+    await writeOciLayout(layout, [{
+      tag: "v",
+      images: [{ layers: [{ tar: base }, { tar: top }] }],
+    }]);
+    const ref = `oci:${layout}:v`;
+    const umoci = await record(await umociUnpack(layout, "v", join(dir, "umoci")));
+    const direct = await viewRecord(join(dir, "cache-direct"), "direct", ref);
+    const workdir = await viewRecord(join(dir, "cache-workdir"), "workdir", ref);
+    assertSameTree(direct, umoci, "direct");
+    assertSameTree(workdir, umoci, "workdir");
+    assert(workdir.some((l) => l.startsWith(`"etc" 40750 5:6 m:1111.0`)), workdir.join("\n"));
+  },
+});
