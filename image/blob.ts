@@ -440,6 +440,141 @@ export function decompress(
 }
 
 /**
+ * Follows the frame structure of a zstd stream (RFC 8878 section 3.1) without
+ * decompressing: frame headers and block headers are read, block contents
+ * skipped, so it costs a few operations per 128 KiB block. node:zlib's zstd
+ * decoder in Deno ends quietly on a truncated frame (yielding what it has, or
+ * nothing) and ignores bytes after the last frame, where the zstd CLI and Go
+ * refuse both; this is what notices them, so a damaged zstd layer is called
+ * truncated rather than a diff_id mismatch, and a compressed archive is not
+ * silently cut short.
+ */
+class ZstdFrames {
+  #what: string;
+  #state: "magic" | "skippable" | "descriptor" | "header" | "block" | "checksum" = "magic";
+  #need = 4;
+  #buf = new Uint8Array(16);
+  #have = 0;
+  #skip = 0;
+  #checksum = false;
+  #frames = 0;
+  #offset = 0;
+
+  constructor(what: string) {
+    this.#what = what;
+  }
+
+  push(chunk: Uint8Array): void {
+    let i = 0;
+    while (i < chunk.length) {
+      if (this.#skip > 0) {
+        const n = Math.min(this.#skip, chunk.length - i);
+        this.#skip -= n;
+        i += n;
+        this.#offset += n;
+        continue;
+      }
+      const n = Math.min(this.#need - this.#have, chunk.length - i);
+      this.#buf.set(chunk.subarray(i, i + n), this.#have);
+      this.#have += n;
+      i += n;
+      this.#offset += n;
+      if (this.#have < this.#need) break;
+      this.#have = 0;
+      this.#field();
+    }
+  }
+
+  end(): void {
+    const complete = this.#state === "magic" && this.#have === 0 && this.#skip === 0;
+    if (complete && this.#frames > 0) return;
+    const where = complete
+      ? "it holds no zstd frame"
+      : this.#skip > 0
+      ? "it ends inside a block"
+      : this.#state === "checksum"
+      ? "it ends inside a frame checksum"
+      : this.#state === "block"
+      ? "it ends before the last block"
+      : "it ends inside a frame header";
+    throw new BlobFormatError(
+      this.#what,
+      `zstd stream truncated at byte ${this.#offset}: ${where}`,
+    );
+  }
+
+  #field(): void {
+    const b = this.#buf;
+    switch (this.#state) {
+      case "magic": {
+        const m = (b[0] | b[1] << 8 | b[2] << 16 | b[3] << 24) >>> 0;
+        if (m === 0xfd2fb528) {
+          this.#state = "descriptor";
+          this.#need = 1;
+        } else if ((m & 0xfffffff0) >>> 0 === 0x184d2a50) {
+          this.#state = "skippable";
+          this.#need = 4;
+        } else {
+          throw new BlobFormatError(
+            this.#what,
+            this.#frames === 0
+              ? "not a zstd frame"
+              : `bytes that are not a zstd frame after the end of the stream (at byte ${
+                this.#offset - 4
+              })`,
+          );
+        }
+        return;
+      }
+      case "skippable":
+        this.#skip = (b[0] | b[1] << 8 | b[2] << 16 | b[3] << 24) >>> 0;
+        this.#state = "magic";
+        this.#need = 4;
+        return;
+      case "descriptor": {
+        const d = b[0];
+        if (d & 0x08) {
+          throw new BlobFormatError(this.#what, `zstd frame header has its reserved bit set`);
+        }
+        const fcs = d >> 6;
+        const single = (d >> 5) & 1;
+        this.#checksum = ((d >> 2) & 1) === 1;
+        const rest = (single ? 0 : 1) + [0, 1, 2, 4][d & 3] +
+          (fcs === 0 ? single : [0, 2, 4, 8][fcs]);
+        this.#state = rest ? "header" : "block";
+        this.#need = rest || 3;
+        return;
+      }
+      case "header":
+        this.#state = "block";
+        this.#need = 3;
+        return;
+      case "block": {
+        const h = b[0] | b[1] << 8 | b[2] << 16;
+        const type = (h >> 1) & 3;
+        if (type === 3) throw new BlobFormatError(this.#what, "zstd block of reserved type");
+        this.#skip = type === 1 ? 1 : h >>> 3;
+        if (h & 1) {
+          if (this.#checksum) {
+            this.#state = "checksum";
+          } else {
+            this.#frames++;
+            this.#state = "magic";
+          }
+          this.#need = 4;
+        }
+        return;
+      }
+      case "checksum":
+        this.#frames++;
+        this.#state = "magic";
+        this.#need = 4;
+        return;
+    }
+  }
+}
+
+/**
  * A node:zlib decompressor as a writable/readable pair. Input is written
  * without waiting for each chunk to be processed (only for `drain`, with a
  * deep queue), so the thread pool works while JavaScript hands over the next
@@ -454,6 +589,7 @@ function zlibPair(
   const opts = { chunkSize: ZLIB_CHUNK, writableHighWaterMark: 4 << 20 };
   // Made once node:zlib is loaded; both halves' start() wait for that.
   let z: Zlib.Gunzip | Zlib.ZstdDecompress | undefined;
+  const frames = kind === "zstd" ? new ZstdFrames(what) : undefined;
   let out!: ReadableStreamDefaultController<Uint8Array>;
   let failed: unknown;
   let ended = false;
@@ -538,6 +674,7 @@ function zlibPair(
       let c: Uint8Array | undefined;
       try {
         c = sniff(chunk);
+        if (c) frames?.push(c);
       } catch (e) {
         fail(e);
         throw e;
@@ -548,7 +685,11 @@ function zlibPair(
       if (failed !== undefined) throw failed;
       try {
         const c = sniff(undefined);
-        if (c?.length) await write(c);
+        if (c?.length) {
+          frames?.push(c);
+          await write(c);
+        }
+        frames?.end();
       } catch (e) {
         fail(e);
         throw e;

@@ -518,6 +518,35 @@ cases("oci layout", [
 // ---------------------------------------------------------------------------
 // Layers
 
+Deno.test("damaged: the good ones still pull (zstd, several frames, a checksum, uncompressed)", async () => {
+  await using tmp = await tempDir("strata-damaged-");
+  const dir = String(tmp);
+  const cache = join(dir, "cache");
+  const big = new TarWriter({ defaultMtime: 1 }).directory("./").file(
+    "big",
+    new Uint8Array(600_000).map((_, i) => (i * 7919) % 251),
+  ).bytes();
+  // The zstd CLI writes a frame checksum; two frames back to back are one valid stream.
+  await Deno.writeFile(join(dir, "big.tar"), big);
+  await sh("zstd", ["-q", "--check", join(dir, "big.tar"), "-o", join(dir, "big.zst")]);
+  const one = await Deno.readFile(join(dir, "big.zst"));
+  const half = big.length / 2;
+  const frames = [zstd(big.subarray(0, half)), zstd(big.subarray(half))];
+  const two = new Uint8Array(frames[0].length + frames[1].length);
+  two.set(frames[0]);
+  two.set(frames[1], frames[0].length);
+  const w = await makeLayout(join(dir, "image"), [
+    { blob: one, diffID: digestOf(big), mediaType: MediaType.OciLayerZstd },
+    { ...layerOf(goodTar(2), "zstd") },
+    { blob: two, diffID: digestOf(big), mediaType: MediaType.OciLayerZstd },
+    layerOf(goodTar(3), "none"),
+  ]);
+  const r = await strata(["pull", "-q", w.ref, "--cache", cache]);
+  assertEquals(r.code, 0, r.stderr);
+  assertEquals(r.stdout, w.manifest.digest + "\n");
+  await assertCacheClean(cache, w.diffIDs);
+});
+
 /** A tar whose first header's checksum is wrong. */
 function badChecksumTar(): Uint8Array {
   const t = goodTar(2);
@@ -575,7 +604,28 @@ cases("layer", [
       const l = layerOf(goodTar(2), "zstd");
       layers[1] = { ...l, blob: l.blob.subarray(0, l.blob.length - 5) };
       const w = await makeLayout(dir, layers);
-      return { ref: w.ref, includes: [w.layers[1].digest, "zstd"], cached: [w.diffIDs[0]] };
+      return {
+        ref: w.ref,
+        includes: [w.layers[1].digest, "zstd stream truncated"],
+        cached: [w.diffIDs[0]],
+      };
+    },
+  },
+  {
+    name: "garbage after the zstd stream",
+    make: async (dir) => {
+      const layers = goodLayers();
+      const l = layerOf(goodTar(2), "zstd");
+      const blob = new Uint8Array(l.blob.length + 100);
+      blob.set(l.blob);
+      blob.fill(0x41, l.blob.length);
+      layers[1] = { ...l, blob };
+      const w = await makeLayout(dir, layers);
+      return {
+        ref: w.ref,
+        includes: [w.layers[1].digest, "not a zstd frame after the end"],
+        cached: [w.diffIDs[0]],
+      };
     },
   },
   {
