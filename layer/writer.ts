@@ -268,36 +268,47 @@ export class LayerWriter implements TarSink {
   }
 
   /**
-   * Merged mode: remembers the metadata of the directories on the way to
-   * `dir` that the layer does not name (lower content seen through the
-   * overlay) before anything is written below them, so that finish() puts it
-   * back. Copy-up and new or removed children change a directory's mtime,
-   * which the image never asked for: umoci restores a parent after each
-   * entry, and direct mode gives such an implied directory its lower
-   * metadata; without this the two modes gave different trees.
+   * Merged mode, before anything is written below `dir`, for each directory
+   * on the way that this layer did not make:
+   * - a lower layer's symlink or file there is replaced by a directory, never
+   *   followed: what direct mode does (the layer's own dir has nothing there),
+   *   and docker, podman and containerd, which apply into an empty upper dir
+   *   (umoci follows such a symlink; see tests/conformance_test.ts);
+   * - a lower directory's metadata is remembered, so that finish() puts it
+   *   back: copy-up and new or removed children change its mtime, which the
+   *   image never asked for (direct mode gives such an implied directory its
+   *   lower metadata, and umoci restores a parent after each entry).
    */
   #keepDirMeta(dir: string): void {
     let prefix = "";
     for (const part of dir.split("/")) {
+      const pdir = prefix;
       prefix = joinPath(prefix, part);
       if (this.#seenDirs.has(prefix)) continue;
       this.#seenDirs.add(prefix);
       if (this.#dirs.has(prefix) || this.#created.has(prefix)) continue;
-      const fd = this.#open(prefix, DIR_OPEN);
-      if (fd < 0) return; // missing: #makeParents makes it, #implied sets it
-      const st = statx(fd, "", AT.EMPTY_PATH);
-      close(fd);
-      if (typeof st === "number") return;
-      this.#dirs.set(prefix, {
-        mode: st.mode & 0o7777,
-        uid: st.uid,
-        gid: st.gid,
-        atime: st.mtimeSec,
-        mtime: st.mtimeSec,
-        atimeNsec: st.mtimeNsec,
-        mtimeNsec: st.mtimeNsec,
-        ino: st.ino,
-      });
+      const pfd = this.#open(pdir || ".", DIR_OPEN);
+      if (pfd < 0) return; // missing: #makeParents makes it, #implied sets it
+      try {
+        const st = statx(pfd, part, AT.SYMLINK_NOFOLLOW);
+        if (typeof st === "number") return;
+        if ((st.mode & S.IFMT) !== S.IFDIR) {
+          this.#clear(pfd, part, prefix, false);
+          return; // #makeParents makes it and what is below
+        }
+        this.#dirs.set(prefix, {
+          mode: st.mode & 0o7777,
+          uid: st.uid,
+          gid: st.gid,
+          atime: st.mtimeSec,
+          mtime: st.mtimeSec,
+          atimeNsec: st.mtimeNsec,
+          mtimeNsec: st.mtimeNsec,
+          ino: st.ino,
+        });
+      } finally {
+        close(pfd);
+      }
     }
   }
 
