@@ -233,7 +233,7 @@ interface Case {
   /** `cached`: the diff_ids that may be in the cache afterwards (default none). */
   make: (dir: string) => Promise<{ ref: string; includes: string[]; cached?: string[] }>;
   /** The command (default pull). */
-  command?: "pull" | "export";
+  command?: "pull" | "export" | "run";
 }
 
 async function runCase(c: Case, flags: string[] = []): Promise<void> {
@@ -243,8 +243,11 @@ async function runCase(c: Case, flags: string[] = []): Promise<void> {
   const { ref, includes, cached } = await c.make(join(dir, "image"));
   const args = c.command === "export"
     ? ["export", ref, join(dir, "out"), "--cache", cache, ...flags]
+    : c.command === "run"
+    ? ["run", "--cache", cache, ...flags, ref, "true"]
     : ["pull", ref, "--cache", cache, ...flags];
   const r = await strata(args);
+  assertEquals(r.code, c.command === "run" ? 125 : 1, `exit status; stderr: ${r.stderr}`);
   const line = assertOneErrorLine(r, includes);
   if (Deno.env.get("SHOW")) console.log(`\n  ${line}`);
   if (c.command === "export") {
@@ -254,6 +257,7 @@ async function runCase(c: Case, flags: string[] = []): Promise<void> {
     );
   }
   await assertCacheClean(cache, cached ?? []);
+  assertEquals(await list(join(cache, "containers")), [], "no container or claim left");
   await assertGoodPull(dir, cache);
 }
 
@@ -693,6 +697,20 @@ cases("layer", [
     },
   },
   {
+    name: "run of an image with a bad layer exits 125, no container left",
+    command: "run",
+    make: async (dir) => {
+      const layers = goodLayers();
+      layers[1] = layerOf(badChecksumTar());
+      const w = await makeLayout(dir, layers);
+      return {
+        ref: w.ref,
+        includes: [w.layers[1].digest, "checksum"],
+        cached: [w.diffIDs[0], w.diffIDs[2]],
+      };
+    },
+  },
+  {
     name: "export of an image with a bad layer leaves no target behind",
     command: "export",
     make: async (dir) => {
@@ -926,6 +944,8 @@ interface RawResponse {
   body?: Uint8Array | "endless";
   /** Send no Content-Length (the body ends when the connection closes). */
   noLength?: boolean;
+  /** Send this many bytes of the body, then nothing more until the client hangs up. */
+  stallAfter?: number;
 }
 
 /**
@@ -996,6 +1016,11 @@ class LyingFront implements AsyncDisposable {
       Object.entries(h).map(([k, v]) => `${k}: ${v}\r\n`).join("")
     }\r\n`;
     await writeAll(conn, enc.encode(text));
+    if (r.stallAfter !== undefined && body !== "endless") {
+      await writeAll(conn, body.subarray(0, r.stallAfter));
+      while (await conn.read(buf) !== null) { /* until the client hangs up */ }
+      return;
+    }
     if (body === "endless") {
       const zeros = new Uint8Array(1 << 16);
       for (;;) await writeAll(conn, zeros); // until the client hangs up
@@ -1188,6 +1213,54 @@ Deno.test("damaged registry: lies, failures and loops", async (t) => {
       }
     });
   }
+  await t.step(
+    "killed (SIGKILL) while a layer streams: nothing partial, the next pull reclaims",
+    async () => {
+      await using tmp = await tempDir("strata-damaged-");
+      const cache = join(String(tmp), "cache");
+      const layer1: string = manifest.layers[0].digest;
+      front.override = (p) => {
+        if (!p.endsWith(`/blobs/${layer1}`)) return undefined;
+        const blob = Deno.readFileSync(registry.blobData(layer1));
+        return { status: 200, body: blob, stallAfter: blob.length >> 1 };
+      };
+      try {
+        // setsid: the CLI leads its own process group, so the kill reaches any child it runs.
+        const env = { ...Deno.env.toObject() };
+        delete env.STRATA_CACHE;
+        const child = new Deno.Command("setsid", {
+          args: [denoPath, "run", "-A", CLI, "pull", tagRef, ...flags, "--cache", cache],
+          stdin: "null",
+          stdout: "null",
+          stderr: "null",
+          env,
+        }).spawn();
+        const seen = front.seen.length;
+        for (let i = 0; i < 300 && !front.seen.slice(seen).some((p) => p.endsWith(layer1)); i++) {
+          await new Promise((r) => setTimeout(r, 50));
+        }
+        await new Promise((r) => setTimeout(r, 300)); // the half blob is in flight
+        Deno.kill(-child.pid, "SIGKILL");
+        await child.status;
+      } finally {
+        front.override = () => undefined;
+      }
+      // The dead process's work dir is still there, but nothing partial is a layer.
+      assert((await list(join(cache, "tmp"))).length > 0, "killed mid-layer: its tmp dir remains");
+      for (const e of await list(join(cache, "layers"))) {
+        await Deno.stat(join(cache, "layers", e.name, "layer.json")); // complete, or absent
+      }
+      assert(
+        !(await list(join(cache, "layers"))).some((e) =>
+          e.name === src.diffIDs[0].replace(":", "-")
+        ),
+      );
+      const r = await strata(["pull", "-q", tagRef, ...flags, "--cache", cache]);
+      assertEquals(r.code, 0, r.stderr);
+      assertEquals(r.stdout, digest + "\n");
+      await assertCacheClean(cache, src.diffIDs);
+    },
+  );
   await t.step("a good pull through the front still works", async () => {
     await using cache = await tempDir("strata-damaged-cache-");
     const r = await strata(["pull", "-q", tagRef, ...flags, "--cache", String(cache)]);
