@@ -294,7 +294,8 @@ export class LayerWriter implements TarSink {
         if (typeof st === "number") return;
         if ((st.mode & S.IFMT) !== S.IFDIR) {
           this.#clear(pfd, part, prefix, false);
-          return; // #makeParents makes it and what is below
+          close(this.#makeParents(prefix)); // an implied directory, as in direct mode
+          continue;
         }
         this.#dirs.set(prefix, {
           mode: st.mode & 0o7777,
@@ -868,11 +869,14 @@ export class LayerWriter implements TarSink {
       return;
     }
     const type = st.mode & S.IFMT;
-    if (type === S.IFLNK) {
+    if (type === S.IFLNK && this.#created.has(dir)) {
+      // This layer's own symlink: followed (confined), as direct mode does.
       this.#pendingOpaque.push(dir);
       return;
     }
     if (type !== S.IFDIR) {
+      // A lower layer's symlink or file: an empty directory replaces it, as in
+      // direct mode (docker, podman and containerd likewise), never followed.
       this.#clear(pfd, base, dir, false);
       this.#parent(dir, true);
       return;
