@@ -159,6 +159,25 @@ async function registryErrorText(res: Response): Promise<string> {
 }
 
 /**
+ * Parses a URL a registry handed over (a redirect's Location, a token realm)
+ * and refuses any scheme but http and https: Deno's fetch reads `file:` URLs,
+ * so a registry redirecting to `file:///etc/shadow` (or a FIFO, or
+ * `/dev/zero`) would otherwise make strata read a local file.
+ */
+function webURL(text: string, base: URL | undefined, what: string): URL {
+  let url: URL;
+  try {
+    url = new URL(text, base);
+  } catch (e) {
+    throw new RegistryError(what, `${JSON.stringify(text)} is not a URL`, undefined, { cause: e });
+  }
+  if (url.protocol !== "https:" && url.protocol !== "http:") {
+    throw new RegistryError(what, `refusing ${url.protocol} URL ${JSON.stringify(text)}`);
+  }
+  return url;
+}
+
+/**
  * Reads a response body whole, but no more than `max` bytes: a body without
  * a Content-Length (or with one that lies) is refused (or, with `truncate`,
  * cut) at the first byte past `max`, so a registry cannot make strata buffer
@@ -287,7 +306,7 @@ export class RegistryClient {
         401,
       );
     }
-    const url = new URL(challenge.params.realm);
+    const url = webURL(challenge.params.realm, undefined, `${what}: token realm`);
     if (challenge.params.service) url.searchParams.set("service", challenge.params.service);
     url.searchParams.set("scope", `repository:${repository}:pull`);
     const headers: Record<string, string> = {};
@@ -390,7 +409,7 @@ export class RegistryClient {
         if (res.status >= 300 && res.status < 400 && res.headers.get("location")) {
           await res.body?.cancel();
           if (hops >= 10) throw new RegistryError(what, "too many redirects");
-          url = new URL(res.headers.get("location")!, url);
+          url = webURL(res.headers.get("location")!, url, `${what}: redirect`);
           continue;
         }
         break;

@@ -318,6 +318,60 @@ cases("oci layout", [
     },
   },
   {
+    name: "indexes nested without end",
+    make: async (dir) => {
+      const w = await makeLayout(dir, goodLayers());
+      let desc: Descriptor = { ...w.manifest, platform: { os: "linux", architecture: "amd64" } };
+      for (let i = 0; i < 8; i++) {
+        const bytes = enc.encode(JSON.stringify({
+          schemaVersion: 2,
+          mediaType: MediaType.OciIndex,
+          manifests: [desc],
+        }));
+        desc = {
+          mediaType: MediaType.OciIndex,
+          digest: await writeBlob(dir, bytes),
+          size: bytes.length,
+          platform: { os: "linux", architecture: "amd64" },
+        };
+      }
+      const { platform: _, ...root } = desc;
+      await Deno.writeTextFile(
+        join(dir, "index.json"),
+        JSON.stringify({
+          schemaVersion: 2,
+          manifests: [{ ...root, annotations: { "org.opencontainers.image.ref.name": "v1" } }],
+        }),
+      );
+      return { ref: w.ref, includes: ["nested too deeply"] };
+    },
+  },
+  {
+    name: "an index without the host's platform",
+    make: async (dir) => {
+      const w = await makeLayout(dir, goodLayers());
+      const bytes = enc.encode(JSON.stringify({
+        schemaVersion: 2,
+        mediaType: MediaType.OciIndex,
+        manifests: [{ ...w.manifest, platform: { os: "windows", architecture: "s390x" } }],
+      }));
+      const digest = await writeBlob(dir, bytes);
+      await Deno.writeTextFile(
+        join(dir, "index.json"),
+        JSON.stringify({
+          schemaVersion: 2,
+          manifests: [{
+            mediaType: MediaType.OciIndex,
+            digest,
+            size: bytes.length,
+            annotations: { "org.opencontainers.image.ref.name": "v1" },
+          }],
+        }),
+      );
+      return { ref: w.ref, includes: ["windows/s390x"] };
+    },
+  },
+  {
     name: "manifest digest mismatch",
     make: async (dir) => {
       const w = await makeLayout(dir, goodLayers());
@@ -1155,6 +1209,25 @@ Deno.test("damaged registry: lies, failures and loops", async (t) => {
           ? { status: 307, headers: { location: `http://${front.host}${p}` } }
           : undefined,
       make: () => Promise.resolve({ ref: tagRef, includes: ["redirects"] }),
+    },
+    {
+      name: "a blob redirected to a local file",
+      override: (p) =>
+        p.endsWith(`/blobs/${config}`)
+          ? { status: 307, headers: { location: "file:///etc/hostname" } }
+          : undefined,
+      make: () => Promise.resolve({ ref: tagRef, includes: [config, "refusing file: URL"] }),
+    },
+    {
+      name: "a token realm that is a local file",
+      override: (p) =>
+        p.startsWith("/v2/app/")
+          ? {
+            status: 401,
+            headers: { "www-authenticate": `Bearer realm="file:///dev/zero",service="x"` },
+          }
+          : undefined,
+      make: () => Promise.resolve({ ref: tagRef, includes: ["token realm", "refusing file: URL"] }),
     },
     {
       name: "an absurd Content-Length on a manifest",
