@@ -1342,3 +1342,92 @@ Deno.test("damaged registry: lies, failures and loops", async (t) => {
     await assertCacheClean(String(cache));
   });
 });
+
+// ---------------------------------------------------------------------------
+// Hostile layers through the CLI, sandboxed
+
+/**
+ * Runs `deno run -A cli.ts ARGS` in a private mount namespace where every
+ * mount is read-only and only `base` is writable (tests/hostile_test.ts's
+ * pattern): should confinement ever break, a layer aimed at the host cannot
+ * damage it.
+ */
+async function sandboxedStrata(base: string, args: string[]): Promise<RunResult> {
+  const script = [
+    "set -e",
+    "mount --make-rprivate /",
+    'for m in $(cut -d" " -f5 /proc/self/mountinfo | sort -r); do',
+    '  mount -o remount,bind,ro "$m" 2>/dev/null || true',
+    "done",
+    'mount --bind "$1" "$1"',
+    'mount -o remount,bind,rw "$1"',
+    "shift",
+    'exec "$@"',
+  ].join("\n");
+  const env = { ...Deno.env.toObject() };
+  delete env.NODE_EXTRA_CA_CERTS;
+  delete env.STRATA_CACHE;
+  const out = await new Deno.Command("timeout", {
+    args: [
+      "-s",
+      "KILL",
+      "60",
+      "unshare",
+      "--mount",
+      "--propagation",
+      "private",
+      "sh",
+      "-c",
+      script,
+      "sh",
+      base,
+      denoPath,
+      "run",
+      "-A",
+      "--no-lock",
+      CLI,
+      ...args,
+    ],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    env,
+    clearEnv: true,
+  }).output();
+  const d = new TextDecoder();
+  return { code: out.code, stdout: d.decode(out.stdout), stderr: d.decode(out.stderr) };
+}
+
+Deno.test("damaged: hostile layer names pulled through the CLI stay inside the layer", async () => {
+  await using tmp = await tempDir("strata-damaged-hostile-");
+  const base = String(tmp);
+  const canary = join(base, "canary");
+  await Deno.mkdir(canary);
+  await Deno.writeTextFile(join(canary, "secret"), "untouched");
+  const up = "../".repeat(24);
+  const hostile = new TarWriter({ defaultMtime: 1 })
+    .directory("./")
+    .file(`${up}${canary.slice(1)}/secret`, "pwned")
+    .file(`${canary}/secret`, "pwned")
+    .file(`${canary}/new`, "pwned")
+    .symlink("evil", canary)
+    .file("evil/secret", "pwned")
+    .symlink("rel", `${up}${canary.slice(1)}`)
+    .file("rel/new", "pwned")
+    .hardlink("hl", `${canary}/secret`)
+    .bytes();
+  const w = await makeLayout(join(base, "image"), [layerOf(goodTar(1)), layerOf(hostile)]);
+  const cache = join(base, "cache");
+  const r = await sandboxedStrata(base, ["pull", "-q", w.ref, "--cache", cache]);
+  // Confined: the pull may succeed (names land inside the layer) or refuse; never escape.
+  if (r.code !== 0) assertOneErrorLine(r, []);
+  else {
+    assertEquals(r.stdout, w.manifest.digest + "\n");
+    const fs = join(cache, "layers", w.diffIDs[1].replace(":", "-"), "fs");
+    assertEquals(await Deno.readTextFile(join(fs, canary, "secret")), "pwned", "landed inside");
+  }
+  assertEquals(await Deno.readTextFile(join(canary, "secret")), "untouched");
+  assertEquals((await list(canary)).map((e) => e.name), ["secret"]);
+  assertEquals((await list(base)).map((e) => e.name).sort(), ["cache", "canary", "image"]);
+  await assertCacheClean(cache);
+});
