@@ -205,13 +205,11 @@ export class OciLayoutSource implements ImageSource {
         `oci-layout of ${this.name}`,
       );
     } catch (e) {
+      // Without the cause: Deno's "No such file ... stat '...'" would only repeat the path.
       if (e instanceof Deno.errors.NotFound) {
         throw new ManifestError(
           this.name,
           `not an OCI layout: no file ${join(this.dir, "oci-layout")}`,
-          {
-            cause: e,
-          },
         );
       }
       throw e;
@@ -225,7 +223,15 @@ export class OciLayoutSource implements ImageSource {
       );
     }
     const what = `index.json of ${this.name}`;
-    return parseJSON<ImageIndex>(await readSmallFile(join(this.dir, "index.json"), what), what);
+    const path = join(this.dir, "index.json");
+    let bytes: Uint8Array;
+    try {
+      bytes = await readSmallFile(path, what);
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) throw new ManifestError(what, `no file ${path}`);
+      throw e;
+    }
+    return parseJSON<ImageIndex>(bytes, what);
   }
 }
 

@@ -280,6 +280,22 @@ cases("oci layout", [
     },
   },
   {
+    name: "index.json missing",
+    make: async (dir) => {
+      const w = await makeLayout(dir, goodLayers());
+      await Deno.remove(join(dir, "index.json"));
+      return { ref: w.ref, includes: ["index.json", "no file"] };
+    },
+  },
+  {
+    name: "oci-layout missing (not a layout)",
+    make: async (dir) => {
+      const w = await makeLayout(dir, goodLayers());
+      await Deno.remove(join(dir, "oci-layout"));
+      return { ref: w.ref, includes: ["not an OCI layout"] };
+    },
+  },
+  {
     name: "index.json larger than 4 MiB is refused before it is read whole",
     make: async (dir) => {
       const w = await makeLayout(dir, goodLayers());
