@@ -27,6 +27,8 @@ export interface RealImages {
   ociArchive: string;
   /** Last tag (the one the archives hold). */
   last: string;
+  /** Tags in `layout` holding `last` with zstd and zstd:chunked layer blobs. */
+  zstdTags: string[];
 }
 
 /**
@@ -217,6 +219,9 @@ function pushAll(tags: string[], last: string): string {
     ...tags.map((t) => `$B push -q ${t} "oci:$W/layout:${t}"`),
     `$B push -q ${last} "docker-archive:$W/image.docker.tar:conformance:${last}"`,
     `$B push -q ${last} "oci-archive:$W/image.oci.tar:${last}"`,
+    // the same image with zstd and zstd:chunked (skippable frames) layer blobs
+    `$B push -q --compression-format zstd ${last} "oci:$W/layout:${last}-zstd"`,
+    `$B push -q --compression-format zstd:chunked ${last} "oci:$W/layout:${last}-chunked"`,
     // the store is not needed any more
     `$B rm --all >/dev/null; $B rmi --all --force >/dev/null`,
   ].join("\n");
@@ -254,6 +259,7 @@ export async function buildBusyboxImages(dir: string): Promise<RealImages> {
     dockerArchive: join(dir, "image.docker.tar"),
     ociArchive: join(dir, "image.oci.tar"),
     last: "l2",
+    zstdTags: ["l2-zstd", "l2-chunked"],
   };
 }
 
@@ -299,6 +305,7 @@ commit "$c" d1
     dockerArchive: join(dir, "image.docker.tar"),
     ociArchive: join(dir, "image.oci.tar"),
     last: "d1",
+    zstdTags: ["d1-zstd", "d1-chunked"],
   };
 }
 
