@@ -1,10 +1,10 @@
 /**
  * Conformance on real images: images built with buildah (tests/_real_images.ts)
  * are flattened by umoci, the reference, and by strata in every way strata
- * offers (the CLI's `export` from an OCI layout with gzip, zstd and zstd:chunked
- * blobs, a docker-archive and an
- * oci-archive; the library's resolver in both whiteout modes; as root and as
- * an unprivileged user in its own user namespace). podman's image mount
+ * offers (the CLI's `export` from an OCI layout with gzip, zstd and
+ * zstd:chunked blobs, a docker-archive and an oci-archive; the library's
+ * resolver in both whiteout modes; as root and as an unprivileged user in its
+ * own user namespace). podman's image mount
  * (containers/storage's overlay driver) is a second reference. The trees must
  * be equal entry by entry: type, mode (setuid/setgid/sticky included), owner,
  * size, content, symlink target, device numbers, xattrs (file capabilities,
