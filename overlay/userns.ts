@@ -255,8 +255,66 @@ const SIGNALS: Record<string, number> = {
   SIGTERM: 15,
 };
 
-/** Runs `argv` under `unshare unshareArgs` as a child and exits with its status; never returns. */
+const SIGPIPE = 13;
+
+/** Finds `name` in a PATH directory. */
+function onPath(name: string): string | undefined {
+  for (const dir of (Deno.env.get("PATH") ?? "/usr/bin:/bin").split(":")) {
+    if (!dir.startsWith("/")) continue;
+    try {
+      const st = Deno.statSync(`${dir}/${name}`);
+      if (st.isFile && (st.mode ?? 0o111) & 0o111) return `${dir}/${name}`;
+    } catch {
+      // not here
+    }
+  }
+  return undefined;
+}
+
+/**
+ * Replaces this process with `file argv...` (execve(2)), this environment
+ * plus `env`; returns only if that is not possible. Everything a child would
+ * get it keeps: the pid, stdio, the working directory; signals then reach
+ * the program itself. SIGPIPE goes back to its default first, as for a child
+ * Deno spawns (Deno ignores it, and exec would pass that on).
+ */
+function execInPlace(file: string, argv: string[], env: Record<string, string>): void {
+  if (!ffiAvailable()) return;
+  const path = onPath(file);
+  if (!path) return;
+  let vars: Record<string, string>;
+  try {
+    vars = { ...Deno.env.toObject(), ...env };
+  } catch {
+    return; // no --allow-env: let Deno.Command pass the environment on
+  }
+  const keep: Uint8Array[] = [];
+  const array = (list: string[]) => {
+    const ptrs = new BigUint64Array(list.length + 1); // NULL-terminated
+    list.forEach((s, i) => {
+      const b = cstr(s);
+      keep.push(b);
+      ptrs[i] = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(b)));
+    });
+    return ptrs;
+  };
+  const c = libc();
+  const args = array([file, ...argv]);
+  const envp = array(Object.entries(vars).map(([k, v]) => `${k}=${v}`));
+  const previous = c.signal(SIGPIPE, null);
+  c.execve(cstr(path), args, envp);
+  c.signal(SIGPIPE, previous); // still here: exec failed
+  keep.length = 0;
+}
+
+/**
+ * Runs `argv` under `unshare unshareArgs` and exits with its status; never
+ * returns. The process becomes `unshare` (exec) when it can: waiting for a
+ * child instead kept a second Deno process alive for the whole command and
+ * cost its start and its exit a few milliseconds each.
+ */
 async function reexec(unshareArgs: string[], argv: string[]): Promise<never> {
+  execInPlace("unshare", [...unshareArgs, "--", ...argv], { [USERNS_ENV]: "1" });
   const child = new Deno.Command("unshare", {
     args: [...unshareArgs, "--", ...argv],
     env: { [USERNS_ENV]: "1" },
@@ -302,10 +360,13 @@ async function reexec(unshareArgs: string[], argv: string[]): Promise<never> {
  * - Inside the child (marked by `STRATA_NAMESPACE` in the environment), or
  *   already in a user namespace: returns at once.
  *
- * The parent passes stdio through, forwards SIGTERM/SIGHUP/SIGQUIT/SIGUSR1/2
- * and exits with the child's status; it never returns. The child runs the
- * same command line (`/proc/self/cmdline`: same flags, permissions, script
- * and arguments). Needs `--allow-run` (for `unshare`) and `--allow-read`.
+ * It never returns: with `--allow-ffi` (and `--allow-env`) the process
+ * becomes `unshare` through execve(2), keeping its pid, stdio and signals;
+ * otherwise it runs `unshare` as a child, passes stdio through, forwards
+ * SIGTERM/SIGHUP/SIGQUIT/SIGUSR1/2 and exits with the child's status. The
+ * program runs again with the same command line (`/proc/self/cmdline`: same
+ * flags, permissions, script and arguments). Needs `--allow-run` (for
+ * `unshare`) and `--allow-read`.
  *
  * @throws {UserNamespaceError} when not root and no user namespace can be made.
  *

@@ -188,6 +188,9 @@ const symbols = {
   // overlay/userns.ts: probe a private mount namespace on this thread, then return to ours.
   setns: { parameters: ["i32", "i32"], result: "i32" },
   chroot: { parameters: ["buffer"], result: "i32" },
+  // overlay/userns.ts: become `unshare` (execve) rather than wait for it as a child.
+  execve: { parameters: ["buffer", "buffer", "buffer"], result: "i32" },
+  signal: { parameters: ["i32", "pointer"], result: "pointer" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The libc symbols strata binds. */
