@@ -10,7 +10,11 @@ import { currentIdMap, formatRanges, type IdRange, isIdentityMap } from "./cache
 import { readProcLink, readProcText } from "../sys/proc.ts";
 import { cstr, ffiAvailable, libc } from "../sys/libc.ts";
 
-/** Set in the environment of the re-executed child, so it does not re-execute again. */
+/**
+ * Set in the environment of the re-executed child, so it does not re-execute
+ * again: `root` when root re-executed itself into a private mount namespace
+ * (the child then has nothing to check), `1` for a user namespace.
+ */
 export const USERNS_ENV = "STRATA_NAMESPACE";
 
 /** How strata runs: real root, inside a user namespace, or unprivileged (cannot mount). */
@@ -313,11 +317,11 @@ function execInPlace(file: string, argv: string[], env: Record<string, string>):
  * child instead kept a second Deno process alive for the whole command and
  * cost its start and its exit a few milliseconds each.
  */
-async function reexec(unshareArgs: string[], argv: string[]): Promise<never> {
-  execInPlace("unshare", [...unshareArgs, "--", ...argv], { [USERNS_ENV]: "1" });
+async function reexec(unshareArgs: string[], argv: string[], mark = "1"): Promise<never> {
+  execInPlace("unshare", [...unshareArgs, "--", ...argv], { [USERNS_ENV]: mark });
   const child = new Deno.Command("unshare", {
     args: [...unshareArgs, "--", ...argv],
-    env: { [USERNS_ENV]: "1" },
+    env: { [USERNS_ENV]: mark },
     stdin: "inherit",
     stdout: "inherit",
     stderr: "inherit",
@@ -378,7 +382,9 @@ async function reexec(unshareArgs: string[], argv: string[]): Promise<never> {
  */
 export async function ensureUserNamespace(options: EnsureUserNamespaceOptions = {}): Promise<void> {
   const warn = options.warn ?? ((m: string) => console.error(m));
-  if (inPlace) return;
+  // Root re-executed into a private mount namespace: nothing to check or
+  // warn about (and no /proc read through FFI at the start of every command).
+  if (inPlace || Deno.env.get(USERNS_ENV) === "root") return;
   const info = await namespaceInfo();
   if (info.reexecuted || info.mode === "userns") {
     if (info.collapsed && !options.quiet && !warned) {
@@ -401,7 +407,7 @@ export async function ensureUserNamespace(options: EnsureUserNamespaceOptions = 
       return;
     }
     try {
-      return await reexec(args, argv);
+      return await reexec(args, argv, "root");
     } catch {
       // `unshare` could not be started (not installed): carry on in place.
       inPlace = true;
