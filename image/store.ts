@@ -132,12 +132,17 @@ export class ImageStore {
    * await Deno.remove(root, { recursive: true });
    * ```
    */
-  static async create(root: string): Promise<ImageStore> {
+  static create(root: string): Promise<ImageStore> {
     const dir = join(root, "images");
-    for (const d of [root, dir, join(dir, "blobs"), join(dir, "refs")]) {
-      await Deno.mkdir(d, { recursive: true, mode: 0o700 });
+    // Synchronous: cheaper than a thread-pool round trip each (every run opens the store).
+    try {
+      for (const d of [root, dir, join(dir, "blobs"), join(dir, "refs")]) {
+        Deno.mkdirSync(d, { recursive: true, mode: 0o700 });
+      }
+    } catch (e) {
+      return Promise.reject(e);
     }
-    return new ImageStore(dir);
+    return Promise.resolve(new ImageStore(dir));
   }
 
   #blobPath(digest: Digest): string {

@@ -166,10 +166,13 @@ export function defaultCacheRoot(): string {
   return join(home, ".cache", "strata");
 }
 
-async function mkdir700(path: string): Promise<void> {
-  await Deno.mkdir(path, { recursive: true, mode: 0o700 });
-  const st = await Deno.stat(path);
-  if (st.mode !== null && (st.mode & 0o777) !== 0o700) await Deno.chmod(path, 0o700);
+// Synchronous: a handful of metadata calls on a local directory cost less on
+// this thread than a round trip each through Deno's thread pool (every
+// command opens the cache, a warm `strata run` included).
+function mkdir700(path: string): void {
+  Deno.mkdirSync(path, { recursive: true, mode: 0o700 });
+  const st = Deno.statSync(path);
+  if (st.mode !== null && (st.mode & 0o777) !== 0o700) Deno.chmodSync(path, 0o700);
 }
 
 /**
@@ -187,8 +190,8 @@ async function mkdir700(path: string): Promise<void> {
  * ```
  */
 export async function openCache(root: string): Promise<{ root: string; idmap: IdMap }> {
-  await mkdir700(root);
-  for (const d of CACHE_DIRS) await mkdir700(join(root, d));
+  mkdir700(root);
+  for (const d of CACHE_DIRS) mkdir700(join(root, d));
   const current = currentIdMap();
   const file = join(root, "idmap.json");
   let recorded: IdMap | undefined;
