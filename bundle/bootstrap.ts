@@ -164,9 +164,9 @@ export async function bootstrapBundle(
     const upper = join(path, "upper");
     const work = join(path, "work");
     const rootfs = join(path, "rootfs");
-    for (const d of [upper, work, rootfs]) await Deno.mkdir(d, { mode: 0o700 });
+    for (const d of [upper, work, rootfs]) Deno.mkdirSync(d, { mode: 0o700 });
     // The rootfs root takes the mode of the upper directory; containers expect 0755.
-    await Deno.chmod(upper, 0o755);
+    Deno.chmodSync(upper, 0o755);
     let lower = [...parentLayerPaths];
     if (lower.length === 0) {
       // overlayfs needs at least one lower directory.
