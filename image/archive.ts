@@ -236,6 +236,9 @@ async function walk(file: Deno.FsFile, path: string): Promise<Map<string, TarMem
     }
     const type = String.fromCharCode(header[156] || 0x30);
     let memberSize = parseNumber(header.subarray(124, 136), "size", path);
+    if (!Number.isSafeInteger(memberSize)) {
+      throw new BlobFormatError(path, `bad size field in the tar header at offset ${offset}`);
+    }
     const dataOffset = offset + 512;
     const next = () => dataOffset + Math.ceil(memberSize / 512) * 512;
     if (type === "L" || type === "K" || type === "x" || type === "g") {
@@ -262,7 +265,17 @@ async function walk(file: Deno.FsFile, path: string): Promise<Map<string, TarMem
     if (pax.path !== undefined) name = pax.path;
     let linkname = longLink ?? cString(header.subarray(157, 257));
     if (pax.linkpath !== undefined) linkname = pax.linkpath;
-    if (pax.size !== undefined) memberSize = Number(pax.size);
+    if (pax.size) { // an empty value unsets the keyword: the header's size stands
+      // A size that is not a plain decimal (NaN from "abc") once made the walk
+      // seek to NaN, read the first header again and loop forever.
+      memberSize = /^\d{1,16}$/.test(pax.size) ? Number(pax.size) : NaN;
+      if (!Number.isSafeInteger(memberSize)) {
+        throw new BlobFormatError(
+          path,
+          `bad pax size ${JSON.stringify(pax.size.slice(0, 40))} for member ${name}`,
+        );
+      }
+    }
     if (type === "1" || type === "2" || type === "5") memberSize = type === "5" ? 0 : memberSize;
     if (dataOffset + memberSize > size) {
       throw new BlobFormatError(

@@ -924,6 +924,23 @@ cases("docker-archive", [
     },
   },
   {
+    name: "a pax size that is not a number (the index walk looped forever)",
+    make: async (dir) => {
+      const p = dockerParts();
+      const tar = new TarWriter({ defaultMtime: 1 })
+        .file("manifest.json", JSON.stringify([p.entry]))
+        .file(p.configName, p.config, { pax: { size: "abc" } })
+        .file("l1/layer.tar", p.tars[0])
+        .file("l2/layer.tar", p.tars[1]);
+      await Deno.mkdir(dir, { recursive: true });
+      await Deno.writeFile(join(dir, "a.tar"), tar.bytes());
+      return {
+        ref: `docker-archive:${join(dir, "a.tar")}`,
+        includes: [join(dir, "a.tar"), 'bad pax size "abc"'],
+      };
+    },
+  },
+  {
     name: "a truncated archive",
     make: async (dir) => {
       const p = dockerParts();
