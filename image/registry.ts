@@ -39,6 +39,31 @@ export interface RegistryOptions {
   resumes?: number;
   /** User-Agent header. */
   userAgent?: string;
+  /**
+   * Milliseconds a request may wait for the response headers, or a body for
+   * its next bytes, before it counts as a dropped connection (retried, or a
+   * blob resumed with a `Range` request): a registry that stalls cannot hang
+   * a pull forever. Default 60000.
+   */
+  idleTimeout?: number;
+}
+
+/**
+ * A registry connection that sent nothing for {@linkcode RegistryOptions.idleTimeout}.
+ * A `TypeError`, as fetch's own network errors are, so that it is retried the same way.
+ *
+ * @example Usage
+ * ```ts
+ * import { IdleTimeoutError } from "./registry.ts";
+ * console.assert(new IdleTimeoutError(60000) instanceof TypeError);
+ * ```
+ */
+export class IdleTimeoutError extends TypeError {
+  /** Builds the error for a stall of `ms` milliseconds. */
+  constructor(ms: number) {
+    super(`no data from the registry for ${ms / 1000} s`);
+    this.name = "IdleTimeoutError";
+  }
 }
 
 /**
@@ -252,7 +277,11 @@ export class RegistryClient {
     this.#scheme ??= (async () => {
       if (this.#options.tlsVerify === false && isLocal(this.host)) return "http";
       try {
-        const res = await fetch(`https://${this.host}/v2/`, { signal, redirect: "manual" });
+        const res = await this.#fetch(
+          new URL(`https://${this.host}/v2/`),
+          { redirect: "manual" },
+          signal,
+        );
         await res.body?.cancel();
         return "https";
       } catch (e) {
@@ -313,7 +342,7 @@ export class RegistryClient {
     if (creds) headers.authorization = `Basic ${btoa(`${creds.username}:${creds.password}`)}`;
     if (this.#options.userAgent) headers["user-agent"] = this.#options.userAgent;
     const twhat = `token request to ${url.origin}${url.pathname} for ${this.domain}/${repository}`;
-    const res = await this.#retrying(twhat, signal, () => fetch(url, { headers, signal }));
+    const res = await this.#retrying(twhat, signal, () => this.#fetch(url, { headers }, signal));
     if (res.status === 401 || res.status === 403) {
       throw new AuthenticationError(
         twhat,
@@ -340,6 +369,70 @@ export class RegistryClient {
     const token = body.token ?? body.access_token;
     if (!token) throw new AuthenticationError(twhat, "the token server answered without a token");
     this.#auth.set(repository, `Bearer ${token}`);
+  }
+
+  /**
+   * fetch() with the idle timeout: the request is aborted with
+   * {@linkcode IdleTimeoutError} when its headers, or later its body's next
+   * bytes, take longer than `idleTimeout`.
+   */
+  async #fetch(url: URL, init: RequestInit, signal?: AbortSignal): Promise<Response> {
+    const ms = this.#options.idleTimeout ?? 60_000;
+    const idle = new AbortController();
+    let timer: number | undefined;
+    const arm = () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => idle.abort(new IdleTimeoutError(ms)), ms) as unknown as number;
+      Deno.unrefTimer(timer); // a body nobody reads or cancels must not keep the process alive
+    };
+    const disarm = () => clearTimeout(timer);
+    const onAbort = () => idle.abort(signal!.reason);
+    signal?.addEventListener("abort", onAbort, { once: true });
+    const done = () => {
+      disarm();
+      signal?.removeEventListener("abort", onAbort);
+    };
+    if (signal?.aborted) idle.abort(signal.reason);
+    arm();
+    let res: Response;
+    try {
+      res = await fetch(url, { ...init, signal: idle.signal });
+    } catch (e) {
+      done();
+      throw e;
+    }
+    if (!res.body || res.status < 200 || res.status > 599) {
+      done();
+      return res;
+    }
+    arm();
+    const reader = res.body.getReader();
+    const body = new ReadableStream<Uint8Array>({
+      async pull(c) {
+        try {
+          const r = await reader.read();
+          if (r.done) {
+            done();
+            c.close();
+          } else {
+            arm();
+            c.enqueue(r.value);
+          }
+        } catch (e) {
+          done();
+          throw e;
+        }
+      },
+      cancel(reason) {
+        done();
+        return reader.cancel(reason);
+      },
+    });
+    return new Response(body, {
+      status: res.status,
+      statusText: res.statusText,
+      headers: res.headers,
+    });
   }
 
   /** Runs `attempt`, retrying with backoff on network errors, 5xx and 429. */
@@ -404,7 +497,7 @@ export class RegistryClient {
         res = await this.#retrying(
           what,
           signal,
-          () => fetch(u, { headers: h, signal, redirect: "manual" }),
+          () => this.#fetch(u, { headers: h, redirect: "manual" }, signal),
         );
         if (res.status >= 300 && res.status < 400 && res.headers.get("location")) {
           await res.body?.cancel();

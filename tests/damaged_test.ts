@@ -13,12 +13,19 @@
  *
  * @module
  */
-import { assert, assertEquals, assertMatch, assertStringIncludes } from "@std/assert";
+import {
+  assert,
+  assertEquals,
+  assertMatch,
+  assertRejects,
+  assertStringIncludes,
+} from "@std/assert";
 import { join } from "@std/path";
 import { digestOf } from "../image/blob.ts";
 import { type Descriptor, MediaType } from "../image/types.ts";
 import { gzip, TarWriter, zstd } from "../layer/tar_writer.ts";
 import { denoPath, repoRoot, type RunResult, sh, tempDir } from "./_helpers.ts";
+import { RegistryClient, RegistryError } from "../image/registry.ts";
 import { Registry } from "./_registry.ts";
 
 const CLI = join(repoRoot, "cli.ts");
@@ -1033,6 +1040,8 @@ interface RawResponse {
   noLength?: boolean;
   /** Send this many bytes of the body, then nothing more until the client hangs up. */
   stallAfter?: number;
+  /** Send nothing at all (not even the headers) until the client hangs up. */
+  stallHeaders?: boolean;
 }
 
 /**
@@ -1093,6 +1102,10 @@ class LyingFront implements AsyncDisposable {
         if (v) keep[h] = v;
       }
       r = { status: res.status, headers: keep, body: new Uint8Array(await res.arrayBuffer()) };
+    }
+    if (r.stallHeaders) {
+      while (await conn.read(buf) !== null) { /* until the client hangs up */ }
+      return;
     }
     const body = r.body ?? new Uint8Array();
     const h: Record<string, string> = { connection: "close", ...r.headers };
@@ -1365,6 +1378,42 @@ Deno.test("damaged registry: lies, failures and loops", async (t) => {
       assertEquals(r.code, 0, r.stderr);
       assertEquals(r.stdout, digest + "\n");
       await assertCacheClean(cache, src.diffIDs);
+    },
+  );
+  await t.step(
+    "a registry that stalls: the idle timeout retries, resumes, then gives up",
+    async () => {
+      const layer1 = manifest.layers[0];
+      front.override = (p) => {
+        if (p.includes("/manifests/")) return { status: 200, stallHeaders: true };
+        if (!p.endsWith(`/blobs/${layer1.digest}`)) return undefined;
+        const blob = Deno.readFileSync(registry.blobData(layer1.digest));
+        return { status: 200, body: blob, stallAfter: blob.length >> 1 };
+      };
+      try {
+        const client = new RegistryClient(front.host, front.host, {
+          tlsVerify: false,
+          idleTimeout: 300,
+          retryDelay: 10,
+          retries: 2,
+          resumes: 2,
+        });
+        const started = performance.now();
+        await assertRejects(
+          () => client.getManifest("app", "v1"),
+          RegistryError,
+          "no data from the registry for 0.3 s (after 2 attempts)",
+        );
+        const blob = await client.openBlob("app", layer1);
+        await assertRejects(
+          () => new Response(blob).arrayBuffer(),
+          RegistryError,
+          "gave up after 2 resumptions",
+        );
+        assert(performance.now() - started < 10_000, "bounded in time");
+      } finally {
+        front.override = () => undefined;
+      }
     },
   );
   await t.step("a good pull through the front still works", async () => {
