@@ -4,14 +4,21 @@
  * from Debian's `docker-registry` on 127.0.0.1 and from an OCI layout of the
  * same image on the same tmpfs, interleaved in the same run, medians and
  * their ratio (goal: registry ≤ 1.1 × layout, i.e. the network overlaps
- * extraction). Each source is pulled two ways:
- * - `resolveAll` (what `strata pull` does): later layers download into
- *   spools while the current one is applied, in order;
- * - one layer after another (`resolve` in a loop, the way before prefetch).
+ * extraction). Each source is pulled the way `strata pull` pulls it: the
+ * registry with `resolveAll` (later layers download into spools while the
+ * current one is applied, in order), the layout one layer at a time (its
+ * blobs are local files; spooling them ahead only copies them, which is
+ * measured too). The registry is also pulled one layer at a time (the way
+ * before prefetching).
  *
- * The image: the Debian rootfs layer, 64 MiB of incompressible files split
- * into two layers (32 + 64 MiB makers), and two small layers. Every pull
- * starts from an empty cache on the tmpfs.
+ * A third source is the same registry behind bench/throttle_proxy.ts, which
+ * gives each connection `$STRATA_BENCH_LINK_MBPS` (default 40) MB/s, as a
+ * distant registry or CDN does: there the network costs as much as
+ * extraction, and overlapping them is what prefetching is for.
+ *
+ * The image: the Debian rootfs layer, incompressible files from the
+ * big-layer maker in two layers (32 and 64 MiB), and two small layers. Every
+ * pull starts from an empty cache on the tmpfs.
  *
  * `$STRATA_BENCH_RUNS` sets the number of runs (default 5),
  * `$STRATA_PULL_CONCURRENCY` resolveAll's concurrency (default 3).
@@ -95,6 +102,40 @@ async function smallLayer(dir: string, name: string): Promise<LayerFixture> {
   };
 }
 
+/** Runs bench/throttle_proxy.ts as its own process in front of `upstream`. */
+async function startThrottle(
+  upstream: string,
+  rate: number,
+): Promise<{ host: string } & AsyncDisposable> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--allow-net",
+      join(import.meta.dirname!, "throttle_proxy.ts"),
+      upstream,
+      `${rate}`,
+    ],
+    stdout: "piped",
+    stderr: "inherit",
+    stdin: "null",
+  }).spawn();
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let line = "";
+  while (!line.includes("\n")) {
+    const { done, value } = await reader.read();
+    if (done) throw new Error("throttle_proxy.ts exited before listening");
+    line += value;
+  }
+  reader.releaseLock();
+  return {
+    host: line.trim(),
+    async [Symbol.asyncDispose]() {
+      child.kill("SIGTERM");
+      await child.status;
+    },
+  };
+}
+
 let pulls = 0;
 /** `resolveAll`'s concurrency (`$STRATA_PULL_CONCURRENCY`, default its own: 3). */
 const CONCURRENCY = Deno.env.get("STRATA_PULL_CONCURRENCY")
@@ -150,18 +191,31 @@ export async function bench(
       (tarBytes / 1e6).toFixed(0)
     } MB of tar, into an empty cache each time; ${runs} interleaved runs`,
   );
+  // The same registry behind a link that gives each connection LINK_MBPS.
+  const linkMBps = Number(Deno.env.get("STRATA_BENCH_LINK_MBPS") ?? 40);
+  await using link = await startThrottle(reg.host, linkMBps * 1e6);
   const refs = {
     layout: `oci:${layout}:bench`,
     registry: `docker://${reg.host}/bench/image:latest`,
+    link: `docker://${link.host}/bench/image:latest`,
   };
-  const times: Record<string, number[]> = {
-    layout: [],
-    registry: [],
-    layoutSequential: [],
-    registrySequential: [],
+  // Each variant: a source and whether later layers download ahead (resolveAll)
+  // or each layer is fetched only when its turn comes (what strata does for
+  // layouts and archives, and what it did for everything before prefetching).
+  const variants: Record<string, [keyof typeof refs, boolean]> = {
+    layout: ["layout", false],
+    registry: ["registry", true],
+    registrySequential: ["registry", false],
+    layoutSpooled: ["layout", true],
+    link: ["link", true],
+    linkSequential: ["link", false],
   };
+  const times: Record<string, number[]> = Object.fromEntries(
+    Object.keys(variants).map((k) => [k, []]),
+  );
   let files = -1;
-  const once = async (key: string, source: "layout" | "registry", prefetch: boolean) => {
+  const once = async (key: string) => {
+    const [source, prefetch] = variants[key];
     const r = await pullInto(ctx.tmpfs, refs[source], prefetch);
     if (files >= 0 && r.files !== files) {
       throw new Error(`${key}: published ${r.files} files, another pull ${files}`);
@@ -169,23 +223,26 @@ export async function bench(
     files = r.files;
     times[key].push(r.ms);
   };
-  await once("layout", "layout", true); // warm the page cache and the JIT
+  await once("layout"); // warm the page cache and the JIT
   times.layout = [];
   for (let i = 0; i < runs; i++) {
-    await once("layout", "layout", true);
-    await once("registry", "registry", true);
-    await once("layoutSequential", "layout", false);
-    await once("registrySequential", "registry", false);
+    for (const key of Object.keys(variants)) await once(key);
   }
   const m = Object.fromEntries(Object.entries(times).map(([k, v]) => [k, median(v)]));
   const ratio = m.registry / m.layout;
-  const ratioSeq = m.registrySequential / m.layoutSequential;
   ctx.log(
-    `resolveAll: layout ${m.layout.toFixed(0)} ms, registry ${m.registry.toFixed(0)} ms (${
+    `layout ${m.layout.toFixed(0)} ms, registry ${m.registry.toFixed(0)} ms: ${
       ratio.toFixed(2)
-    }x, goal <= 1.1x); one layer at a time: layout ${m.layoutSequential.toFixed(0)} ms, registry ${
+    }x (goal <= 1.1x); registry one layer at a time ${
       m.registrySequential.toFixed(0)
-    } ms (${ratioSeq.toFixed(2)}x)`,
+    } ms, layout spooled ahead ${m.layoutSpooled.toFixed(0)} ms`,
+  );
+  ctx.log(
+    `registry behind a ${linkMBps} MB/s-per-connection link: resolveAll ${
+      m.link.toFixed(0)
+    } ms, one layer at a time ${m.linkSequential.toFixed(0)} ms (${
+      (m.linkSequential / m.link).toFixed(2)
+    }x faster)`,
   );
   return {
     layers: layers.length,
@@ -194,11 +251,14 @@ export async function bench(
     files,
     layoutMs: Math.round(m.layout),
     registryMs: Math.round(m.registry),
-    layoutSequentialMs: Math.round(m.layoutSequential),
-    registrySequentialMs: Math.round(m.registrySequential),
     ratio: Number(ratio.toFixed(3)),
-    ratioSequential: Number(ratioSeq.toFixed(3)),
+    registrySequentialMs: Math.round(m.registrySequential),
     registrySpeedup: Number((m.registrySequential / m.registry).toFixed(3)),
+    layoutSpooledMs: Math.round(m.layoutSpooled),
+    linkMBps,
+    linkMs: Math.round(m.link),
+    linkSequentialMs: Math.round(m.linkSequential),
+    linkSpeedup: Number((m.linkSequential / m.link).toFixed(3)),
     tarMBps: Math.round(tarBytes / 1e6 / (m.layout / 1000)),
   };
 }
