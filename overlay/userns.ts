@@ -261,53 +261,34 @@ const SIGNALS: Record<string, number> = {
 
 const SIGPIPE = 13;
 
-/** Finds `name` in a PATH directory. */
-function onPath(name: string): string | undefined {
-  for (const dir of (Deno.env.get("PATH") ?? "/usr/bin:/bin").split(":")) {
-    if (!dir.startsWith("/")) continue;
-    try {
-      const st = Deno.statSync(`${dir}/${name}`);
-      if (st.isFile && (st.mode ?? 0o111) & 0o111) return `${dir}/${name}`;
-    } catch {
-      // not here
-    }
-  }
-  return undefined;
-}
-
 /**
- * Replaces this process with `file argv...` (execve(2)), this environment
- * plus `env`; returns only if that is not possible. Everything a child would
- * get it keeps: the pid, stdio, the working directory; signals then reach
- * the program itself. SIGPIPE goes back to its default first, as for a child
- * Deno spawns (Deno ignores it, and exec would pass that on).
+ * Replaces this process with `file argv...` found on PATH (execvp(3)), with
+ * this environment plus `env`; returns only if that is not possible.
+ * Everything a child would get it keeps: the pid, stdio, the working
+ * directory; signals then reach the program itself. SIGPIPE goes back to its
+ * default first, as for a child Deno spawns (Deno ignores it, and exec would
+ * pass that on).
  */
 function execInPlace(file: string, argv: string[], env: Record<string, string>): void {
   if (!ffiAvailable()) return;
-  const path = onPath(file);
-  if (!path) return;
-  let vars: Record<string, string>;
   try {
-    vars = { ...Deno.env.toObject(), ...env };
+    for (const [k, v] of Object.entries(env)) Deno.env.set(k, v);
   } catch {
     return; // no --allow-env: let Deno.Command pass the environment on
   }
   const keep: Uint8Array[] = [];
-  const array = (list: string[]) => {
-    const ptrs = new BigUint64Array(list.length + 1); // NULL-terminated
-    list.forEach((s, i) => {
-      const b = cstr(s);
-      keep.push(b);
-      ptrs[i] = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(b)));
-    });
-    return ptrs;
-  };
+  const ptrs = new BigUint64Array(argv.length + 2); // file, argv..., NULL
+  [file, ...argv].forEach((s, i) => {
+    const b = cstr(s);
+    keep.push(b);
+    ptrs[i] = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(b)));
+  });
   const c = libc();
-  const args = array([file, ...argv]);
-  const envp = array(Object.entries(vars).map(([k, v]) => `${k}=${v}`));
   const previous = c.signal(SIGPIPE, null);
-  c.execve(cstr(path), args, envp);
-  c.signal(SIGPIPE, previous); // still here: exec failed
+  c.execvp(cstr(file), ptrs);
+  // Still here: exec failed (no such program); undo and let the caller spawn.
+  c.signal(SIGPIPE, previous);
+  for (const k of Object.keys(env)) Deno.env.delete(k);
   keep.length = 0;
 }
 

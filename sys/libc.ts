@@ -189,7 +189,7 @@ const symbols = {
   setns: { parameters: ["i32", "i32"], result: "i32" },
   chroot: { parameters: ["buffer"], result: "i32" },
   // overlay/userns.ts: become `unshare` (execve) rather than wait for it as a child.
-  execve: { parameters: ["buffer", "buffer", "buffer"], result: "i32" },
+  execvp: { parameters: ["buffer", "buffer"], result: "i32" },
   signal: { parameters: ["i32", "pointer"], result: "pointer" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
