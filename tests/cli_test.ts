@@ -618,32 +618,54 @@ Deno.test({
 
 Deno.test("cli: Ctrl-C during a pull stops it, cleans up and exits 130", async () => {
   const img = await demoLayout();
-  await using workDir = await tempDir("strata-cli-int-");
-  const work = String(workDir);
-  // A copy of the layout whose first layer blob is a FIFO: the pull blocks
-  // mid-layer until this test feeds it, so the signal lands mid-extraction.
-  const layoutDir = join(work, "layout");
-  await sh("cp", ["-a", img.ref.slice(4, -":demo".length), layoutDir]);
+  // A registry in this test serves the layout and sends only half of the
+  // first layer's blob, then holds the connection: the pull blocks
+  // mid-layer, so the signal lands mid-extraction.
+  const layoutDir = img.ref.slice(4, -":demo".length);
   const index = JSON.parse(await Deno.readTextFile(join(layoutDir, "index.json")));
-  const manifest = JSON.parse(
-    await Deno.readTextFile(join(layoutDir, "blobs/sha256", index.manifests[0].digest.slice(7))),
+  const manifestDigest: string = index.manifests[0].digest;
+  const manifestBytes = await Deno.readFile(
+    join(layoutDir, "blobs/sha256", manifestDigest.slice(7)),
   );
-  const blobPath = join(layoutDir, "blobs/sha256", manifest.layers[0].digest.slice(7));
-  const blob = await Deno.readFile(blobPath);
-  await Deno.remove(blobPath);
-  await sh("mkfifo", [blobPath]);
-  const cache = join(work, "cache");
+  const manifest = JSON.parse(new TextDecoder().decode(manifestBytes));
+  const stalled: string = manifest.layers[0].digest;
+  const release = Promise.withResolvers<void>();
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, async (req) => {
+    const path = new URL(req.url).pathname;
+    if (path === "/v2/") return new Response("{}");
+    if (path.startsWith("/v2/demo/manifests/")) {
+      return new Response(manifestBytes, {
+        headers: {
+          "content-type": manifest.mediaType ?? "application/vnd.oci.image.manifest.v1+json",
+          "docker-content-digest": manifestDigest,
+        },
+      });
+    }
+    const m = /^\/v2\/demo\/blobs\/(sha256:[0-9a-f]{64})$/.exec(path);
+    if (!m) return new Response("not found", { status: 404 });
+    const blob = await Deno.readFile(join(layoutDir, "blobs/sha256", m[1].slice(7)));
+    if (m[1] !== stalled) return new Response(blob);
+    const body = new ReadableStream<Uint8Array>({
+      async start(c) {
+        c.enqueue(blob.subarray(0, blob.length >> 1));
+        await release.promise;
+        c.close();
+      },
+    });
+    return new Response(body, { headers: { "content-length": String(blob.length) } });
+  });
+  const ref = `127.0.0.1:${server.addr.port}/demo:latest`;
+  await using workDir = await tempDir("strata-cli-int-");
+  const cache = join(String(workDir), "cache");
   // setsid: its own process group, as a terminal's Ctrl-C signals the whole group.
   const child = new Deno.Command("setsid", {
-    args: [denoPath, "run", "-A", CLI, "pull", `oci:${layoutDir}:demo`, "--cache", cache],
+    args: [denoPath, "run", "-A", CLI, "pull", ref, "--tls-verify=false", "--cache", cache],
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
     env: cliEnv(),
     clearEnv: true,
   }).spawn();
-  const fifo = await Deno.open(blobPath, { write: true });
-  await fifo.write(blob.subarray(0, blob.length >> 1));
   let err = "";
   const reader = child.stderr.getReader();
   while (!err.includes("fetching")) {
@@ -651,10 +673,8 @@ Deno.test("cli: Ctrl-C during a pull stops it, cleans up and exits 130", async (
     if (done) break;
     err += new TextDecoder().decode(value);
   }
-  await new Promise((r) => setTimeout(r, 200));
-  await sh("kill", ["-INT", "--", `-${child.pid}`]);
   await new Promise((r) => setTimeout(r, 300));
-  fifo.close(); // EOF for a read still blocked on the FIFO
+  await sh("kill", ["-INT", "--", `-${child.pid}`]);
   for (;;) {
     const { value, done } = await reader.read();
     if (done) break;
@@ -663,7 +683,9 @@ Deno.test("cli: Ctrl-C during a pull stops it, cleans up and exits 130", async (
   const status = await child.status;
   await child.stdout.cancel();
   assertEquals(status.code, 130, err);
-  assertEquals(err.trim().split("\n").at(-1), `strata: pull oci:${layoutDir}:demo: interrupted`);
+  release.resolve();
+  await server.shutdown();
+  assertEquals(err.trim().split("\n").at(-1), `strata: pull ${ref}: interrupted`);
   assertEquals([...Deno.readDirSync(join(cache, "tmp"))], [], "no temp dir left");
   assertEquals([...Deno.readDirSync(join(cache, "layers"))], [], "no partial layer published");
 });
