@@ -36,8 +36,14 @@ export interface RunOptions {
   runtime?: string;
   /** Container id for the runtime. Default: `strata-` and random hex. */
   id?: string;
-  /** Standard input. Default `"inherit"`. */
+  /** Standard input. Default `"inherit"`, or `"piped"` when `input` is given. */
   stdin?: Stdio;
+  /**
+   * Bytes (or a stream of them) written to the container's standard input,
+   * which is then closed: a function-style container reads its request
+   * here. Implies `stdin: "piped"`.
+   */
+  input?: Uint8Array | ReadableStream<Uint8Array>;
   /** Standard output. Default `"inherit"`. */
   stdout?: Stdio;
   /** Standard error. Default `"inherit"`. */
@@ -446,10 +452,26 @@ export async function runContainer(bundle: Bundle, options: RunOptions = {}): Pr
         bundle.path,
         id,
       ],
-      stdin: options.stdin ?? "inherit",
+      stdin: options.input !== undefined ? "piped" : options.stdin ?? "inherit",
       stdout: options.stdout ?? "inherit",
       stderr: options.stderr ?? "inherit",
     }).spawn();
+    if (options.input !== undefined) {
+      const input = options.input;
+      const stdin = child.stdin;
+      // Fed alongside the run: a container that exits without reading all of
+      // its input closes the pipe, which is not an error of the run.
+      (input instanceof Uint8Array
+        ? (async () => {
+          const w = stdin.getWriter();
+          try {
+            await w.write(input);
+          } finally {
+            await w.close().catch(() => {});
+          }
+        })()
+        : input.pipeTo(stdin)).catch(() => {});
+    }
     if (signal) {
       const running = child;
       onAbort = () => {

@@ -416,3 +416,29 @@ async function waitFor(cond: () => Promise<boolean>, ms = 10_000) {
     await new Promise((r) => setTimeout(r, 20));
   }
 }
+
+Deno.test({
+  name: "input: bytes and streams reach the container's stdin, which then closes",
+  ignore: !isRoot,
+  async fn() {
+    await using tmp = await tempDir();
+    const dir = String(tmp);
+    const stateDir = await stateDirFor(dir);
+    const request = new TextEncoder().encode('{"input":{"name":"world"}}\n');
+    const b1 = await plainBundle(join(dir, "b1"), [withArgs("sh", "-c", "wc -c; cat")]);
+    const r1 = await runContainer(b1, { runtime, stateDir, input: request, stdout: "piped" });
+    assertEquals(r1.status, 0);
+    assertEquals(dec.decode(r1.stdout).split("\n")[0].trim(), String(request.length));
+    // A stream, and a container that exits without reading it all.
+    const big = new Uint8Array(4 << 20).fill(120);
+    const b2 = await plainBundle(join(dir, "b2"), [withArgs("sh", "-c", "head -c 3; exit 3")]);
+    const r2 = await runContainer(b2, {
+      runtime,
+      stateDir,
+      input: new Blob([big]).stream(),
+      stdout: "piped",
+    });
+    assertEquals(r2.status, 3);
+    assertEquals(dec.decode(r2.stdout), "xxx");
+  },
+});
