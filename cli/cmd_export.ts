@@ -13,7 +13,7 @@ import type { Context } from "./context.ts";
 import { CliError } from "./errors.ts";
 import { copyTree } from "./copy_tree.ts";
 import { formatBytes, formatMs } from "./output.ts";
-import { cacheLayers, enterNamespace, openForCli } from "./pipeline.ts";
+import { cacheLayers, enterNamespace, openForCli, saveOpened } from "./pipeline.ts";
 import type { Image } from "../image/types.ts";
 
 async function checkTarget(dir: string): Promise<void> {
@@ -48,6 +48,7 @@ export async function exportCommand(ctx: Context): Promise<number> {
   const claim = await claimLayers(ctx.cacheRoot, image);
   try {
     await exportImage(ctx, image, dir);
+    await saveOpened(ctx, ref, image); // its layers are cached: the name may point at it now
   } finally {
     await claim.release();
   }

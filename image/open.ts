@@ -29,6 +29,13 @@ export interface OpenImageOptions extends RegistryOptions {
    * uses the store.
    */
   pull?: "missing" | "always" | "never";
+  /**
+   * With a `cacheRoot`: save the opened image under its name at once (true,
+   * the default), or leave that to the caller (false), who calls
+   * {@linkcode saveImage} once the image's layers are cached, so that a pull
+   * whose layers turn out damaged leaves the name pointing where it did.
+   */
+  save?: boolean;
 }
 
 /**
@@ -67,8 +74,26 @@ export async function openImage(ref: string, options: OpenImageOptions = {}): Pr
     if (pull === "never") throw new ImageNotFoundError(ref, store.dir);
   }
   const image = await openRef(parsed, options);
-  if (store) await store.save(image, canonicalName(ref), { source: refString(parsed) });
+  if (store && options.save !== false) {
+    await store.save(image, canonicalName(ref), { source: refString(parsed) });
+  }
   return image;
+}
+
+/**
+ * Saves `image`, opened from `ref`, in the image store of `cacheRoot` under
+ * `ref`'s name (what {@linkcode openImage} does unless told `save: false`).
+ *
+ * @example Usage
+ * ```ts ignore
+ * const image = await openImage(ref, { cacheRoot, save: false });
+ * // ... cache every layer ...
+ * await saveImage(cacheRoot, ref, image);
+ * ```
+ */
+export async function saveImage(cacheRoot: string, ref: string, image: SourceImage): Promise<void> {
+  const store = await ImageStore.create(cacheRoot);
+  await store.save(image, canonicalName(ref), { source: refString(parseRef(ref)) });
 }
 
 /**

@@ -225,6 +225,15 @@ async function assertCacheClean(cache: string, expect?: string[]): Promise<void>
   assertEquals(v.code, 0, `strata verify: ${v.stdout}${v.stderr}`);
 }
 
+/** The image store's names and digests, from `strata ls --json`. */
+async function storedImages(cache: string): Promise<Record<string, string>> {
+  const r = await strata(["ls", "--json", "--cache", cache]);
+  assertEquals(r.code, 0, r.stderr);
+  const out: Record<string, string> = {};
+  for (const i of JSON.parse(r.stdout).images) out[i.name] = i.digest;
+  return out;
+}
+
 /** Pulls a good image into `cache` and checks it lands. */
 async function assertGoodPull(parent: string, cache: string): Promise<void> {
   const good = await makeLayout(join(parent, "good"), goodLayers());
@@ -265,6 +274,7 @@ async function runCase(c: Case, flags: string[] = []): Promise<void> {
   }
   await assertCacheClean(cache, cached ?? []);
   assertEquals(await list(join(cache, "containers")), [], "no container or claim left");
+  assertEquals(await storedImages(cache), {}, "a failed pull names no image");
   await assertGoodPull(dir, cache);
 }
 
@@ -598,6 +608,28 @@ cases("oci layout", [
 
 // ---------------------------------------------------------------------------
 // Layers
+
+Deno.test("damaged: a failed pull leaves the name pointing at the image pulled before", async () => {
+  await using tmp = await tempDir("strata-damaged-");
+  const dir = String(tmp);
+  const cache = join(dir, "cache");
+  const good = await makeLayout(join(dir, "image"), goodLayers());
+  const r1 = await strata(["pull", "-q", good.ref, "--cache", cache]);
+  assertEquals(r1.code, 0, r1.stderr);
+  assertEquals(await storedImages(cache), { [good.ref]: good.manifest.digest });
+  // The same tag now names an image whose new layer does not match its diff_id.
+  const layers = goodLayers();
+  layers.push(layerOf(goodTar(4)));
+  layers[3].diffID = digestOf("not layer 4");
+  const bad = await makeLayout(join(dir, "image"), layers);
+  const r2 = await strata(["pull", good.ref, "--cache", cache]);
+  assertOneErrorLine(r2, [bad.layers[3].digest, "diff_id"]);
+  assertEquals(await storedImages(cache), { [good.ref]: good.manifest.digest });
+  await assertCacheClean(cache, good.diffIDs);
+  // And the run of the stored name still has every layer it needs.
+  const ls = JSON.parse((await strata(["ls", "--json", "--cache", cache])).stdout);
+  assert(ls.images[0].complete, "the stored image is complete");
+});
 
 Deno.test("damaged: the good ones still pull (zstd, several frames, a checksum, uncompressed)", async () => {
   await using tmp = await tempDir("strata-damaged-");
