@@ -161,7 +161,9 @@ async function pullInto(
     }
     const ms = performance.now() - t0;
     let files = 0;
-    for (const l of image.layers) files += (await r.record(l.diffID)).record.files;
+    for (const [i, l] of image.layers.entries()) {
+      files += (await r.record(l.diffID, image.layers.slice(0, i))).record.files;
+    }
     return { ms, files };
   } finally {
     await Deno.remove(cache, { recursive: true });

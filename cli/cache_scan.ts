@@ -13,8 +13,13 @@ import type { LayerRecord } from "../overlay/resolver.ts";
 
 /** One directory under `layers/`. */
 export interface CachedLayer {
-  /** Directory name, `sha256-<hex>`. */
+  /**
+   * Directory name: `sha256-<hex>`, or `sha256-<hex>@<chain hex>` for a layer
+   * whose tree depends on its parents (extracted over one chain of them).
+   */
   key: string;
+  /** The hex of the layer's OCI chain ID, for a `@<chain hex>` directory. */
+  chain?: string;
   /** `layers/<key>`. */
   path: string;
   /** The diff_id (from the name). */
@@ -48,7 +53,7 @@ export async function cachedLayers(root: string): Promise<CachedLayer[]> {
   const dir = join(root, "layers");
   try {
     for await (const e of Deno.readDir(dir)) {
-      const m = /^([a-z0-9]+)-([a-f0-9]+)$/.exec(e.name);
+      const m = /^([a-z0-9]+)-([a-f0-9]+)(?:@([a-f0-9]+))?$/.exec(e.name);
       if (!e.isDirectory || !m) continue;
       const path = join(dir, e.name);
       let record: LayerRecord | undefined;
@@ -57,7 +62,9 @@ export async function cachedLayers(root: string): Promise<CachedLayer[]> {
       } catch {
         record = undefined;
       }
-      out.push({ key: e.name, path, diffID: `${m[1]}:${m[2]}`, record });
+      const layer: CachedLayer = { key: e.name, path, diffID: `${m[1]}:${m[2]}`, record };
+      if (m[3]) layer.chain = m[3];
+      out.push(layer);
     }
   } catch (e) {
     if (!(e instanceof Deno.errors.NotFound)) throw e;
@@ -179,7 +186,8 @@ export async function removeLayer(
   layer: CachedLayer,
   options: { force?: boolean } = {},
 ): Promise<"removed" | "busy" | `in use by ${string}`> {
-  const lockPath = join(root, "locks", `${layer.key}.lock`);
+  // The lock is the diff_id's, shared by its `@<chain>` directories.
+  const lockPath = join(root, "locks", `${layer.diffID.replace(":", "-")}.lock`);
   const lock = FileLock.tryAcquire(lockPath);
   if (!lock) return "busy";
   try {
@@ -195,7 +203,9 @@ export async function removeLayer(
     } finally {
       await work.remove();
     }
-    await Deno.remove(lockPath).catch(() => {});
+    // Keep the lock file while another directory of the diff_id remains.
+    const siblings = (await cachedLayers(root)).some((l) => l.diffID === layer.diffID);
+    if (!siblings) await Deno.remove(lockPath).catch(() => {});
     return "removed";
   } finally {
     lock.release();

@@ -7,6 +7,7 @@ import { join } from "@std/path";
 import { ImageNotFoundError, ImageStore } from "../image/store.ts";
 import { reclaimStaleBundles } from "../bundle/bundler.ts";
 import { reclaimTemp } from "../overlay/lock.ts";
+import { chainKey } from "../overlay/resolver.ts";
 import type { Context } from "./context.ts";
 import { CliError } from "./errors.ts";
 import { formatBytes, shortDigest } from "./output.ts";
@@ -59,13 +60,26 @@ export async function lsCommand(ctx: Context): Promise<number> {
   const root = ctx.cacheRoot;
   if (await exists(root)) await enterNamespace(ctx); // layers may belong to mapped ids
   const layers = await cachedLayers(root);
-  const byDiff = new Map(layers.map((l) => [l.diffID, l]));
+  // A layer is cached as `<key>` (its tree does not depend on its parents)
+  // or as `<key>@<chain hex>` (extracted over this image's parents).
+  const byKey = new Map(layers.map((l) => [l.key, l]));
+  const find = (ids: string[], i: number) => {
+    const shared = byKey.get(ids[i].replace(":", "-"));
+    if (shared) return shared;
+    try {
+      return byKey.get(chainKey(ids[i], ids.slice(0, i)));
+    } catch {
+      return undefined; // not a valid digest: not cached
+    }
+  };
   const images = await storedImages(root);
   const used = new Set(images.flatMap((i) => i.layers.map((l) => l.diffID)));
   const report: LsJson = {
     cache: root,
     images: images.map((img) => {
-      const ls = img.layers.map((l) => ({ ...l, cached: byDiff.has(l.diffID) }));
+      const ids = img.layers.map((l) => l.diffID);
+      const found = ids.map((_, i) => find(ids, i));
+      const ls = img.layers.map((l, i) => ({ ...l, cached: found[i] !== undefined }));
       return {
         name: img.name,
         digest: img.digest,
@@ -73,7 +87,7 @@ export async function lsCommand(ctx: Context): Promise<number> {
         ...(img.source ? { source: img.source } : {}),
         saved: img.saved,
         size: img.size,
-        extracted: ls.reduce((n, l) => n + (byDiff.get(l.diffID)?.record?.record.bytes ?? 0), 0),
+        extracted: found.reduce((n, l) => n + (l?.record?.record.bytes ?? 0), 0),
         complete: ls.every((l) => l.cached) && !img.error,
         layers: ls,
       };
@@ -168,6 +182,7 @@ export async function pruneCommand(ctx: Context): Promise<number> {
   const { images } = await referencedLayers(root);
   const live = await liveLayers(root);
   let removed = 0;
+  const printed = new Set<string>(); // a diff_id may have several `@<chain>` dirs
   for (const layer of await cachedLayers(root)) {
     if (images.has(layer.diffID)) continue;
     if (live.has(layer.diffID)) {
@@ -179,7 +194,8 @@ export async function pruneCommand(ctx: Context): Promise<number> {
     const r = await removeLayer(root, layer);
     if (r === "removed") {
       removed++;
-      ctx.out.result(layer.diffID);
+      if (!printed.has(layer.diffID)) ctx.out.result(layer.diffID);
+      printed.add(layer.diffID);
     } else {
       ctx.out.note(`keeping ${shortDigest(layer.diffID)}: ${r}`);
     }

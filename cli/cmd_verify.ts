@@ -51,7 +51,9 @@ export async function verifyCommand(ctx: Context): Promise<number> {
   const layers = await cachedLayers(root);
   for (const [i, layer] of layers.entries()) {
     ctx.signal.throwIfAborted();
-    const head = `layer ${i + 1}/${layers.length} ${shortDigest(layer.diffID)}`;
+    const head = `layer ${i + 1}/${layers.length} ${shortDigest(layer.diffID)}${
+      layer.chain ? ` (over chain ${layer.chain.slice(0, 12)})` : ""
+    }`;
     let why: string | undefined;
     if (!layer.record?.record?.digest) why = "its layer.json is missing or unreadable";
     else {

@@ -131,6 +131,16 @@ export interface ApplyResult {
   bytes: number;
   /** Warnings (at most one per kind per layer). */
   warnings: string[];
+  /**
+   * The tree written depends on the lower layers, so the same layer over
+   * other parents may give another tree (a layer cache must then key it by
+   * its chain, not its diff_id alone). Direct mode: an implied parent
+   * directory was made (it takes the topmost lower's metadata, 0755 root
+   * when none holds it) or a hardlink target was copied up from a lower.
+   * Merged mode: the layer wrote below a directory it did not name, applied
+   * a whiteout or an opaque marker, or replaced something it did not write.
+   */
+  dependsOnLowers: boolean;
 }
 
 /**
@@ -259,7 +269,12 @@ export class TarApplicator implements TarballApplicator {
         throw asDamaged(e, o.layer);
       }
       w.finish();
-      return { entries: w.entries, bytes: w.bytes, warnings: w.warnings };
+      return {
+        entries: w.entries,
+        bytes: w.bytes,
+        warnings: w.warnings,
+        dependsOnLowers: w.dependsOnLowers,
+      };
     } finally {
       w.dispose();
     }
@@ -293,7 +308,12 @@ export class TarApplicator implements TarballApplicator {
       } else if (m.t === "warn") {
         onWarning?.(m.m);
       } else if (m.t === "done") {
-        result = { entries: m.entries, bytes: m.bytes, warnings: m.warnings };
+        result = {
+          entries: m.entries,
+          bytes: m.bytes,
+          warnings: m.warnings,
+          dependsOnLowers: m.dependsOnLowers,
+        };
         settle();
       } else if (m.t === "error") {
         failure ??= reviveError(m.e);

@@ -61,10 +61,10 @@ scope.onmessage = (ev: MessageEvent<ToWorker>) => {
     } else {
       parser!.end();
       writer!.finish();
-      const { entries, bytes, warnings } = writer!;
+      const { entries, bytes, warnings, dependsOnLowers } = writer!;
       writer!.dispose();
       writer = undefined;
-      post({ t: "done", entries, bytes, warnings });
+      post({ t: "done", entries, bytes, warnings, dependsOnLowers });
     }
   } catch (e) {
     fail(e);

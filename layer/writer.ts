@@ -69,7 +69,7 @@ export type ToWorker =
 export type FromWorker =
   | { t: "ack"; buf: Uint8Array }
   | { t: "warn"; m: string }
-  | { t: "done"; entries: number; bytes: number; warnings: string[] }
+  | { t: "done"; entries: number; bytes: number; warnings: string[]; dependsOnLowers: boolean }
   | { t: "error"; e: SerializedError }
   | { t: "aborted" };
 
@@ -153,6 +153,15 @@ export class LayerWriter implements TarSink {
   /** Warnings so far (one per kind). */
   readonly warnings: string[] = [];
 
+  /**
+   * The tree written depends on what lies below it, so the same layer on
+   * other parents could give another tree: direct mode made an implied
+   * directory (its metadata is the topmost lower's, or 0755 root when none
+   * holds it) or copied a lower file up; merged mode wrote below a
+   * directory this layer did not name, applied a whiteout or an opaque
+   * marker, or replaced something it did not write.
+   */
+  dependsOnLowers = false;
   /** Entries seen. */
   entries = 0;
   /** File bytes written. */
@@ -292,6 +301,7 @@ export class LayerWriter implements TarSink {
       try {
         const st = statx(pfd, part, AT.SYMLINK_NOFOLLOW);
         if (typeof st === "number") return;
+        this.dependsOnLowers = true; // a lower's, not named by this layer
         if ((st.mode & S.IFMT) !== S.IFDIR) {
           this.#clear(pfd, part, prefix, false);
           close(this.#makeParents(prefix)); // an implied directory, as in direct mode
@@ -386,6 +396,7 @@ export class LayerWriter implements TarSink {
   /** Metadata of an implied directory `path`, just created and open as `fd`. */
   #implied(fd: number, path: string): void {
     this.#markCreated(path);
+    this.dependsOnLowers = true;
     if (this.#whiteouts.has(path)) this.#setOpaque(fd, path);
     const lower = this.#mode === "direct" ? this.#lowerLookup(path) : undefined;
     const st = lower && typeof lower.stat !== "number" && (lower.stat.mode & S.IFMT) === S.IFDIR
@@ -443,6 +454,10 @@ export class LayerWriter implements TarSink {
       throw new Fail(-st, "statx");
     }
     const type = st.mode & S.IFMT;
+    // Merged mode: what this layer did not write is a lower layer's.
+    if (
+      this.#mode === "merged" && !(keepDir && type === S.IFDIR) && !this.#created.has(path)
+    ) this.dependsOnLowers = true;
     if (type === S.IFDIR) {
       if (keepDir) return true;
       const r = removeAt(dirfd, name);
@@ -768,6 +783,7 @@ export class LayerWriter implements TarSink {
     }
     this.#whiteouts.add(path);
     if (this.#mode === "merged") {
+      this.dependsOnLowers = true;
       let pfd: number;
       try {
         pfd = this.#parent(dir, false);
@@ -1071,6 +1087,7 @@ export class LayerWriter implements TarSink {
       fchownat(pfd, base, stat.uid, stat.gid, AT.SYMLINK_NOFOLLOW);
       utimensat(pfd, base, mtime, mtime, AT.SYMLINK_NOFOLLOW, nsec, nsec);
       this.#markCreated(path);
+      this.dependsOnLowers = true;
       return true;
     }
     if (type !== S.IFREG) return false;
@@ -1106,6 +1123,7 @@ export class LayerWriter implements TarSink {
       close(dst);
     }
     this.#markCreated(path);
+    this.dependsOnLowers = true;
     return true;
   }
 
@@ -1114,6 +1132,7 @@ export class LayerWriter implements TarSink {
   /** Applies what waits for the whole layer: merged opaque dirs, then directory metadata. */
   finish(): void {
     this.#hdr = undefined;
+    if (this.#pendingOpaque.length) this.dependsOnLowers = true;
     for (const dir of this.#pendingOpaque) {
       try {
         this.#emptyLower(dir);

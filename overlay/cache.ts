@@ -4,7 +4,9 @@
  *
  * Layout of a cache root:
  * - `layers/sha256-<hex>/` one published layer keyed by diff_id: `fs/` (an
- *   overlay lower directory) and `layer.json`.
+ *   overlay lower directory) and `layer.json`; a layer whose tree depends
+ *   on its parents (an implied parent directory, a hardlink copied up) is
+ *   `layers/sha256-<hex>@<chain id hex>/`, one per chain of parents.
  * - `tmp/<random>/` work in progress; reclaimed when its owner is gone.
  * - `locks/` flock(2) lock files.
  * - `images/` image metadata; `containers/<id>/` live bundles.

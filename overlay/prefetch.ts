@@ -107,8 +107,11 @@ export interface ResolveAllOptions {
 export interface PrefetchTarget {
   /** The cache root (spools go below `tmp/`). */
   readonly root: string;
-  /** The lower directory a published layer with this diff_id has. */
-  layerPath(diffID: string): string;
+  /**
+   * The lower directory of the published layer with this diff_id over
+   * `parents` (bottom first), or undefined when it is not in the cache.
+   */
+  cachedPath(diffID: string, parents: readonly Layer[]): string | undefined;
   /** Resolves one layer whose parents are all resolved, extracting it from `layer.uncompressed()`. */
   resolve(layer: Layer, parents?: readonly Layer[], signal?: AbortSignal): Promise<string>;
 }
@@ -440,16 +443,6 @@ function watchedLayer(
   return watched;
 }
 
-function exists(path: string): boolean {
-  try {
-    Deno.statSync(path);
-    return true;
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return false;
-    throw e;
-  }
-}
-
 /**
  * Resolves every layer of an image (bottom first) into `target`'s cache and
  * returns their lower directories, bottom first: cached layers are not
@@ -490,8 +483,8 @@ export async function resolveLayers(
   const missing: number[] = [];
   const planned = new Set<string>();
   for (let i = 0; i < layers.length; i++) {
-    const path = target.layerPath(layers[i].diffID);
-    if (exists(path)) {
+    const path = target.cachedPath(layers[i].diffID, layers.slice(0, i));
+    if (path !== undefined) {
       paths[i] = path;
       emit?.("cached", i, { path });
     } else if (!planned.has(layers[i].diffID)) {

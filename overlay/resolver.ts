@@ -6,6 +6,7 @@
  * @module
  */
 import { join } from "@std/path";
+import { createHash } from "node:crypto";
 import type { Layer } from "../image/types.ts";
 // The extraction code (the applicator, the tar parser, the tree record, the
 // workdir overlay) loads when a layer is actually extracted: a warm run
@@ -78,6 +79,13 @@ export interface CachingLayerResolverOptions {
 export interface LayerRecord {
   /** The layer's diff_id (the cache key). */
   diffID: string;
+  /**
+   * The extracted tree depends on the parent layers (see `ApplyResult`):
+   * published as `layers/<alg>-<hex>@<chain hex>`, not shared across bases.
+   */
+  dependsOnLowers?: boolean;
+  /** The OCI chain ID of the layer over the parents it was extracted on. */
+  chainID?: string;
   /** Digest of the blob it was extracted from. */
   digest: string;
   /** Media type of that blob. */
@@ -116,10 +124,72 @@ export function layerKey(diffID: string): string {
 }
 
 /**
+ * The OCI chain ID of the last of `diffIDs` (bottom first), per the image
+ * spec's config.md: chainID(L1) = diffID(L1), chainID(Ln) =
+ * sha256(chainID(Ln-1) + " " + diffID(Ln)).
+ *
+ * @example Usage
+ * ```ts
+ * import { chainID } from "./resolver.ts";
+ * const a = "sha256:" + "a".repeat(64);
+ * console.log(chainID([a]) === a); // true
+ * ```
+ */
+export function chainID(diffIDs: readonly string[]): string {
+  if (diffIDs.length === 0) throw new TypeError("chainID of no layers");
+  let id = diffIDs[0];
+  for (let i = 1; i < diffIDs.length; i++) {
+    id = "sha256:" + createHash("sha256").update(`${id} ${diffIDs[i]}`).digest("hex");
+  }
+  return id;
+}
+
+/**
+ * The directory name in `layers/` of a layer whose tree depends on its
+ * parents: `<alg>-<hex>@<chain hex>`, the chain being the layer's over
+ * `parents` (diff_ids or layers, bottom first).
+ *
+ * @example Usage
+ * ```ts
+ * import { chainKey } from "./resolver.ts";
+ * const a = "sha256:" + "a".repeat(64), b = "sha256:" + "b".repeat(64);
+ * console.log(chainKey(b, [a])); // sha256-bbbb…@<hex of chainID([a, b])>
+ * ```
+ */
+export function chainKey(
+  diffID: string,
+  parents: readonly (string | { diffID: string })[] = [],
+): string {
+  const ids = parents.map((p) => typeof p === "string" ? p : p.diffID);
+  ids.push(diffID);
+  const chain = chainID(ids);
+  return `${layerKey(diffID)}@${chain.slice(chain.indexOf(":") + 1)}`;
+}
+
+/**
+ * The diff_id key (`<alg>-<hex>`) of a directory name in `layers/`, with or
+ * without an `@<chain hex>` suffix; undefined for other names.
+ *
+ * @example Usage
+ * ```ts
+ * import { keyOfLayerDir } from "./resolver.ts";
+ * console.log(keyOfLayerDir("sha256-" + "a".repeat(64) + "@" + "c".repeat(64)));
+ * ```
+ */
+export function keyOfLayerDir(name: string): string | undefined {
+  const m = /^([a-z0-9]+(?:[.+_-][a-z0-9]+)*-[a-f0-9]{32,})(?:@[a-f0-9]{32,})?$/.exec(name);
+  return m?.[1];
+}
+
+/**
  * A {@linkcode LayerResolver} that extracts each layer once into a cache
  * directory and returns the cached directory afterwards.
  *
  * - Keyed by diff_id: `layers/<alg>-<hex>/fs`. A cached resolve is one stat.
+ *   A layer whose tree depends on its parents (`ApplyResult.dependsOnLowers`:
+ *   an implied parent directory, a hardlink copied up, merged whiteouts) is
+ *   keyed by its chain too: `layers/<alg>-<hex>@<chain hex>/fs` (a second
+ *   stat), so the same layer over another base gets its own tree.
  * - Digests are verified while streaming (the layer's `uncompressed()`), so
  *   only verified bytes are ever published.
  * - Publishing is atomic: the layer is extracted below `tmp/<random>/`, its
@@ -176,14 +246,39 @@ export class CachingLayerResolver implements LayerResolver {
     return r;
   }
 
-  /** The directory a layer with this diff_id is (or would be) published as. */
-  layerDir(diffID: string): string {
-    return join(this.root, "layers", layerKey(diffID));
+  /**
+   * The directory the layer with this diff_id over `parents` (bottom first;
+   * none: a base layer) is published as: `layers/<key>` when it is there or
+   * nowhere, else `layers/<key>@<chain hex>` when that is there.
+   */
+  layerDir(diffID: string, parents: readonly (string | { diffID: string })[] = []): string {
+    const fs = this.cachedPath(diffID, parents);
+    return fs ? join(fs, "..") : join(this.root, "layers", layerKey(diffID));
   }
 
-  /** The lower directory of a layer with this diff_id (`layers/<key>/fs`). */
-  layerPath(diffID: string): string {
-    return join(this.root, "layers", layerKey(diffID), "fs");
+  /**
+   * The lower directory of the layer with this diff_id over `parents`
+   * (bottom first): the published one (see {@linkcode cachedPath}), else
+   * where an independent layer would be published (`layers/<key>/fs`).
+   */
+  layerPath(diffID: string, parents: readonly (string | { diffID: string })[] = []): string {
+    return this.cachedPath(diffID, parents) ?? join(this.root, "layers", layerKey(diffID), "fs");
+  }
+
+  /**
+   * The published lower directory of the layer with this diff_id over
+   * `parents` (bottom first), or undefined: `layers/<key>/fs` (a layer whose
+   * tree does not depend on its parents), else `layers/<key>@<chain hex>/fs`.
+   * One stat, two when the first misses.
+   */
+  cachedPath(
+    diffID: string,
+    parents: readonly (string | { diffID: string })[] = [],
+  ): string | undefined {
+    const shared = join(this.root, "layers", layerKey(diffID), "fs");
+    if (statOk(shared)) return shared;
+    const chained = join(this.root, "layers", chainKey(diffID, parents), "fs");
+    return statOk(chained) ? chained : undefined;
   }
 
   /**
@@ -207,14 +302,14 @@ export class CachingLayerResolver implements LayerResolver {
       else if (Array.isArray(a)) parents.push(...a);
       else parents.push(a as Layer);
     }
-    const fs = this.layerPath(layer.diffID);
+    let fs: string | undefined;
     try {
-      Deno.statSync(fs);
-      return Promise.resolve(fs);
+      fs = this.cachedPath(layer.diffID, parents);
     } catch (e) {
-      if (!(e instanceof Deno.errors.NotFound)) return Promise.reject(e);
+      return Promise.reject(e);
     }
-    const key = layerKey(layer.diffID);
+    if (fs) return Promise.resolve(fs);
+    const key = chainKey(layer.diffID, parents);
     let p = this.#inflight.get(key);
     if (!p) {
       p = this.#extract(layer, parents, signal).finally(() => this.#inflight.delete(key));
@@ -243,15 +338,19 @@ export class CachingLayerResolver implements LayerResolver {
     return resolveLayers(this, layers, options);
   }
 
-  /** Reads the `layer.json` of a published layer. */
-  async record(diffID: string): Promise<LayerRecord> {
-    return JSON.parse(await Deno.readTextFile(join(this.layerDir(diffID), "layer.json")));
+  /** Reads the `layer.json` of a published layer (over `parents`, bottom first). */
+  async record(
+    diffID: string,
+    parents: readonly (string | { diffID: string })[] = [],
+  ): Promise<LayerRecord> {
+    return JSON.parse(
+      await Deno.readTextFile(join(this.layerDir(diffID, parents), "layer.json")),
+    );
   }
 
   async #extract(layer: Layer, parents: Layer[], signal?: AbortSignal): Promise<string> {
     const key = layerKey(layer.diffID);
-    const dest = join(this.root, "layers", key);
-    const fs = join(dest, "fs");
+    const chained = chainKey(layer.diffID, parents);
     // Parents first, one at a time, before taking this layer's lock: a
     // process never waits for a lock while holding another.
     const lowerDirs: string[] = [];
@@ -259,9 +358,14 @@ export class CachingLayerResolver implements LayerResolver {
       lowerDirs.push(await this.resolve(parents[i], parents.slice(0, i), signal));
     }
     signal?.throwIfAborted();
+    // One lock per diff_id: one process extracts, the others then find
+    // either key.
     const lock = await FileLock.acquire(join(this.root, "locks", `${key}.lock`), signal);
     try {
-      if (await exists(fs)) return fs; // another process published it while we waited
+      // Another process published it while we waited.
+      const published = this.cachedPath(layer.diffID, parents);
+      if (published) return published;
+      let dest = join(this.root, "layers", key);
       this.#o.onEvent?.({ type: "extract", diffID: layer.diffID, path: dest });
       const started = performance.now();
       const work = await TempWork.create(this.root);
@@ -275,8 +379,12 @@ export class CachingLayerResolver implements LayerResolver {
             });
           });
         const { treeRecord } = await import("../layer/record.ts");
+        if (result.dependsOnLowers) dest = join(this.root, "layers", chained);
+        const fs = join(dest, "fs");
         const record: LayerRecord = {
           diffID: layer.diffID,
+          dependsOnLowers: result.dependsOnLowers,
+          chainID: chainID([...parents.map((p) => p.diffID), layer.diffID]),
           digest: layer.digest,
           mediaType: layer.mediaType,
           size: layer.size,
@@ -350,9 +458,9 @@ export class CachingLayerResolver implements LayerResolver {
   }
 }
 
-async function exists(path: string): Promise<boolean> {
+function statOk(path: string): boolean {
   try {
-    await Deno.lstat(path);
+    Deno.statSync(path);
     return true;
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) return false;

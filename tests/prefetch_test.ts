@@ -121,7 +121,7 @@ Deno.test({
     const started = performance.now();
     const paths = await r.resolveAll(layers, { onLayer: (e) => events.push(e) });
     const ms = performance.now() - started;
-    assertEquals(paths, layers.map((l) => r.layerPath(l.diffID)));
+    assertEquals(paths, layers.map((l, i) => r.layerPath(l.diffID, layers.slice(0, i))));
     // Layers 2..4 started downloading before layer 1 was applied...
     for (const i of [1, 2, 3]) {
       assert(firstAt(events, "fetch-start", i) < firstAt(events, "done", 0));
@@ -147,7 +147,7 @@ Deno.test({
     for (const [i, l] of layers.entries()) {
       assertEquals(await Deno.readTextFile(join(paths[i], "etc/top")), `layer ${i + 1}\n`);
       assertEquals((await Deno.stat(join(paths[i], `l${i + 1}/f3`))).size, 16 * 1024);
-      assertEquals((await r.record(l.diffID)).digest, l.digest);
+      assertEquals((await r.record(l.diffID, layers.slice(0, i))).digest, l.digest);
     }
     await assertNoSpools(cache);
   },
@@ -192,7 +192,7 @@ Deno.test({
     const events: LayerEvent[] = [];
     const image = [...layers, layers[1]]; // the last repeats layer 2
     const paths = await r.resolveAll(image, { onLayer: (e) => events.push(e) });
-    assertEquals(paths, image.map((l) => r.layerPath(l.diffID)));
+    assertEquals(paths, image.map((l, i) => r.layerPath(l.diffID, image.slice(0, i))));
     assertEquals(layers.map((l) => l.opened), [1, 1, 1, 1]);
     assertEquals(
       events.filter((e) => e.type === "cached").map((e) => e.index),
@@ -353,7 +353,9 @@ Deno.test({
     // working size (~80 MiB here, the same for 32 or 256 MiB layers), never a blob.
     assert(grew < mib * 0.75, `RSS grew by ${grew.toFixed(0)} MiB`);
     for (const [i, l] of layers.entries()) {
-      const st = await Deno.stat(join(r.layerPath(l.diffID), `big/f${mib - 1}`));
+      const st = await Deno.stat(
+        join(r.layerPath(l.diffID, layers.slice(0, i)), `big/f${mib - 1}`),
+      );
       assertEquals(st.size, 1 << 20, `layer ${i}`);
     }
     await assertNoSpools(cache);
@@ -508,8 +510,8 @@ Deno.test({
     }
     for (let i = 0; i < tars.length; i++) {
       assertEquals(
-        (await rc.record(remote.layers[i].diffID)).record,
-        (await lc.record(local.layers[i].diffID)).record,
+        (await rc.record(remote.layers[i].diffID, remote.layers.slice(0, i))).record,
+        (await lc.record(local.layers[i].diffID, local.layers.slice(0, i))).record,
       );
       assertEquals(await snapshotTree(rp[i]), await snapshotTree(lp[i]));
     }
