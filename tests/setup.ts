@@ -1,0 +1,81 @@
+/**
+ * Installs what strata's tests and benchmarks drive, so that `deno task test`
+ * passes on a fresh Debian machine: OCI runtimes (runc, crun), image tools
+ * (skopeo, umoci, buildah, podman), a real registry (docker-registry,
+ * htpasswd), uid mapping helpers (uidmap), busybox-static for images, zstd,
+ * attr (getfattr/setfattr), libcap2-bin (setcap) and debootstrap (the
+ * benchmark's Debian rootfs). Run by `deno task test` and `deno task bench`
+ * before anything else; as root it apt-get installs what is missing, as
+ * anyone else it says what to run.
+ *
+ * @module
+ */
+
+/** Debian packages the tests and benchmarks use, by the command they provide. */
+export const PACKAGES: Record<string, string> = {
+  runc: "runc",
+  crun: "crun",
+  umoci: "umoci",
+  skopeo: "skopeo",
+  buildah: "buildah",
+  podman: "podman",
+  newuidmap: "uidmap",
+  busybox: "busybox-static",
+  zstd: "zstd",
+  getfattr: "attr",
+  setcap: "libcap2-bin",
+  "docker-registry": "docker-registry",
+  htpasswd: "apache2-utils",
+  debootstrap: "debootstrap",
+  unshare: "util-linux",
+  setpriv: "util-linux",
+  mount: "mount",
+  tar: "tar",
+  gzip: "gzip",
+};
+
+function onPath(cmd: string): boolean {
+  for (const dir of (Deno.env.get("PATH") ?? "").split(":").concat(["/usr/sbin", "/sbin"])) {
+    try {
+      if (Deno.statSync(`${dir}/${cmd}`).isFile) return true;
+    } catch {
+      // not here
+    }
+  }
+  return false;
+}
+
+async function apt(args: string[]): Promise<boolean> {
+  const r = await new Deno.Command("apt-get", {
+    args,
+    env: { DEBIAN_FRONTEND: "noninteractive" },
+    stdout: "null",
+    stderr: "inherit",
+  }).output();
+  return r.success;
+}
+
+async function main(): Promise<number> {
+  const missing = [
+    ...new Set(Object.entries(PACKAGES).filter(([cmd]) => !onPath(cmd)).map(([, p]) => p)),
+  ];
+  if (Deno.uid() !== 0) {
+    console.error(
+      "strata's tests mount file systems and create an unprivileged test user: run them as root" +
+        (missing.length ? ` (after: apt-get install ${missing.join(" ")})` : ""),
+    );
+    return 1;
+  }
+  if (missing.length === 0) return 0;
+  console.error(`strata: installing Debian packages for the tests: ${missing.join(" ")}`);
+  const flags = ["install", "-y", "-qq", "--no-install-recommends", ...missing];
+  if (!(await apt(flags))) {
+    if (!(await apt(["update", "-qq"])) || !(await apt(flags))) {
+      console.error(`strata: apt-get install ${missing.join(" ")} failed`);
+      return 1;
+    }
+  }
+  return 0;
+}
+
+if (import.meta.main) Deno.exit(await main());
