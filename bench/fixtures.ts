@@ -13,6 +13,7 @@ import { createGzip } from "node:zlib";
 import { createHash } from "node:crypto";
 import { join } from "@std/path";
 import { TarWriter } from "../layer/tar_writer.ts";
+import { exists } from "../sys/fs.ts";
 
 /**
  * The default cache directory of the fixtures (`$STRATA_BENCH_CACHE` or `/var/tmp/strata-bench`).
@@ -41,16 +42,6 @@ async function sh(cmd: string, args: string[], options: Deno.CommandOptions = {}
     throw new Error(`${cmd} ${args.join(" ")} exited ${r.code}: ${err.slice(-2000)}`);
   }
   return new TextDecoder().decode(r.stdout);
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.lstat(path);
-    return true;
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return false;
-    throw e;
-  }
 }
 
 /**

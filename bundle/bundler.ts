@@ -34,6 +34,7 @@ import {
 import { withImageConfig, withRootFS } from "./options.ts";
 import type { SpecOption } from "./spec.ts";
 import { JSONSpecWriter, type RuntimeSpecWriter } from "./writer.ts";
+import { exists } from "../sys/fs.ts";
 
 /** What `containers/<id>/bundle.json` records. */
 export interface BundleRecord {
@@ -109,16 +110,6 @@ const ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
  */
 export function validBundleId(id: string): boolean {
   return ID_RE.test(id);
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.lstat(path);
-    return true;
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return false;
-    throw e;
-  }
 }
 
 /**

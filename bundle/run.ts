@@ -23,6 +23,7 @@ import { defaultSpec } from "./spec.ts";
 import { inUserNamespace, outsideUid } from "./host.ts";
 import { adaptSpecToHost } from "./writer.ts";
 import { readProcText } from "../sys/proc.ts";
+import { exists } from "../sys/fs.ts";
 
 /** How one standard stream of the container is connected. */
 export type Stdio = "inherit" | "piped" | "null";
@@ -327,15 +328,6 @@ export async function selectRuntime(
 async function runtimeCmd(path: string, args: string[]): Promise<Deno.CommandOutput> {
   return await new Deno.Command(path, { args, stdin: "null", stdout: "null", stderr: "piped" })
     .output();
-}
-
-async function exists(p: string): Promise<boolean> {
-  try {
-    await Deno.lstat(p);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** The last error-level message of a runc/crun JSON log. */

@@ -17,7 +17,7 @@
  * @module
  */
 
-import { check, cstr, Errno, errno, ErrnoError, libc } from "../sys/libc.ts";
+import { check, cstr, Errno, errno, ErrnoError, libc, readFdAll } from "../sys/libc.ts";
 import { SpecError } from "./spec.ts";
 
 /** One `/etc/passwd` entry. */
@@ -333,31 +333,7 @@ export function readFileInRoot(root: string, path: string): Uint8Array | undefin
       throw new ErrnoError("openat2", e, `${root}${path}`);
     }
     try {
-      const chunks: Uint8Array[] = [];
-      let total = 0;
-      const buf = new Uint8Array(64 * 1024);
-      for (;;) {
-        const n = Number(c.read(fd, buf, BigInt(buf.length)));
-        if (n < 0) {
-          const e = errno();
-          if (e === Errno.EINTR) continue;
-          if (e === Errno.EAGAIN) break; // a FIFO with no writer: nothing to read
-          throw new ErrnoError("read", e, `${root}${path}`);
-        }
-        if (n === 0) break;
-        total += n;
-        if (total > MAX_USER_FILE) {
-          throw new RangeError(`cannot read ${root}${path}: larger than ${MAX_USER_FILE} bytes`);
-        }
-        chunks.push(buf.slice(0, n));
-      }
-      const out = new Uint8Array(total);
-      let off = 0;
-      for (const ch of chunks) {
-        out.set(ch, off);
-        off += ch.length;
-      }
-      return out;
+      return readFdAll(fd, `${root}${path}`, MAX_USER_FILE);
     } finally {
       c.close(fd);
     }

@@ -28,16 +28,8 @@ export interface CachedLayer {
   record?: LayerRecord;
 }
 
-/** Tells whether `path` exists (without following a final symlink). */
-export async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.lstat(path);
-    return true;
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return false;
-    throw e;
-  }
-}
+import { exists } from "../sys/fs.ts";
+export { exists };
 
 /**
  * Lists the published layers of the cache at `root`.

@@ -774,3 +774,23 @@ export function removeAt(dirfd: number, name: string): number {
   }
   return unlinkat(dirfd, name, AT.REMOVEDIR);
 }
+
+/**
+ * Tells whether `path` exists, without following a final symlink (a dangling
+ * link exists). Errors other than "not found" are thrown.
+ *
+ * @example Usage
+ * ```ts
+ * import { exists } from "./fs.ts";
+ * console.log(await exists("/")); // true
+ * ```
+ */
+export async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.lstat(path);
+    return true;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return false;
+    throw e;
+  }
+}

@@ -315,3 +315,45 @@ export function check<T extends number | bigint>(ret: T, syscall: string, path?:
 
 /** `AT_FDCWD`: resolve relative paths against the working directory. */
 export const AT_FDCWD = -100;
+
+/**
+ * Reads `fd` to its end (retrying EINTR; EAGAIN, as from a FIFO with no
+ * writer, ends the read) and returns the bytes.
+ *
+ * @throws {ErrnoError} when a read fails, naming `what`.
+ * @throws {RangeError} when there are more than `max` bytes.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { cstr, libc, readFdAll } from "./libc.ts";
+ * const fd = libc().open(cstr("/proc/self/uid_map"), 0, 0);
+ * console.log(new TextDecoder().decode(readFdAll(fd, "/proc/self/uid_map")));
+ * libc().close(fd);
+ * ```
+ */
+export function readFdAll(fd: number, what: string, max = Infinity): Uint8Array {
+  const c = libc();
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  const buf = new Uint8Array(64 * 1024);
+  for (;;) {
+    const n = Number(c.read(fd, buf, BigInt(buf.length)));
+    if (n < 0) {
+      const e = errno();
+      if (e === Errno.EINTR) continue;
+      if (e === Errno.EAGAIN) break;
+      throw new ErrnoError("read", e, what);
+    }
+    if (n === 0) break;
+    total += n;
+    if (total > max) throw new RangeError(`cannot read ${what}: larger than ${max} bytes`);
+    chunks.push(buf.slice(0, n));
+  }
+  const out = new Uint8Array(total);
+  let off = 0;
+  for (const ch of chunks) {
+    out.set(ch, off);
+    off += ch.length;
+  }
+  return out;
+}

@@ -8,7 +8,7 @@
  *
  * @module
  */
-import { cstr, errno, ErrnoError, ffiAvailable, libc } from "./libc.ts";
+import { cstr, errno, ErrnoError, ffiAvailable, libc, readFdAll } from "./libc.ts";
 
 const O_RDONLY = 0;
 const O_CLOEXEC = 0o2000000;
@@ -33,27 +33,7 @@ function readViaLibc(path: string): Uint8Array {
   const fd = c.open(cstr(path), O_RDONLY | O_CLOEXEC, 0);
   if (fd < 0) throw new ErrnoError("open", errno(), path);
   try {
-    const chunks: Uint8Array[] = [];
-    let total = 0;
-    for (;;) {
-      const buf = new Uint8Array(16384);
-      const n = Number(c.read(fd, buf, BigInt(buf.length)));
-      if (n < 0) {
-        const e = errno();
-        if (e === 4) continue; // EINTR
-        throw new ErrnoError("read", e, path);
-      }
-      if (n === 0) break;
-      chunks.push(buf.subarray(0, n));
-      total += n;
-    }
-    const out = new Uint8Array(total);
-    let off = 0;
-    for (const ch of chunks) {
-      out.set(ch, off);
-      off += ch.length;
-    }
-    return out;
+    return readFdAll(fd, path);
   } finally {
     c.close(fd);
   }
