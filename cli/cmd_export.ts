@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { join, resolve } from "@std/path";
+import { basename, dirname, join, resolve } from "@std/path";
 import { OverlayMount } from "../overlay/mount.ts";
 import { TempWork } from "../overlay/lock.ts";
 import { openCache } from "../overlay/cache.ts";
@@ -64,13 +64,24 @@ async function exportImage(ctx: Context, image: Image, dir: string): Promise<voi
     await Deno.mkdir(merged);
     const m = new OverlayMount({ mountpoint: merged, lower: paths, readonly: true });
     await m.mount(ctx.signal);
+    // Copied under a hidden sibling name and renamed into place at the end
+    // (rename(2) replaces an empty directory), so a failed or interrupted
+    // export leaves no half-written DIR.
+    const partial = join(
+      dirname(dir),
+      `.${basename(dir)}.strata-${crypto.randomUUID().slice(0, 8)}`,
+    );
     try {
-      const r = await copyTree(merged, dir, { signal: ctx.signal });
+      const r = await copyTree(merged, partial, { signal: ctx.signal });
+      await Deno.rename(partial, dir);
       for (const w of r.warnings) ctx.out.warn(`export: ${w}`);
       ctx.out.note(
         `exported ${r.entries} entries (${formatBytes(r.bytes)}, ${r.hardlinks} hard links) ` +
           `to ${dir} in ${formatMs(performance.now() - started)}`,
       );
+    } catch (e) {
+      await Deno.remove(partial, { recursive: true }).catch(() => {});
+      throw e;
     } finally {
       await m.unmount();
     }

@@ -447,6 +447,39 @@ Deno.test("cli: export writes the flattened tree with owners, links and whiteout
   assertEquals(await mountsBelow(String(cache)), []);
 });
 
+Deno.test("cli: an export that fails part way leaves no half-written DIR", async () => {
+  const img = await demoLayout();
+  await using cacheDir = await tempDir("strata-cli-cache-");
+  const cache = String(cacheDir);
+  await using outDir = await tempDir("strata-cli-export-");
+  // A target on a 64 KiB tmpfs: the ~2 MB busybox copy runs out of space.
+  const small = join(String(outDir), "small");
+  await Deno.mkdir(small);
+  await sh("mount", ["-t", "tmpfs", "-o", "size=64k", "tmpfs", small]);
+  try {
+    const dir = join(small, "rootfs");
+    const r = await strata(["export", img.ref, dir, "--cache", cache, "--quiet"]);
+    assertEquals(r.code, 1);
+    assertOneErrorLine(r, "No space left on device");
+    assertEquals([...Deno.readDirSync(small)], [], "neither DIR nor a partial copy is left");
+    // An existing empty DIR is filled (replaced by the finished copy).
+    const roomy = join(String(outDir), "roomy");
+    await Deno.mkdir(roomy);
+    const ok = await strata(["export", img.ref, roomy, "--cache", cache]);
+    assertEquals(ok.code, 0, ok.stderr);
+    assertEquals(
+      await Deno.readTextFile(join(roomy, "etc/motd")),
+      "hello from layer 2 (it overrides layer 1)\n",
+    );
+    assertEquals(
+      [...Deno.readDirSync(String(outDir))].map((e) => e.name).sort(),
+      ["roomy", "small"],
+    );
+  } finally {
+    await sh("umount", [small]);
+  }
+});
+
 async function assertMissing(path: string): Promise<void> {
   try {
     await Deno.lstat(path);
