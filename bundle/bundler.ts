@@ -35,6 +35,7 @@ import { withImageConfig, withRootFS } from "./options.ts";
 import type { SpecOption } from "./spec.ts";
 import { JSONSpecWriter, type RuntimeSpecWriter } from "./writer.ts";
 import { exists } from "../sys/fs.ts";
+import { MAX_LOWER_LAYERS } from "../sys/mount.ts";
 
 /** What `containers/<id>/bundle.json` records. */
 export interface BundleRecord {
@@ -183,6 +184,14 @@ export class CachingBundler {
   ): Promise<CachedBundle> {
     if (!validBundleId(id)) {
       throw new BundleError(id, `invalid bundle id "${id}": use letters, digits, "_", "." and "-"`);
+    }
+    if (image.layers.length > MAX_LOWER_LAYERS) {
+      // Refused before any layer is fetched: the overlay could never be mounted.
+      throw new BundleError(
+        id,
+        `image ${image.name ?? image.digest} has ${image.layers.length} layers; ` +
+          `overlayfs stacks at most ${MAX_LOWER_LAYERS}`,
+      );
     }
     const signal = options.find((o): o is AbortSignal => o instanceof AbortSignal);
     const specOptions = options.filter((o): o is SpecOption => typeof o === "function");

@@ -15,6 +15,7 @@ import { copyTree } from "./copy_tree.ts";
 import { formatBytes, formatMs } from "./output.ts";
 import { cacheLayers, enterNamespace, openForCli, saveOpened } from "./pipeline.ts";
 import type { Image } from "../image/types.ts";
+import { MAX_LOWER_LAYERS } from "../sys/mount.ts";
 
 async function checkTarget(dir: string): Promise<void> {
   try {
@@ -43,6 +44,12 @@ export async function exportCommand(ctx: Context): Promise<number> {
   await checkTarget(dir); // before any download
   await enterNamespace(ctx);
   const image = await openForCli(ctx, ref, "missing");
+  if (image.layers.length > MAX_LOWER_LAYERS) {
+    throw new CliError(
+      "export",
+      `${ref} has ${image.layers.length} layers; overlayfs stacks at most ${MAX_LOWER_LAYERS}`,
+    );
+  }
   // Registered like a running container before its layers are resolved, so
   // a concurrent `strata prune` keeps them while they are being read.
   const claim = await claimLayers(ctx.cacheRoot, image);

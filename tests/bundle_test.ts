@@ -338,3 +338,25 @@ Deno.test({
     assertStringIncludes(o.warnings.join(), "memory");
   },
 });
+
+Deno.test("CachingBundler: an image of more than 500 layers is refused before any fetch", async () => {
+  await using tmp = await tempDir();
+  const root = join(String(tmp), "cache");
+  const bundler = await CachingBundler.create(root);
+  let fetched = 0;
+  const layer = {
+    ...image.layers[0],
+    compressed: () => {
+      fetched++;
+      return image.layers[0].compressed();
+    },
+    uncompressed: () => {
+      fetched++;
+      return image.layers[0].uncompressed();
+    },
+  };
+  const tall = { ...image, name: "tall", layers: Array.from({ length: 501 }, () => layer) };
+  await assertRejects(() => bundler.bundle(tall, "tall"), BundleError, "at most 500");
+  assertEquals(fetched, 0);
+  assertEquals(await names(join(root, "containers")), []);
+});
