@@ -623,6 +623,11 @@ export class LayerWriter implements TarSink {
     this.#markCreated(path);
     this.#chown(fchownat(pfd, base, h.uid, h.gid, AT.SYMLINK_NOFOLLOW), h);
     if (h.xattrs) this.#xattrs(h.xattrs, (n, v) => lsetxattrAt(pfd, base, n, v));
+    this.#setTimes(pfd, base, h);
+  }
+
+  /** Sets the entry's times on `base` in `pfd` without following a symlink. */
+  #setTimes(pfd: number, base: string, h: TarHeader): void {
     const t = utimensat(
       pfd,
       base,
@@ -741,16 +746,7 @@ export class LayerWriter implements TarSink {
     const m = fchmodat(pfd, base, h.mode & 0o7777, 0);
     if (m < 0) throw new Fail(-m, "fchmodat");
     if (h.xattrs) this.#xattrs(h.xattrs, (n, v) => lsetxattrAt(pfd, base, n, v));
-    const t = utimensat(
-      pfd,
-      base,
-      atimeOf(h),
-      h.mtime,
-      AT.SYMLINK_NOFOLLOW,
-      atimeNsecOf(h),
-      h.mtimeNsec,
-    );
-    if (t < 0) throw new Fail(-t, "utimensat");
+    this.#setTimes(pfd, base, h);
   }
 
   // ------------------------------------------------------------- whiteouts

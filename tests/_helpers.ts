@@ -146,3 +146,37 @@ export const denoPath = Deno.execPath();
 
 /** Absolute path of the repository root. */
 export const repoRoot = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
+
+/**
+ * The argv that runs `argv` in a private mount namespace where every mount
+ * is read-only and only `base` is writable (root only). Tests that feed
+ * hostile input to strata run it this way, so that should confinement ever
+ * break, nothing outside `base` can be damaged (a broken build once emptied
+ * a real `/etc`).
+ */
+export function sandboxArgv(base: string, argv: string[]): string[] {
+  const script = [
+    "set -e",
+    "mount --make-rprivate /",
+    // every mount read-only (in this namespace only), then base alone writable
+    'for m in $(cut -d" " -f5 /proc/self/mountinfo | sort -r); do',
+    '  mount -o remount,bind,ro "$m" 2>/dev/null || true',
+    "done",
+    'mount --bind "$1" "$1"',
+    'mount -o remount,bind,rw "$1"',
+    "shift",
+    'exec "$@"',
+  ].join("\n");
+  return [
+    "unshare",
+    "--mount",
+    "--propagation",
+    "private",
+    "sh",
+    "-c",
+    script,
+    "sh",
+    base,
+    ...argv,
+  ];
+}

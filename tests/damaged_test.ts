@@ -24,7 +24,7 @@ import { join } from "@std/path";
 import { digestOf } from "../image/blob.ts";
 import { type Descriptor, MediaType } from "../image/types.ts";
 import { gzip, TarWriter, zstd } from "../layer/tar_writer.ts";
-import { denoPath, repoRoot, type RunResult, sh, tempDir } from "./_helpers.ts";
+import { denoPath, repoRoot, type RunResult, sandboxArgv, sh, tempDir } from "./_helpers.ts";
 import { RegistryClient, RegistryError } from "../image/registry.ts";
 import { Registry } from "./_registry.ts";
 
@@ -1467,17 +1467,6 @@ Deno.test("damaged registry: lies, failures and loops", async (t) => {
  * damage it.
  */
 async function sandboxedStrata(base: string, args: string[]): Promise<RunResult> {
-  const script = [
-    "set -e",
-    "mount --make-rprivate /",
-    'for m in $(cut -d" " -f5 /proc/self/mountinfo | sort -r); do',
-    '  mount -o remount,bind,ro "$m" 2>/dev/null || true',
-    "done",
-    'mount --bind "$1" "$1"',
-    'mount -o remount,bind,rw "$1"',
-    "shift",
-    'exec "$@"',
-  ].join("\n");
   const env = { ...Deno.env.toObject() };
   delete env.NODE_EXTRA_CA_CERTS;
   delete env.STRATA_CACHE;
@@ -1486,21 +1475,7 @@ async function sandboxedStrata(base: string, args: string[]): Promise<RunResult>
       "-s",
       "KILL",
       "60",
-      "unshare",
-      "--mount",
-      "--propagation",
-      "private",
-      "sh",
-      "-c",
-      script,
-      "sh",
-      base,
-      denoPath,
-      "run",
-      "-A",
-      "--no-lock",
-      CLI,
-      ...args,
+      ...sandboxArgv(base, [denoPath, "run", "-A", "--no-lock", CLI, ...args]),
     ],
     stdin: "null",
     stdout: "piped",

@@ -11,7 +11,7 @@ import { join } from "@std/path";
 import { type ApplyOptions, TarApplicator } from "../layer/applicator.ts";
 import { treeRecord } from "../layer/record.ts";
 import { TarWriter } from "../layer/tar_writer.ts";
-import { denoPath, isRoot, run, tempDir } from "./_helpers.ts";
+import { denoPath, isRoot, run, sandboxArgv, tempDir } from "./_helpers.ts";
 
 interface Case {
   name: string;
@@ -292,27 +292,7 @@ async function runCases(mode: "direct" | "merged", base: string): Promise<Outcom
  */
 async function sandboxed(mode: "direct" | "merged", base: string): Promise<Outcome[]> {
   if (!isRoot) return await runCases(mode, base);
-  const script = [
-    "set -e",
-    "mount --make-rprivate /",
-    // every mount read-only (in this namespace only), then base alone writable
-    'for m in $(cut -d" " -f5 /proc/self/mountinfo | sort -r); do',
-    '  mount -o remount,bind,ro "$m" 2>/dev/null || true',
-    "done",
-    'mount --bind "$1" "$1"',
-    'mount -o remount,bind,rw "$1"',
-    "shift",
-    'exec "$@"',
-  ].join("\n");
-  const out = await run("unshare", [
-    "--mount",
-    "--propagation",
-    "private",
-    "sh",
-    "-c",
-    script,
-    "sh",
-    base,
+  const [cmd, ...argv] = sandboxArgv(base, [
     denoPath,
     "run",
     "-A",
@@ -323,6 +303,7 @@ async function sandboxed(mode: "direct" | "merged", base: string): Promise<Outco
     mode,
     base,
   ]);
+  const out = await run(cmd, argv);
   if (out.code !== 0) throw new Error(`hostile child failed (${out.code}): ${out.stderr}`);
   return JSON.parse(out.stdout.trim().split("\n").pop()!);
 }
