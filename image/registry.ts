@@ -379,13 +379,17 @@ export class RegistryClient {
   async #fetch(url: URL, init: RequestInit, signal?: AbortSignal): Promise<Response> {
     const ms = this.#options.idleTimeout ?? 60_000;
     const idle = new AbortController();
-    let timer: number | undefined;
+    // One interval per request checks the time of the last bytes, instead of
+    // a timer re-armed for every body chunk (thousands per layer).
+    let last = performance.now();
+    const timer = setInterval(() => {
+      if (performance.now() - last > ms) idle.abort(new IdleTimeoutError(ms));
+    }, Math.max(10, Math.floor(ms / 8)));
+    Deno.unrefTimer(timer); // a body nobody reads or cancels must not keep the process alive
     const arm = () => {
-      clearTimeout(timer);
-      timer = setTimeout(() => idle.abort(new IdleTimeoutError(ms)), ms) as unknown as number;
-      Deno.unrefTimer(timer); // a body nobody reads or cancels must not keep the process alive
+      last = performance.now();
     };
-    const disarm = () => clearTimeout(timer);
+    const disarm = () => clearInterval(timer);
     const onAbort = () => idle.abort(signal!.reason);
     signal?.addEventListener("abort", onAbort, { once: true });
     const done = () => {
