@@ -307,16 +307,7 @@ export class LayerWriter implements TarSink {
           close(this.#makeParents(prefix)); // an implied directory, as in direct mode
           continue;
         }
-        this.#dirs.set(prefix, {
-          mode: st.mode & 0o7777,
-          uid: st.uid,
-          gid: st.gid,
-          atime: st.mtimeSec,
-          mtime: st.mtimeSec,
-          atimeNsec: st.mtimeNsec,
-          mtimeNsec: st.mtimeNsec,
-          ino: st.ino,
-        });
+        this.#dirs.set(prefix, lowerDirMeta(st, st.ino));
       } finally {
         close(pfd);
       }
@@ -909,16 +900,7 @@ export class LayerWriter implements TarSink {
       this.#dirs.set(dir, d);
     } else {
       // Not an entry of this layer: keep the lower directory's metadata.
-      this.#dirs.set(dir, {
-        mode: st.mode & 0o7777,
-        uid: st.uid,
-        gid: st.gid,
-        atime: st.mtimeSec,
-        mtime: st.mtimeSec,
-        atimeNsec: st.mtimeNsec,
-        mtimeNsec: st.mtimeNsec,
-        ino: nst.ino,
-      });
+      this.#dirs.set(dir, lowerDirMeta(st, nst.ino));
     }
   }
 
@@ -1208,4 +1190,18 @@ function atimeOf(h: TarHeader): number {
 /** The exact nanoseconds of the atime chosen by {@linkcode atimeOf}, when it is the mtime. */
 function atimeNsecOf(h: TarHeader): number | undefined {
   return h.atime !== undefined && h.atime > h.mtime ? undefined : h.mtimeNsec;
+}
+
+/** A lower directory's metadata, kept as it is (atime set to its mtime), for the inode `ino`. */
+function lowerDirMeta(st: Stat, ino: bigint): DeferredDir {
+  return {
+    mode: st.mode & 0o7777,
+    uid: st.uid,
+    gid: st.gid,
+    atime: st.mtimeSec,
+    mtime: st.mtimeSec,
+    atimeNsec: st.mtimeNsec,
+    mtimeNsec: st.mtimeNsec,
+    ino,
+  };
 }
