@@ -17,7 +17,6 @@ import {
   parseDigest,
   sniffCompression,
 } from "./blob.ts";
-import { createHash } from "node:crypto";
 import { selectFromIndex } from "./layout.ts";
 import { parseRegistryRef, registryRefString } from "./ref.ts";
 import {
@@ -527,6 +526,9 @@ export async function openDockerArchive(
       if (c === "none") digest = diffIDs[i];
       else {
         // A compressed layer under a name that is not its digest: hash it once.
+        // node:crypto loads here, not with the module: its first import costs
+        // a process ~20 ms, which a warm `strata run` does not pay.
+        const { createHash } = await import("node:crypto");
         const h = createHash("sha256");
         for await (const chunk of await tar.stream(layerPath)) h.update(chunk);
         digest = `sha256:${h.digest("hex")}`;

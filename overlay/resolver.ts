@@ -6,7 +6,8 @@
  * @module
  */
 import { join } from "@std/path";
-import { createHash } from "node:crypto";
+import { sha256Hex } from "../sys/sha256.ts";
+import { cstr, errno, ErrnoError, ffiAvailable, libc } from "../sys/libc.ts";
 import type { Layer } from "../image/types.ts";
 // The extraction code (the applicator, the tar parser, the tree record, the
 // workdir overlay) loads when a layer is actually extracted: a warm run
@@ -139,7 +140,7 @@ export function chainID(diffIDs: readonly string[]): string {
   if (diffIDs.length === 0) throw new TypeError("chainID of no layers");
   let id = diffIDs[0];
   for (let i = 1; i < diffIDs.length; i++) {
-    id = "sha256:" + createHash("sha256").update(`${id} ${diffIDs[i]}`).digest("hex");
+    id = "sha256:" + sha256Hex(`${id} ${diffIDs[i]}`);
   }
   return id;
 }
@@ -162,9 +163,19 @@ export function chainKey(
 ): string {
   const ids = parents.map((p) => typeof p === "string" ? p : p.diffID);
   ids.push(diffID);
-  const chain = chainID(ids);
-  return `${layerKey(diffID)}@${chain.slice(chain.indexOf(":") + 1)}`;
+  const memo = ids.join(" ");
+  let key = chainKeys.get(memo);
+  if (key === undefined) {
+    const chain = chainID(ids);
+    key = `${layerKey(diffID)}@${chain.slice(chain.indexOf(":") + 1)}`;
+    if (chainKeys.size >= 4096) chainKeys.clear();
+    chainKeys.set(memo, key);
+  }
+  return key;
 }
+
+/** Chain keys computed in this process (a run looks each one up more than once). */
+const chainKeys = new Map<string, string>();
 
 /**
  * The diff_id key (`<alg>-<hex>`) of a directory name in `layers/`, with or
@@ -458,7 +469,21 @@ export class CachingLayerResolver implements LayerResolver {
   }
 }
 
+const AT_FDCWD = -100;
+const F_OK = 0;
+const ENOENT = 2;
+const ENOTDIR = 20;
+
 function statOk(path: string): boolean {
+  // Through libc when permitted: a miss is an errno, not a thrown NotFound
+  // (building Deno's error object costs more than the lookup itself, and
+  // chain-keyed layers miss their first name on every resolve).
+  if (ffiAvailable()) {
+    if (libc().faccessat(AT_FDCWD, cstr(path), F_OK, 0) === 0) return true;
+    const e = errno();
+    if (e === ENOENT || e === ENOTDIR) return false;
+    throw new ErrnoError("access", e, path);
+  }
   try {
     Deno.statSync(path);
     return true;

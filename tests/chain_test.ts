@@ -215,3 +215,16 @@ async function strata(args: string[]) {
   const d = new TextDecoder();
   return { code: out.code, stdout: d.decode(out.stdout), stderr: d.decode(out.stderr) };
 }
+
+Deno.test("sha256Hex (chain IDs without node:crypto) agrees with node:crypto at every padding edge", async () => {
+  const { sha256Hex } = await import("../sys/sha256.ts");
+  assertEquals(
+    sha256Hex("abc"),
+    "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+  );
+  for (const n of [0, 1, 55, 56, 57, 63, 64, 65, 119, 120, 128, 1000, 70_000]) {
+    const bytes = new Uint8Array(n).map((_, i) => (i * 31 + n) & 255);
+    assertEquals(sha256Hex(bytes), createHash("sha256").update(bytes).digest("hex"), `${n} bytes`);
+  }
+  assertEquals(sha256Hex("é ☃"), createHash("sha256").update("é ☃").digest("hex"), "UTF-8");
+});
