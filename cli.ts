@@ -64,6 +64,18 @@ async function enterNamespaceEarly(out: Output): Promise<void> {
   }
 }
 
+/**
+ * Root runs a cached image without re-executing itself (cli/pipeline.ts
+ * `openCached`): `run` then decides about the namespace once the image is open.
+ */
+function isRoot(): boolean {
+  try {
+    return Deno.uid() === 0;
+  } catch {
+    return false;
+  }
+}
+
 /** Options of {@linkcode main}. */
 export interface MainOptions {
   /** Where output goes (default: the process's stdout and stderr). */
@@ -158,7 +170,9 @@ export async function main(args: string[], options: MainOptions = {}): Promise<n
       return 0;
     }
     if (o.version) throw new UsageError(`unknown option --version for ${spec.name}`, spec.name);
-    if (ENTER_FIRST.has(spec.name)) await enterNamespaceEarly(out);
+    if (ENTER_FIRST.has(spec.name) && !(spec.name === "run" && isRoot())) {
+      await enterNamespaceEarly(out);
+    }
     const handler = await handlers[spec.name]();
     const signals = options.signal ? undefined : installSignals(controller);
     // `run` releases the signals early (to runContainer); the finally removes them.

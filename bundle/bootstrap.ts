@@ -171,7 +171,7 @@ export async function bootstrapBundle(
     if (lower.length === 0) {
       // overlayfs needs at least one lower directory.
       const empty = join(path, "lower");
-      await Deno.mkdir(empty, { mode: 0o755 });
+      Deno.mkdirSync(empty, { mode: 0o755 });
       lower = [empty];
     }
     const overlay = new OverlayMount({ mountpoint: rootfs, lower, upper, work });

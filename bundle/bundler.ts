@@ -157,7 +157,7 @@ export class CachingBundler {
    */
   static async create(root: string, options: CachingBundlerOptions = {}): Promise<CachingBundler> {
     const resolver = options.resolver ?? await CachingLayerResolver.create(root);
-    await Deno.mkdir(join(root, "containers"), { recursive: true, mode: 0o700 });
+    Deno.mkdirSync(join(root, "containers"), { recursive: true, mode: 0o700 });
     return new CachingBundler(root, resolver, options);
   }
 

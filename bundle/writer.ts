@@ -145,17 +145,27 @@ export function adaptSpecToHost(spec: Spec, what?: string): string[] {
  * await writeSpecFile("/tmp/bundle/config.json", defaultSpec());
  * ```
  */
-export async function writeSpecFile(path: string, spec: Spec): Promise<void> {
+export function writeSpecFile(path: string, spec: Spec): Promise<void> {
   const tmp = join(dirname(path), `.${basename(path)}.${crypto.randomUUID().slice(0, 8)}.tmp`);
   try {
-    await Deno.writeTextFile(tmp, JSON.stringify(spec), { mode: 0o600, createNew: true });
-    await Deno.rename(tmp, path);
+    // Synchronous: a bundle is on a mount this thread may alone see
+    // (overlay/userns.ts enterThreadMountNamespace), and a few KiB cost less
+    // written here than sent to the thread pool.
+    Deno.writeTextFileSync(tmp, JSON.stringify(spec), { mode: 0o600, createNew: true });
+    Deno.renameSync(tmp, path);
   } catch (e) {
-    await Deno.remove(tmp).catch(() => {});
-    throw new SpecError(`cannot write the runtime spec ${path}: ${(e as Error).message}`, {
-      cause: e,
-    });
+    try {
+      Deno.removeSync(tmp);
+    } catch {
+      // not written
+    }
+    return Promise.reject(
+      new SpecError(`cannot write the runtime spec ${path}: ${(e as Error).message}`, {
+        cause: e,
+      }),
+    );
   }
+  return Promise.resolve();
 }
 
 /**

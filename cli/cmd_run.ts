@@ -19,7 +19,7 @@ import { runContainer, selectRuntime } from "../bundle/run.ts";
 import type { SpecOption } from "../bundle/spec.ts";
 import { UsageError } from "./args.ts";
 import type { Context } from "./context.ts";
-import { enterNamespace, onceWarner, pullImage } from "./pipeline.ts";
+import { enterNamespace, onceWarner, openCached, pullImage } from "./pipeline.ts";
 
 /**
  * Turns `--env` values into `K=V` strings: `K=V` as given, a bare `K` takes
@@ -87,15 +87,23 @@ export function runSpecOptions(ctx: Context): SpecOption[] {
  */
 export async function runCommand(ctx: Context): Promise<number> {
   const specOptions = runSpecOptions(ctx); // usage errors before any work
-  await enterNamespace(ctx);
+  const ref = ctx.args.positionals[0];
+  // As root with every layer cached: one process, its main thread in a
+  // private mount namespace. Otherwise the namespace comes first (which
+  // re-executes the command line) and missing layers are pulled in it.
+  let opened = await openCached(ctx, ref);
+  if (!opened) {
+    await enterNamespace(ctx);
+    opened = await pullImage(ctx, ref, "missing");
+  }
   const runtime = ctx.options.runtime as string | undefined;
-  // While the image opens: the runtime choice (runContainer makes it again
+  // While the bundle is made: the runtime choice (runContainer makes it again
   // from what this call leaves in memory, so crun's probe result, kept on disk
   // per boot, is read once) and the once-per-cache warnings file.
   const choosing = runtime ? undefined : selectRuntime().catch(() => undefined);
   const warner = onceWarner(ctx);
   try {
-    const { image, resolver } = await pullImage(ctx, ctx.args.positionals[0], "missing");
+    const { image, resolver } = opened;
     const bundler = await CachingBundler.create(ctx.cacheRoot, {
       resolver,
       onWarning: (m) => ctx.out.warn(m),

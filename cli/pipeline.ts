@@ -12,7 +12,7 @@ import { openImage, type OpenImageOptions, saveImage } from "../image/open.ts";
 import { ImageNotFoundError, ImageStore } from "../image/store.ts";
 import type { SourceImage } from "../image/source.ts";
 import { CachingLayerResolver } from "../overlay/resolver.ts";
-import { ensureUserNamespace } from "../overlay/userns.ts";
+import { ensureUserNamespace, enterThreadMountNamespace, USERNS_ENV } from "../overlay/userns.ts";
 import type { Context } from "./context.ts";
 import { imageSourceOptions } from "./context.ts";
 import { formatMs } from "./output.ts";
@@ -231,6 +231,51 @@ export async function pullImage(
     );
   }
   return { image, ...r, resolver: counting.value.resolver };
+}
+
+/**
+ * The fast way into a run, as root: opens `ref` and the layer cache, and when
+ * every layer is cached already, moves this thread into a private mount
+ * namespace of its own (overlay/userns.ts `enterThreadMountNamespace`) and
+ * returns the image, so that the bundle is mounted, run and unmounted
+ * without re-executing the command line. Undefined when a layer is missing
+ * or the namespace cannot be made this way (not root, no FFI): the caller
+ * then enters the namespace the usual way and pulls. A failure to open the
+ * image or the cache is thrown, as {@linkcode pullImage} would.
+ *
+ * @example Usage
+ * ```ts ignore
+ * const opened = await openCached(ctx, "oci:/tmp/layout:v1") ?? await pullImage(ctx, ref, "missing");
+ * ```
+ */
+export async function openCached(
+  ctx: Context,
+  ref: string,
+): Promise<{ image: SourceImage; resolver: CachingLayerResolver } | undefined> {
+  if (!rootOutsideNamespaces()) return undefined;
+  const [opened, counting] = await Promise.allSettled([
+    openForCli(ctx, ref, "missing"),
+    commandResolver(ctx),
+  ]);
+  if (opened.status === "rejected") throw opened.reason;
+  if (counting.status === "rejected") throw counting.reason;
+  const image = opened.value;
+  const { resolver } = counting.value;
+  for (let i = 0; i < image.layers.length; i++) {
+    if (!resolver.cachedPath(image.layers[i].diffID, image.layers.slice(0, i))) return undefined;
+  }
+  if (!enterThreadMountNamespace()) return undefined;
+  await saveOpened(ctx, ref, image);
+  return { image, resolver };
+}
+
+/** Root (uid 0) and not re-executed into a namespace by strata: worth trying {@linkcode openCached}. */
+function rootOutsideNamespaces(): boolean {
+  try {
+    return Deno.uid() === 0 && Deno.env.get(USERNS_ENV) === undefined;
+  } catch {
+    return false; // no --allow-sys or --allow-env: the usual way
+  }
 }
 
 /**

@@ -55,11 +55,17 @@ function parseMap(text: string): IdRange[] {
  * ```
  */
 export function currentIdMap(): IdMap {
-  return {
+  // Read once: a process' mapping is fixed when its user namespace is made
+  // (strata enters a new one only by re-executing), and every command asks.
+  idMap ??= {
     uid: parseMap(readProcText("/proc/self/uid_map")),
     gid: parseMap(readProcText("/proc/self/gid_map")),
   };
+  const copy = (rs: IdRange[]) => rs.map(([a, b, c]): IdRange => [a, b, c]);
+  return { uid: copy(idMap.uid), gid: copy(idMap.gid) };
 }
+
+let idMap: IdMap | undefined;
 
 /** Tells whether `map` is the identity mapping of the initial user namespace. */
 export function isIdentityMap(map: IdMap): boolean {
@@ -198,7 +204,7 @@ export async function openCache(root: string): Promise<{ root: string; idmap: Id
   const file = join(root, "idmap.json");
   let recorded: IdMap | undefined;
   try {
-    recorded = JSON.parse(await Deno.readTextFile(file)) as IdMap;
+    recorded = JSON.parse(Deno.readTextFileSync(file)) as IdMap;
   } catch (e) {
     if (!(e instanceof Deno.errors.NotFound)) {
       throw new Error(`Cannot read ${file}: ${(e as Error).message}`, { cause: e });

@@ -181,8 +181,10 @@ export class TempWork {
 export async function reclaimTemp(root: string): Promise<string[]> {
   const removed: string[] = [];
   const names = new Set<string>();
-  for await (const e of Deno.readDir(join(root, "tmp"))) names.add(e.name);
-  for await (const e of Deno.readDir(join(root, "locks"))) {
+  // Synchronous listings: usually both are (nearly) empty, and every command
+  // opening the cache pays for this.
+  for (const e of Deno.readDirSync(join(root, "tmp"))) names.add(e.name);
+  for (const e of Deno.readDirSync(join(root, "locks"))) {
     const m = /^tmp-(.+)\.lock$/.exec(e.name);
     if (m) names.add(m[1]);
   }

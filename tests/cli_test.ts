@@ -408,6 +408,64 @@ Deno.test("cli: prune never removes a layer a running container uses", async () 
   assertEquals(after.stdout.trim().split("\n").length, 3, "removed once the container is gone");
 });
 
+Deno.test({
+  name:
+    "cli: a warm run as root mounts in its main thread's own namespace: never in the host's, gone after a kill -9",
+  ignore: !isRoot,
+  fn: async () => {
+    const img = await demoLayout();
+    await using cacheDir = await tempDir("strata-cli-cache-");
+    const cache = String(cacheDir);
+    const c = ["--cache", cache];
+    assertEquals((await strata(["pull", ...c, "-q", img.ref])).code, 0);
+    const child = new Deno.Command(denoPath, {
+      args: ["run", "-A", CLI, ...c, "-q", "run", img.ref, "sh", "-c", "echo up; read x; echo bye"],
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+      env: cliEnv(),
+      clearEnv: true,
+    }).spawn();
+    const reader = child.stdout.getReader();
+    const first = await reader.read();
+    assertEquals(new TextDecoder().decode(first.value), "up\n");
+    // One process, not re-executed: its main thread (tid = pid) is in a mount
+    // namespace of its own, its other threads still in the host's.
+    const ns = (tid: string) => Deno.readLinkSync(`/proc/${child.pid}/task/${tid}/ns/mnt`);
+    const host = Deno.readLinkSync("/proc/self/ns/mnt");
+    const tids = [...Deno.readDirSync(`/proc/${child.pid}/task`)].map((e) => e.name);
+    assert(tids.length > 1, "deno runs several threads");
+    assertEquals(ns(String(child.pid)) === host, false, "the main thread has its own namespace");
+    assert(tids.some((t) => ns(t) === host), "the other threads stay in the host's");
+    // The bundle's tmpfs and overlay exist only there: the host sees none.
+    assertEquals(await mountsBelow(cache), [], "no mount visible to the host while running");
+    const containers = [...Deno.readDirSync(join(cache, "containers"))].map((e) => e.name);
+    assertEquals(containers.length, 1);
+    const bundle = join(cache, "containers", containers[0], "bundle");
+    assertEquals([...Deno.readDirSync(bundle)], [], "the host sees an empty mountpoint");
+
+    // kill -9: nothing can clean up. The container still runs (its runtime
+    // holds the namespace); once it exits, the namespace and its mounts go.
+    child.kill("SIGKILL");
+    assertEquals((await child.status).signal, "SIGKILL");
+    const w = child.stdin.getWriter();
+    await w.write(new TextEncoder().encode("x\n"));
+    await w.close();
+    reader.releaseLock();
+    await child.stdout.cancel();
+    await child.stderr.cancel();
+    assertEquals(await mountsBelow(cache), []);
+    // The next run reclaims the dead bundle's directory and works as usual.
+    const again = await strata(["run", ...c, "-q", img.ref, "echo", "again"]);
+    assertEquals(again.code, 0, again.stderr);
+    assertEquals(again.stdout, "again\n");
+    const prune = await strata(["prune", ...c]);
+    assertEquals(prune.code, 0, prune.stderr);
+    assertEquals([...Deno.readDirSync(join(cache, "containers"))], [], "dead bundle reclaimed");
+    assertEquals(await mountsBelow(cache), []);
+  },
+});
+
 Deno.test("cli: export writes the flattened tree with owners, links and whiteouts applied", async () => {
   const img = await demoLayout();
   await using cacheDir = await tempDir("strata-cli-cache-");
