@@ -145,6 +145,9 @@ export function parseChallenge(header: string | null): Challenge | undefined {
 
 /** Blob bytes are handed on in chunks of at least this size (except the last). */
 const COALESCE = 256 * 1024;
+/** Buffer for one read of a response body, and how full it gets before it is passed on. */
+const BODY_BUFFER = 1 << 20;
+const BODY_FILL = COALESCE;
 
 const isLocal = (host: string) => /^(localhost|127\.\d+\.\d+\.\d+|\[::1\])(:\d+)?$/.test(host);
 
@@ -410,18 +413,52 @@ export class RegistryClient {
       return res;
     }
     arm();
-    const reader = res.body.getReader();
+    // Read into large buffers when the body allows it (fetch bodies are byte
+    // streams in Deno): the default reader hands out each network read as it
+    // comes, ~60 KiB, and every chunk then costs a promise hop in each stage
+    // downstream (digest, decompression, tar); here a chunk is at least
+    // 256 KiB unless the body ends first, and no byte is copied.
+    let byob: ReadableStreamBYOBReader | undefined;
+    let reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
+    try {
+      byob = res.body.getReader({ mode: "byob" });
+    } catch {
+      reader = res.body.getReader();
+    }
+    const length = Number(res.headers.get("content-length"));
+    const size = length > 0 && length < BODY_BUFFER ? length : BODY_BUFFER;
+    const fill = Math.min(BODY_FILL, size);
     const body = new ReadableStream<Uint8Array>({
       async pull(c) {
         try {
-          const r = await reader.read();
-          if (r.done) {
-            done();
-            c.close();
-          } else {
-            arm();
-            c.enqueue(r.value);
+          if (reader) {
+            const r = await reader.read();
+            if (r.done) {
+              done();
+              c.close();
+            } else {
+              arm();
+              c.enqueue(r.value);
+            }
+            return;
           }
+          let buf = new ArrayBuffer(size);
+          let off = 0;
+          while (off < fill) {
+            const r = await byob!.read(new Uint8Array(buf, off, size - off));
+            if (r.value) {
+              buf = r.value.buffer as ArrayBuffer;
+              off += r.value.byteLength;
+            }
+            if (r.done) {
+              if (off > 0) c.enqueue(new Uint8Array(buf, 0, off));
+              done();
+              c.close();
+              return;
+            }
+            arm();
+          }
+          c.enqueue(new Uint8Array(buf, 0, off));
         } catch (e) {
           done();
           throw e;
@@ -429,7 +466,7 @@ export class RegistryClient {
       },
       cancel(reason) {
         done();
-        return reader.cancel(reason);
+        return (byob ?? reader)!.cancel(reason);
       },
     });
     return new Response(body, {

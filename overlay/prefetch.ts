@@ -6,8 +6,11 @@
  * - layers the cache already holds (by diff_id) are never fetched;
  * - the first missing layer streams straight from its source into
  *   extraction, no full download first;
- * - meanwhile up to `concurrency` of the following missing layers download in
- *   parallel into spool files ({@linkcode LayerSpool}), each in its own
+ * - once that layer turns out to wait on the network (this process leaving
+ *   CPU idle while it streams in: a slow or distant registry; by default),
+ *   or from the start (`prefetch: "always"`), up to `concurrency` of the
+ *   following missing layers download in parallel into spool files
+ *   ({@linkcode LayerSpool}), each in its own
  *   flock'd directory below the cache's `tmp/` (a crash leaves only
  *   leftovers the next process reclaims), their blob digest verified while
  *   spooling;
@@ -34,6 +37,7 @@ import {
 } from "../image/blob.ts";
 import type { Layer } from "../image/types.ts";
 import { TempWork } from "./lock.ts";
+import { readProcText } from "../sys/proc.ts";
 
 /** How many following layers download while one is applied, by default. */
 export const DEFAULT_PREFETCH_CONCURRENCY = 3;
@@ -99,6 +103,14 @@ export interface ResolveAllOptions {
    * each streamed straight into extraction).
    */
   concurrency?: number;
+  /**
+   * When downloads ahead start: `auto` (default) once a layer streamed into
+   * extraction turns out to leave CPU idle (this process using less than
+   * 0.7 of a core over 200 ms and more: a slow or distant registry), never
+   * while extraction is the bottleneck (a registry on a fast link, where
+   * spooling ahead would only take CPU from it); `always` from the start.
+   */
+  prefetch?: "auto" | "always";
   /** Receives what happens to each layer (progress displays, tests). */
   onLayer?: (event: LayerEvent) => void;
 }
@@ -408,13 +420,41 @@ function spooledLayer(
   };
 }
 
-/** A layer streamed straight from its source, reporting bytes fetched and applied. */
+/**
+ * When to download ahead: a layer streamed straight into extraction for at
+ * least {@linkcode STARVED_AFTER_MS} while this process used less than
+ * {@linkcode STARVED_CPU} of a core is held back by the network, not by
+ * extraction (which, fed fast enough, keeps a core and more busy). Then
+ * spare CPU is there to download the next layers in parallel; otherwise
+ * spooling ahead would only take CPU from extraction.
+ */
+const STARVED_AFTER_MS = 200;
+const STARVED_CPU = 0.7;
+
+/** CPU time of this process (all threads) in ms, from `/proc/self/stat`; undefined when unreadable. */
+function processCpuMs(): number | undefined {
+  try {
+    const stat = readProcText("/proc/self/stat");
+    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    // utime and stime (fields 14 and 15 of proc(5)) are in clock ticks (USER_HZ, 100 on Linux).
+    return (Number(f[11]) + Number(f[12])) * 10;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * A layer streamed straight from its source, reporting bytes fetched and
+ * applied, and calling `onStarved` once if extraction turns out to wait on
+ * the network (the cue to download later layers in parallel).
+ */
 function watchedLayer(
   layer: Layer,
   onStart: () => void,
   onFetched: (n: number) => void,
   onEnd: () => void,
-  onApplied: (n: number) => void,
+  onApplied: ((n: number) => void) | undefined,
+  onStarved: (() => void) | undefined,
 ): Layer {
   const watched: Layer = {
     digest: layer.digest,
@@ -424,11 +464,23 @@ function watchedLayer(
     async compressed(signal?: AbortSignal) {
       onStart();
       const s = await layer.compressed(signal);
+      const started = performance.now();
+      const cpu0 = onStarved ? processCpuMs() : undefined;
+      let next = started + STARVED_AFTER_MS;
       return s.pipeThrough(
         new TransformStream({
           transform(chunk, controller) {
             onFetched(chunk.byteLength);
             controller.enqueue(chunk);
+            if (cpu0 === undefined || !onStarved) return;
+            const now = performance.now();
+            if (now < next) return;
+            next = now + 50;
+            const cpu = processCpuMs();
+            if (cpu !== undefined && cpu - cpu0 < (now - started) * STARVED_CPU) {
+              onStarved();
+              onStarved = undefined;
+            }
           },
           flush: onEnd,
         }),
@@ -437,7 +489,7 @@ function watchedLayer(
     },
     async uncompressed(signal?: AbortSignal) {
       const s = await openLayerTar(watched, signal);
-      return s.pipeThrough(counter(onApplied), { signal });
+      return onApplied ? s.pipeThrough(counter(onApplied), { signal }) : s;
     },
   };
   return watched;
@@ -521,12 +573,28 @@ export async function resolveLayers(
     );
   };
 
+  // Downloads ahead start once a layer streamed into extraction turns out to
+  // wait on the network (or at once, when asked): on a fast link extraction
+  // is the bottleneck, and spooling ahead would only take CPU from it.
+  let ahead = concurrency > 0 && options.prefetch === "always";
+  let k = 0;
+  const topUp = () => {
+    if (!ahead || failure) return;
+    for (let j = k + 1; j <= k + concurrency && j < missing.length; j++) {
+      if (!spools.has(missing[j])) startSpool(missing[j]);
+    }
+  };
+  const onStarved = concurrency > 0 && !ahead
+    ? () => {
+      ahead = true;
+      topUp();
+    }
+    : undefined;
+
   try {
-    for (let k = 0; k < missing.length; k++) {
+    for (; k < missing.length; k++) {
       // Keep `concurrency` downloads going ahead of the layer applied now.
-      for (let j = k + 1; j <= k + concurrency && j < missing.length; j++) {
-        if (!spools.has(missing[j])) startSpool(missing[j]);
-      }
+      topUp();
       const i = missing[k];
       current = i;
       // Layers before this one (cached, or applied earlier in this loop) are all in the cache.
@@ -539,13 +607,14 @@ export async function resolveLayers(
       let layer: Layer;
       if (spool) {
         layer = spooledLayer(layers[i], spool, emit && onApplied);
-      } else if (emit) {
+      } else if (emit || (onStarved && !ahead && k + 1 < missing.length)) {
         layer = watchedLayer(
           layers[i],
-          () => emit("fetch-start", i, { spooled: false }),
-          (n) => emit("fetch-bytes", i, { bytes: n }),
-          () => emit("fetch-end", i, { spooled: false }),
-          onApplied,
+          () => emit?.("fetch-start", i, { spooled: false }),
+          (n) => emit?.("fetch-bytes", i, { bytes: n }),
+          () => emit?.("fetch-end", i, { spooled: false }),
+          emit && onApplied,
+          k + 1 < missing.length ? onStarved : undefined,
         );
       } else {
         layer = layers[i];

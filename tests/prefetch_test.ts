@@ -119,7 +119,10 @@ Deno.test({
     const events: LayerEvent[] = [];
     const r = await CachingLayerResolver.create(cache);
     const started = performance.now();
-    const paths = await r.resolveAll(layers, { onLayer: (e) => events.push(e) });
+    const paths = await r.resolveAll(layers, {
+      prefetch: "always",
+      onLayer: (e) => events.push(e),
+    });
     const ms = performance.now() - started;
     assertEquals(paths, layers.map((l, i) => r.layerPath(l.diffID, layers.slice(0, i))));
     // Layers 2..4 started downloading before layer 1 was applied...
@@ -150,6 +153,37 @@ Deno.test({
       assertEquals((await r.record(l.diffID, layers.slice(0, i))).digest, l.digest);
     }
     await assertNoSpools(cache);
+  },
+});
+
+Deno.test({
+  name:
+    "prefetch: by default later layers download ahead only once extraction waits on the network",
+  ignore: !isRoot,
+  async fn() {
+    await using tmp = await tempDir();
+    // Fast sources: extraction is the bottleneck, nothing is spooled ahead.
+    const fastEvents: LayerEvent[] = [];
+    const fast = [1, 2, 3].map((s) => memoryLayer(noiseTar(s, 8, 64 * 1024), "gzip"));
+    const rf = await CachingLayerResolver.create(join(`${tmp}`, "fast"));
+    await rf.resolveAll(fast, { onLayer: (e) => fastEvents.push(e) });
+    assertEquals(fastEvents.filter((e) => e.type === "fetch-start" && e.spooled), []);
+    assertEquals(fastEvents.filter((e) => e.type === "done").length, 3);
+    // A slow first layer (~0.6 s of trickle, the process nearly idle): the
+    // next ones start downloading into spools before it is applied.
+    const slowEvents: LayerEvent[] = [];
+    const slow = [
+      trickle(memoryLayer(noiseTar(4, 4, 32 * 1024), "gzip"), 20, 4096),
+      ...[5, 6].map((s) => memoryLayer(noiseTar(s, 2, 4096), "gzip")),
+    ];
+    const rs = await CachingLayerResolver.create(join(`${tmp}`, "slow"));
+    await rs.resolveAll(slow, { onLayer: (e) => slowEvents.push(e) });
+    for (const i of [1, 2]) {
+      const start = slowEvents.find((e) => e.type === "fetch-start" && e.index === i);
+      assert(start?.spooled, `layer ${i + 1} downloaded ahead`);
+      assert(start.at < firstAt(slowEvents, "done", 0));
+    }
+    await assertNoSpools(join(`${tmp}`, "slow"));
   },
 });
 
@@ -502,7 +536,10 @@ Deno.test({
     const rc = await CachingLayerResolver.create(join(dir, "cache-registry"));
     const lc = await CachingLayerResolver.create(join(dir, "cache-layout"));
     const events: LayerEvent[] = [];
-    const rp = await rc.resolveAll(remote.layers, { onLayer: (e) => events.push(e) });
+    const rp = await rc.resolveAll(remote.layers, {
+      prefetch: "always",
+      onLayer: (e) => events.push(e),
+    });
     const lp = await lc.resolveAll(local.layers, { concurrency: 1 });
     assertEquals(proxy.cuts, 1);
     for (const i of [1, 2, 3]) {
