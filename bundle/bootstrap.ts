@@ -110,7 +110,8 @@ export class OverlayBundle implements Bundle, AsyncDisposable {
     }
     if (errors.length === 0) {
       try {
-        await Deno.remove(this.path, { recursive: true });
+        // Synchronous: unmounted, the directory is empty (everything was on the tmpfs).
+        Deno.removeSync(this.path, { recursive: true });
       } catch (e) {
         if (!(e instanceof Deno.errors.NotFound)) errors.push(e);
       }
@@ -148,7 +149,7 @@ export async function bootstrapBundle(
   options: BootstrapOptions = {},
 ): Promise<OverlayBundle> {
   try {
-    await Deno.mkdir(path, { mode: 0o700 });
+    Deno.mkdirSync(path, { mode: 0o700 });
   } catch (e) {
     throw new BundleError(path, "cannot create the bundle directory", { cause: e });
   }

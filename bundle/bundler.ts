@@ -200,14 +200,16 @@ export class CachingBundler {
     let overlay: OverlayBundle | undefined;
     let placed = false;
     try {
-      await Deno.rename(tmp, dir).catch(async (e) => {
+      try {
+        Deno.renameSync(tmp, dir); // synchronous: one rename, on every run
+      } catch (e) {
         // A directory of that name: live (refuse) or left by a dead process (reclaim, retry).
         if (!(e instanceof Deno.errors.AlreadyExists) && !/ENOTEMPTY|not empty/i.test(String(e))) {
           throw e;
         }
         if (!(await reclaimBundle(this.root, id))) throw new BundleExistsError(id, dir);
-        await Deno.rename(tmp, dir);
-      });
+        Deno.renameSync(tmp, dir);
+      }
       placed = true;
       const lower: string[] = [];
       if (this.#resolver.resolveAll) {
@@ -279,9 +281,11 @@ function cachedBundle(
     cleaning ??= (async () => {
       try {
         await overlay.cleanup();
-        await Deno.remove(dir, { recursive: true }).catch((e) => {
+        try {
+          Deno.removeSync(dir, { recursive: true }); // a lock and a record: small
+        } catch (e) {
           if (!(e instanceof Deno.errors.NotFound)) throw e;
-        });
+        }
       } catch (e) {
         cleaning = undefined;
         throw e;

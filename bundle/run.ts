@@ -24,7 +24,7 @@ import { inUserNamespace, outsideUid } from "./host.ts";
 import { adaptSpecToHost } from "./writer.ts";
 import { readProcText } from "../sys/proc.ts";
 import { cstr, ffiAvailable, libc } from "../sys/libc.ts";
-import { exists } from "../sys/fs.ts";
+import { existsSync } from "../sys/fs.ts";
 
 /** How one standard stream of the container is connected. */
 export type Stdio = "inherit" | "piped" | "null";
@@ -137,12 +137,21 @@ export function defaultStateDir(runtimeName: string): string {
   return join("/tmp", `strata-${outsideUid()}`, runtimeName);
 }
 
-async function ensureStateDir(dir: string): Promise<void> {
-  await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
+function ensureStateDir(dir: string): void {
+  Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
   // A world-writable parent (/tmp) could hold someone else's directory or a symlink.
-  const st = await Deno.lstat(dir);
+  const st = Deno.lstatSync(dir);
   if (!st.isDirectory || (st.uid !== null && st.uid !== Deno.uid())) {
     throw new Error(`cannot use ${dir} as the runtime state directory: not a directory of ours`);
+  }
+}
+
+/** Removes a file, ignoring any failure (synchronous: one small file after every run). */
+function removeQuietly(path: string): void {
+  try {
+    Deno.removeSync(path);
+  } catch {
+    // gone already, or not ours to remove: nothing to do
   }
 }
 
@@ -245,12 +254,12 @@ async function probe(path: string, stateDir: string): Promise<{ ok: boolean; rea
 }
 
 async function probeUncached(path: string, stateDir: string) {
-  await ensureStateDir(stateDir);
+  ensureStateDir(stateDir);
   const record = join(stateDir, "probe.json");
-  const mtime = (await Deno.stat(path)).mtime?.getTime() ?? 0;
+  const mtime = Deno.statSync(path).mtime?.getTime() ?? 0;
   const boot = bootId();
   try {
-    const r = JSON.parse(await Deno.readTextFile(record)) as ProbeRecord;
+    const r = JSON.parse(Deno.readTextFileSync(record)) as ProbeRecord;
     if (r.bootId === boot && r.path === path && r.mtime === mtime) return r;
   } catch {
     // no record yet
@@ -432,7 +441,7 @@ export async function runContainer(bundle: Bundle, options: RunOptions = {}): Pr
       warn(`using ${rt.name}: ${rt.reason}`);
     }
     stateDir = options.stateDir ?? defaultStateDir(rt.name);
-    await ensureStateDir(stateDir);
+    ensureStateDir(stateDir);
     signal?.throwIfAborted();
     if (early) return { status: 128 + signalNumber(early), runtime: rt.path, id };
 
@@ -509,10 +518,10 @@ export async function runContainer(bundle: Bundle, options: RunOptions = {}): Pr
     try {
       // `run` deletes the container when its process exits; only an
       // interrupted runtime leaves state behind.
-      if (rt && stateDir && await exists(join(stateDir, id))) {
+      if (rt && stateDir && existsSync(join(stateDir, id))) {
         await runtimeCmd(rt.path, ["--root", stateDir, "delete", "--force", id]).catch(() => {});
       }
-      if (log) await Deno.remove(log).catch(() => {});
+      if (log) removeQuietly(log);
       if (options.cleanup ?? true) await bundle.cleanup();
     } catch (e) {
       // A cleanup failure surfaces unless the run already failed (that error

@@ -290,15 +290,15 @@ function rootOutsideNamespaces(): boolean {
  * await runContainer(bundle, { onWarning: await onceWarner(ctx) });
  * ```
  */
-export async function onceWarner(ctx: Context): Promise<(message: string) => void> {
+export function onceWarner(ctx: Context): Promise<(message: string) => void> {
   const file = join(ctx.cacheRoot, "notes.json");
   let shown: Record<string, string> = {};
   try {
-    shown = JSON.parse(await Deno.readTextFile(file));
+    shown = JSON.parse(Deno.readTextFileSync(file)); // small; read on every run
   } catch {
     shown = {};
   }
-  return (message: string) => {
+  return Promise.resolve((message: string) => {
     if (!message.startsWith("using ")) return ctx.out.warn(message);
     if (shown[message] && ctx.options.debug !== true) return;
     ctx.out.warn(`${message} (said once per cache)`);
@@ -308,7 +308,7 @@ export async function onceWarner(ctx: Context): Promise<(message: string) => voi
     } catch {
       // read-only cache: it will be said again next time
     }
-  };
+  });
 }
 
 export { ImageNotFoundError };

@@ -125,7 +125,7 @@ export class OciLayoutSource implements ImageSource {
     return join(this.dir, "blobs", algorithm, hex);
   }
 
-  #root?: Promise<string>;
+  #root?: string;
 
   /**
    * Finds the file of blob `desc` and checks it may be read: it must resolve
@@ -136,12 +136,14 @@ export class OciLayoutSource implements ImageSource {
    * FIFO, or read `/dev/zero` forever; layouts written by skopeo, umoci,
    * buildah and strata never hold such links, so they are refused.
    */
-  async #resolve(desc: Descriptor, what: string): Promise<{ path: string; size: number }> {
+  #resolve(desc: Descriptor, what: string): { path: string; size: number } {
     const path = this.blobPath(desc.digest);
     let real: string;
     try {
-      this.#root ??= Deno.realPath(this.dir);
-      real = await Deno.realPath(path);
+      // Synchronous: metadata of local files, cheaper here than a thread-pool
+      // round trip each (a warm `strata run` resolves manifest and config).
+      this.#root ??= Deno.realPathSync(this.dir);
+      real = Deno.realPathSync(path);
     } catch (e) {
       // The message says it all; Deno's ("No such file ... realpath '...'") would repeat it.
       if (e instanceof Deno.errors.NotFound) {
@@ -149,14 +151,14 @@ export class OciLayoutSource implements ImageSource {
       }
       throw e;
     }
-    const root = await this.#root;
+    const root = this.#root!;
     if (!real.startsWith(root.endsWith("/") ? root : `${root}/`)) {
       throw new UnsafeBlobError(
         `${what} ${desc.digest} of ${this.name}`,
         `${path} resolves to ${real}, outside the layout`,
       );
     }
-    const st = await Deno.stat(real);
+    const st = Deno.statSync(real);
     if (!st.isFile) {
       throw new UnsafeBlobError(
         `${what} ${desc.digest} of ${this.name}`,

@@ -16,7 +16,7 @@ import type { ApplyOptions, ApplyResult } from "../layer/applicator.ts";
 import { type IdMap, openCache } from "./cache.ts";
 import { FileLock, reclaimTemp, TempWork } from "./lock.ts";
 import type { NewOverlayMountFn } from "./workdir.ts";
-import { type ResolveAllOptions, resolveLayers } from "./prefetch.ts";
+import type { ResolveAllOptions } from "./prefetch.ts";
 
 /** Resolves a layer to a path suitable for use as an overlayfs lower directory. */
 export interface LayerResolver {
@@ -346,7 +346,31 @@ export class CachingLayerResolver implements LayerResolver {
    * ```
    */
   resolveAll(layers: readonly Layer[], options: ResolveAllOptions = {}): Promise<string[]> {
-    return resolveLayers(this, layers, options);
+    // Every layer cached (a warm run): their paths, without loading the
+    // download machinery (overlay/prefetch.ts) into the process.
+    const paths: string[] = [];
+    try {
+      options.signal?.throwIfAborted();
+      for (let i = 0; i < layers.length; i++) {
+        const path = this.cachedPath(layers[i].diffID, layers.slice(0, i));
+        if (path === undefined) {
+          return import("./prefetch.ts").then((m) => m.resolveLayers(this, layers, options));
+        }
+        paths.push(path);
+      }
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    for (const [i, path] of paths.entries()) {
+      options.onLayer?.({
+        type: "cached",
+        index: i,
+        layer: layers[i],
+        at: performance.now(),
+        path,
+      });
+    }
+    return Promise.resolve(paths);
   }
 
   /** Reads the `layer.json` of a published layer (over `parents`, bottom first). */
