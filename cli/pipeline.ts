@@ -7,6 +7,7 @@
  * @module
  */
 import { join } from "@std/path";
+import { bindLibc } from "../sys/libc.ts";
 import type { Image } from "../image/types.ts";
 import { openImage, type OpenImageOptions, saveImage } from "../image/open.ts";
 import { ImageNotFoundError, ImageStore } from "../image/store.ts";
@@ -253,6 +254,12 @@ export async function openCached(
   ref: string,
 ): Promise<{ image: SourceImage; resolver: CachingLayerResolver } | undefined> {
   if (!rootOutsideNamespaces()) return undefined;
+  try {
+    // What a warm run calls, bound at once (sys/libc.ts bindLibc).
+    bindLibc(WARM_RUN_SYMBOLS);
+  } catch {
+    return undefined; // no --allow-ffi: the usual way says what is missing
+  }
   const [opened, counting] = await Promise.allSettled([
     openForCli(ctx, ref, "missing"),
     commandResolver(ctx),
@@ -268,6 +275,22 @@ export async function openCached(
   await saveOpened(ctx, ref, image);
   return { image, resolver };
 }
+
+/** The libc calls of a warm run as root: /proc reads, cache lookups, the namespace, the mounts, user lookup. */
+const WARM_RUN_SYMBOLS = [
+  "open",
+  "read",
+  "close",
+  "faccessat",
+  "unshare",
+  "mount",
+  "umount2",
+  "fsopen",
+  "fsconfig",
+  "fsmount",
+  "move_mount",
+  "sys_openat2",
+] as const;
 
 /** Root (uid 0) and not re-executed into a namespace by strata: worth trying {@linkcode openCached}. */
 function rootOutsideNamespaces(): boolean {
