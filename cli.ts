@@ -76,6 +76,32 @@ function isRoot(): boolean {
   }
 }
 
+/** Marks the run started by {@linkcode rerunForCertificate}, with the host it is for. */
+const TLS_RERUN_ENV = "STRATA_TLS_RERUN";
+
+/**
+ * `--tls-verify=false` and a registry whose certificate cannot be verified:
+ * Deno's fetch can skip the check only for the whole process, so the
+ * command runs again (same pid, same arguments) with
+ * `--unsafely-ignore-certificate-errors=HOST` (Deno then says "DANGER: TLS
+ * certificate validation is disabled for: HOST"), as skopeo skips it. The
+ * failure happens at the first request, before anything is written. Returns
+ * when that cannot be done (already done once, or not run as `deno run`).
+ */
+async function rerunForCertificate(e: unknown): Promise<void> {
+  if ((e as Error)?.name !== "UnverifiedCertificateError") return;
+  const host = (e as { hostname?: string }).hostname;
+  try {
+    if (!host || Deno.env.get(TLS_RERUN_ENV) !== undefined) return;
+    const { rerunWithDenoFlags } = await import("./overlay/userns.ts");
+    await rerunWithDenoFlags([`--unsafely-ignore-certificate-errors=${host}`], {
+      [TLS_RERUN_ENV]: host,
+    });
+  } catch {
+    // cannot run again (no --allow-env, --allow-run): the error line says what to do
+  }
+}
+
 /** Options of {@linkcode main}. */
 export interface MainOptions {
   /** Where output goes (default: the process's stdout and stderr). */
@@ -193,6 +219,7 @@ export async function main(args: string[], options: MainOptions = {}): Promise<n
     }
   } catch (e) {
     out.endLayers();
+    if (!options.sinks && parsed?.options["tls-verify"] === false) await rerunForCertificate(e);
     if (controller.signal.aborted && !debug) {
       // Ctrl-C: the command stopped and cleaned up; say so plainly, exit as shells do.
       out.error(`strata: ${what(parsed)}: interrupted`);

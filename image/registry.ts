@@ -89,6 +89,50 @@ export class RegistryError extends Error {
 }
 
 /**
+ * The registry speaks HTTPS with a certificate this process cannot verify
+ * (self-signed, or from a private CA), and TLS verification was turned off
+ * (`tlsVerify: false`). Deno's `fetch` can skip the check only for the whole
+ * process: `deno run --unsafely-ignore-certificate-errors=HOSTNAME`. The
+ * CLI does that by itself (it runs itself again with the flag); a program
+ * using the library adds the flag, or passes the CA with `caCerts`.
+ *
+ * @example Usage
+ * ```ts
+ * import { UnverifiedCertificateError } from "./registry.ts";
+ * const e = new UnverifiedCertificateError("registry.local:5000", "invalid peer certificate");
+ * console.log(e.hostname); // "registry.local"
+ * ```
+ */
+export class UnverifiedCertificateError extends RegistryError {
+  /** The host name to pass to `--unsafely-ignore-certificate-errors`. */
+  readonly hostname: string;
+  /** Builds the error for registry `host` (`HOST[:PORT]`). */
+  constructor(host: string, reason: string, options?: ErrorOptions) {
+    const hostname = host.replace(/:\d+$/, "").replace(/^\[(.*)\]$/, "$1");
+    super(
+      `Cannot verify the TLS certificate of https://${host}`,
+      `${reason}; with TLS verification off, run deno with ` +
+        `--unsafely-ignore-certificate-errors=${hostname} (the command line does it by itself)`,
+      undefined,
+      options,
+    );
+    this.name = "UnverifiedCertificateError";
+    this.hostname = hostname;
+  }
+}
+
+/** The certificate problem `e` (a failed fetch) reports, when it is one. */
+function certificateProblem(e: unknown): string | undefined {
+  for (let c: unknown = e, i = 0; c instanceof Error && i < 5; c = c.cause, i++) {
+    const m =
+      /invalid peer certificate[^)]*\)*|certificate (?:verify failed|has expired|is not valid)[^)]*/i
+        .exec(c.message);
+    if (m) return m[0];
+  }
+  return undefined;
+}
+
+/**
  * The registry refused the credentials, or wants some and none were found.
  *
  * @example Usage
@@ -275,10 +319,34 @@ export class RegistryClient {
     return this.#creds;
   }
 
-  /** The scheme to use: https, or http when TLS verification is off and https fails (or the host is local). */
+  /**
+   * The scheme to use: https, or http when TLS verification is off and https
+   * fails. A local host with TLS verification off is asked over plain HTTP
+   * first (what a local registry usually speaks); one that answers "use
+   * HTTPS" (Go's server does, with a 400) gets https.
+   */
   #base(signal?: AbortSignal): Promise<"https" | "http"> {
     this.#scheme ??= (async () => {
-      if (this.#options.tlsVerify === false && isLocal(this.host)) return "http";
+      if (this.#options.tlsVerify === false && isLocal(this.host)) {
+        const res = await this.#fetch(
+          new URL(`http://${this.host}/v2/`),
+          { redirect: "manual" },
+          signal,
+        ).catch((e) => {
+          if (isAbort(e, signal)) throw e;
+          return undefined; // not plain HTTP, it seems: try https
+        });
+        if (res) {
+          // A few bytes of the answer tell; a hostile server's endless one must not hang us.
+          const text = res.status === 400
+            ? new TextDecoder().decode(
+              await readBounded(res, 4096, "", true).catch(() => new Uint8Array()),
+            )
+            : "";
+          if (res.status !== 400) await res.body?.cancel();
+          if (!/\bHTTPS\b/.test(text)) return "http";
+        }
+      }
       try {
         const res = await this.#fetch(
           new URL(`https://${this.host}/v2/`),
@@ -289,7 +357,11 @@ export class RegistryClient {
         return "https";
       } catch (e) {
         if (isAbort(e, signal)) throw e;
-        if (this.#options.tlsVerify === false) return "http";
+        if (this.#options.tlsVerify === false) {
+          const problem = certificateProblem(e);
+          if (problem) throw new UnverifiedCertificateError(this.host, problem, { cause: e });
+          return "http";
+        }
         throw new RegistryError(
           `Cannot reach https://${this.host}/v2/`,
           `${(e as Error).message}${

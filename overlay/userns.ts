@@ -353,11 +353,51 @@ function execInPlace(file: string, argv: string[], env: Record<string, string>):
  * child instead kept a second Deno process alive for the whole command and
  * cost its start and its exit a few milliseconds each.
  */
-async function reexec(unshareArgs: string[], argv: string[], mark = "1"): Promise<never> {
-  execInPlace("unshare", [...unshareArgs, "--", ...argv], { [USERNS_ENV]: mark });
-  const child = new Deno.Command("unshare", {
-    args: [...unshareArgs, "--", ...argv],
-    env: { [USERNS_ENV]: mark },
+function reexec(unshareArgs: string[], argv: string[], mark = "1"): Promise<never> {
+  return replaceProcess("unshare", [...unshareArgs, "--", ...argv], { [USERNS_ENV]: mark });
+}
+
+/**
+ * Runs this Deno program again, same command line and environment plus
+ * `env`, with `flags` added to Deno's own (after `deno run`), and exits with
+ * its status: for what only a Deno flag can grant the whole process, such as
+ * `--unsafely-ignore-certificate-errors=HOST` for a registry whose
+ * certificate cannot be verified when the user turned verification off.
+ * Returns false, doing nothing, when this process was not started as
+ * `deno run ...` (a compiled binary: its flags are fixed); otherwise never
+ * returns.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { rerunWithDenoFlags } from "./userns.ts";
+ * await rerunWithDenoFlags(["--unsafely-ignore-certificate-errors=registry.local"], {
+ *   STRATA_TLS_RERUN: "registry.local",
+ * });
+ * ```
+ */
+export async function rerunWithDenoFlags(
+  flags: readonly string[],
+  env: Record<string, string> = {},
+): Promise<boolean> {
+  const argv = ownArgv();
+  if (argv[1] !== "run") return false;
+  return await replaceProcess(argv[0], ["run", ...flags, ...argv.slice(2)], env);
+}
+
+/**
+ * Becomes `file args...` (execvp) with this environment plus `env`, or, when
+ * that cannot be done in place (no FFI), runs it as a child with stdio
+ * passed through and signals forwarded, and exits with its status.
+ */
+async function replaceProcess(
+  file: string,
+  args: string[],
+  env: Record<string, string>,
+): Promise<never> {
+  execInPlace(file, args, env);
+  const child = new Deno.Command(file, {
+    args,
+    env,
     stdin: "inherit",
     stdout: "inherit",
     stderr: "inherit",

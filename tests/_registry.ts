@@ -56,10 +56,15 @@ export class Registry implements AsyncDisposable {
     this.#child = child;
   }
 
-  /** Starts a registry in a temp dir; with `auth`, htpasswd basic auth for that user. */
+  /**
+   * Starts a registry in a temp dir; with `auth`, htpasswd basic auth for
+   * that user; with `tls`, HTTPS with a self-signed certificate for
+   * 127.0.0.1 (made with openssl), as a private registry often has.
+   */
   static async start(
     auth?: { user: string; pass: string },
     parent?: string,
+    options: { tls?: boolean } = {},
   ): Promise<Registry> {
     const dir = await Deno.makeTempDir({ prefix: "strata-registry-", dir: parent });
     const storage = join(dir, "storage");
@@ -69,6 +74,17 @@ export class Registry implements AsyncDisposable {
       const htpasswd = join(dir, "htpasswd");
       await Deno.writeTextFile(htpasswd, await sh("htpasswd", ["-Bbn", auth.user, auth.pass]));
       authYaml = `auth:\n  htpasswd:\n    realm: strata-test\n    path: ${htpasswd}\n`;
+    }
+    let tlsYaml = "";
+    if (options.tls) {
+      const key = join(dir, "key.pem");
+      const cert = join(dir, "cert.pem");
+      // deno-fmt-ignore
+      await sh("openssl", [
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "2",
+        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+      ]);
+      tlsYaml = `  tls:\n    certificate: ${cert}\n    key: ${key}\n`;
     }
     const config = join(dir, "config.yml");
     await Deno.writeTextFile(
@@ -85,7 +101,7 @@ storage:
     enabled: true
 http:
   addr: 127.0.0.1:${port}
-${authYaml}`,
+${tlsYaml}${authYaml}`,
     );
     const child = new Deno.Command("/usr/bin/docker-registry", {
       args: ["serve", config],

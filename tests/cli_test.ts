@@ -8,7 +8,14 @@
  *
  * @module
  */
-import { assert, assertEquals, assertMatch, assertStringIncludes, assertThrows } from "@std/assert";
+import {
+  assert,
+  assertEquals,
+  assertMatch,
+  assertRejects,
+  assertStringIncludes,
+  assertThrows,
+} from "@std/assert";
 import { join } from "@std/path";
 import { parseArgs, UsageError } from "../cli/args.ts";
 import { COMMANDS, GLOBAL_OPTIONS, TOP_OPTIONS } from "../cli/spec.ts";
@@ -614,6 +621,42 @@ Deno.test("cli: pull from a real registry with basic auth and --tls-verify=false
   const badCreds = await strata(["pull", ref, "--creds", "alice", "--cache", cache]);
   assertEquals(badCreds.code, 2);
   assertOneErrorLine(badCreds, "--creds must be USER:PASS");
+});
+
+Deno.test("cli: a registry with a self-signed certificate: --tls-verify=false skips the check, as skopeo", async () => {
+  const img = await demoLayout();
+  await using reg = await Registry.start(undefined, undefined, { tls: true });
+  await reg.push(img.ref, "demo/busybox:v1");
+  await using cacheDir = await tempDir("strata-cli-cache-");
+  const cache = String(cacheDir);
+  const ref = `docker://${reg.host}/demo/busybox:v1`;
+  // Verified by default: one clear line, nothing pulled.
+  const refused = await strata(["pull", ref, "--cache", cache]);
+  assertEquals(refused.code, 1);
+  assertOneErrorLine(refused, "certificate");
+  // Turned off: strata runs itself again with Deno's own flag for that host.
+  const pulled = await strata(["pull", "--tls-verify=false", ref, "--cache", cache]);
+  assertEquals(pulled.code, 0, pulled.stderr);
+  assertMatch(pulled.stdout, /^sha256:[0-9a-f]{64}\n$/);
+  assertStringIncludes(pulled.stderr, "TLS certificate validation is disabled for: 127.0.0.1");
+  const ran = await strata([
+    "run",
+    "-q",
+    "--cache",
+    cache,
+    `${reg.host}/demo/busybox:v1`,
+    "cat",
+    "/etc/motd",
+  ]);
+  assertEquals(ran.code, 0, ran.stderr);
+  assertEquals(ran.stdout, "hello from layer 2 (it overrides layer 1)\n");
+  // The library says which flag a program needs.
+  const { openImage } = await import("../image/open.ts");
+  await assertRejects(
+    () => openImage(ref, { tlsVerify: false }),
+    Error,
+    "--unsafely-ignore-certificate-errors=127.0.0.1",
+  );
 });
 
 Deno.test("cli: supported exits 0 and --why explains the mode", async () => {
