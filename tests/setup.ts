@@ -2,7 +2,7 @@
  * Installs what strata's tests and benchmarks drive, so that `deno task test`
  * passes on a fresh Debian machine: OCI runtimes (runc, crun), image tools
  * (skopeo, umoci, buildah, podman), a real registry (docker-registry,
- * htpasswd), uid mapping helpers (uidmap), busybox-static for images, zstd,
+ * htpasswd, openssl for a self-signed HTTPS one), uid mapping helpers (uidmap), busybox-static for images, zstd,
  * attr (getfattr/setfattr), libcap2-bin (setcap) and debootstrap (the
  * benchmark's Debian rootfs). Run by `deno task test` and `deno task bench`
  * before anything else; as root it apt-get installs what is missing, as
@@ -26,6 +26,7 @@ export const PACKAGES: Record<string, string> = {
   setcap: "libcap2-bin",
   "docker-registry": "docker-registry",
   htpasswd: "apache2-utils",
+  openssl: "openssl",
   debootstrap: "debootstrap",
   unshare: "util-linux",
   setpriv: "util-linux",
