@@ -497,6 +497,20 @@ export class RegistryClient {
     } catch {
       reader = res.body.getReader();
     }
+    // A body read must end when the request is aborted (idle timeout, Ctrl-C).
+    // Deno's fetch does not always reject a read already waiting on the
+    // network when its signal fires after the headers came (seen here: one
+    // stalled download in ten hung for good), so each read races the abort.
+    const aborted = new Promise<never>((_, reject) => {
+      if (idle.signal.aborted) reject(idle.signal.reason);
+      idle.signal.addEventListener("abort", () => reject(idle.signal.reason), { once: true });
+    });
+    aborted.catch(() => {}); // observed by the reads that race it
+    const untilAborted = <T>(p: Promise<T>): Promise<T> =>
+      Promise.race([p, aborted]).catch((e) => {
+        if (idle.signal.aborted) (byob ?? reader)!.cancel(e).catch(() => {});
+        throw e;
+      });
     const length = Number(res.headers.get("content-length"));
     const size = length > 0 && length < BODY_BUFFER ? length : BODY_BUFFER;
     const fill = Math.min(BODY_FILL, size);
@@ -504,7 +518,7 @@ export class RegistryClient {
       async pull(c) {
         try {
           if (reader) {
-            const r = await reader.read();
+            const r = await untilAborted(reader.read());
             if (r.done) {
               done();
               c.close();
@@ -517,7 +531,7 @@ export class RegistryClient {
           let buf = new ArrayBuffer(size);
           let off = 0;
           while (off < fill) {
-            const r = await byob!.read(new Uint8Array(buf, off, size - off));
+            const r = await untilAborted(byob!.read(new Uint8Array(buf, off, size - off)));
             if (r.value) {
               buf = r.value.buffer as ArrayBuffer;
               off += r.value.byteLength;
