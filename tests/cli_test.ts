@@ -383,13 +383,14 @@ Deno.test("cli: run passes argv, stdin, stdout and the exit status; strata failu
   assertEquals([...Deno.readDirSync(join(cache, "containers"))], [], "no container left behind");
 });
 
-Deno.test("cli: prune never removes a layer a running container uses", async () => {
-  const img = await demoLayout();
-  await using cacheDir = await tempDir("strata-cli-cache-");
-  const cache = String(cacheDir);
-  const c = ["--cache", cache];
+/**
+ * Starts `deno run -A cli.ts ARGS sh -c 'echo up; read x'` and waits for its
+ * "up": a container running until `finish()` writes its line and closes the
+ * pipes.
+ */
+async function runningContainer(args: string[]) {
   const child = new Deno.Command(denoPath, {
-    args: ["run", "-A", CLI, ...c, "-q", "run", img.ref, "sh", "-c", "echo up; read x"],
+    args: ["run", "-A", CLI, ...args, "sh", "-c", "echo up; read x"],
     stdin: "piped",
     stdout: "piped",
     stderr: "piped",
@@ -399,17 +400,29 @@ Deno.test("cli: prune never removes a layer a running container uses", async () 
   const reader = child.stdout.getReader();
   const first = await reader.read();
   assertEquals(new TextDecoder().decode(first.value), "up\n");
+  const finish = async () => {
+    const w = child.stdin.getWriter();
+    await w.write(new TextEncoder().encode("bye\n"));
+    await w.close();
+    reader.releaseLock();
+    await child.stdout.cancel();
+    await child.stderr.cancel();
+  };
+  return { child, finish };
+}
+
+Deno.test("cli: prune never removes a layer a running container uses", async () => {
+  const img = await demoLayout();
+  await using cacheDir = await tempDir("strata-cli-cache-");
+  const cache = String(cacheDir);
+  const c = ["--cache", cache];
+  const { child, finish } = await runningContainer([...c, "-q", "run", img.ref]);
   assertEquals((await strata(["rm", img.ref, ...c])).code, 0);
   const prune = await strata(["prune", ...c]);
   assertEquals(prune.code, 0, prune.stderr);
   assertEquals(prune.stdout, "", "nothing removed while the container runs");
   assertMatch(prune.stderr, /keeping sha256:[0-9a-f]{12}: used by container strata-/);
-  const w = child.stdin.getWriter();
-  await w.write(new TextEncoder().encode("bye\n"));
-  await w.close();
-  reader.releaseLock();
-  await child.stdout.cancel();
-  await child.stderr.cancel();
+  await finish();
   assertEquals((await child.status).code, 0);
   const after = await strata(["prune", ...c]);
   assertEquals(after.stdout.trim().split("\n").length, 3, "removed once the container is gone");
@@ -425,17 +438,7 @@ Deno.test({
     const cache = String(cacheDir);
     const c = ["--cache", cache];
     assertEquals((await strata(["pull", ...c, "-q", img.ref])).code, 0);
-    const child = new Deno.Command(denoPath, {
-      args: ["run", "-A", CLI, ...c, "-q", "run", img.ref, "sh", "-c", "echo up; read x; echo bye"],
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "piped",
-      env: cliEnv(),
-      clearEnv: true,
-    }).spawn();
-    const reader = child.stdout.getReader();
-    const first = await reader.read();
-    assertEquals(new TextDecoder().decode(first.value), "up\n");
+    const { child, finish } = await runningContainer([...c, "-q", "run", img.ref]);
     // One process, not re-executed: its main thread (tid = pid) is in a mount
     // namespace of its own, its other threads still in the host's.
     const ns = (tid: string) => Deno.readLinkSync(`/proc/${child.pid}/task/${tid}/ns/mnt`);
@@ -455,12 +458,7 @@ Deno.test({
     // holds the namespace); once it exits, the namespace and its mounts go.
     child.kill("SIGKILL");
     assertEquals((await child.status).signal, "SIGKILL");
-    const w = child.stdin.getWriter();
-    await w.write(new TextEncoder().encode("x\n"));
-    await w.close();
-    reader.releaseLock();
-    await child.stdout.cancel();
-    await child.stderr.cancel();
+    await finish();
     assertEquals(await mountsBelow(cache), []);
     // The next run reclaims the dead bundle's directory and works as usual.
     const again = await strata(["run", ...c, "-q", img.ref, "echo", "again"]);
