@@ -189,9 +189,13 @@ export function parseChallenge(header: string | null): Challenge | undefined {
 
 /** Blob bytes are handed on in chunks of at least this size (except the last). */
 const COALESCE = 256 * 1024;
-/** Buffer for one read of a response body, and how full it gets before it is passed on. */
+/**
+ * Buffer for reading a response body, and how full it gets before it is
+ * passed on: full (the loopback pull bench: 1.07-1.09x the layout when
+ * filled, 1.09-1.14x at 256 KiB).
+ */
 const BODY_BUFFER = 1 << 20;
-const BODY_FILL = COALESCE;
+const BODY_FILL = BODY_BUFFER;
 
 const isLocal = (host: string) => /^(localhost|127\.\d+\.\d+\.\d+|\[::1\])(:\d+)?$/.test(host);
 
@@ -488,8 +492,8 @@ export class RegistryClient {
     // Read into large buffers when the body allows it (fetch bodies are byte
     // streams in Deno): the default reader hands out each network read as it
     // comes, ~60 KiB, and every chunk then costs a promise hop in each stage
-    // downstream (digest, decompression, tar); here a chunk is at least
-    // 256 KiB unless the body ends first, and no byte is copied.
+    // downstream (digest, decompression, tar); here each chunk is a full
+    // 1 MiB unless the body ends first, for one memcpy per byte.
     let byob: ReadableStreamBYOBReader | undefined;
     let reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
     try {
@@ -514,6 +518,8 @@ export class RegistryClient {
     const length = Number(res.headers.get("content-length"));
     const size = length > 0 && length < BODY_BUFFER ? length : BODY_BUFFER;
     const fill = Math.min(BODY_FILL, size);
+    let failed: { error: unknown } | undefined;
+    let scratch = new ArrayBuffer(size);
     const body = new ReadableStream<Uint8Array>({
       async pull(c) {
         try {
@@ -528,23 +534,38 @@ export class RegistryClient {
             }
             return;
           }
-          let buf = new ArrayBuffer(size);
+          if (failed) throw failed.error;
+          // Network reads land in `scratch` (a BYOB read takes its buffer,
+          // and a failed one never gives it back) and are copied into
+          // `out`, so bytes that did arrive survive a dropped connection.
+          const out = new Uint8Array(size);
           let off = 0;
           while (off < fill) {
-            const r = await untilAborted(byob!.read(new Uint8Array(buf, off, size - off)));
+            let r: ReadableStreamReadResult<Uint8Array>;
+            try {
+              r = await untilAborted(byob!.read(new Uint8Array(scratch, 0, size - off)));
+            } catch (e) {
+              if (off === 0) throw e;
+              // What arrived goes on first (a resumed download starts after
+              // it); the failure comes with the next read.
+              failed = { error: e };
+              c.enqueue(out.subarray(0, off));
+              return;
+            }
             if (r.value) {
-              buf = r.value.buffer as ArrayBuffer;
+              scratch = r.value.buffer as ArrayBuffer;
+              out.set(r.value, off);
               off += r.value.byteLength;
             }
             if (r.done) {
-              if (off > 0) c.enqueue(new Uint8Array(buf, 0, off));
+              if (off > 0) c.enqueue(out.subarray(0, off));
               done();
               c.close();
               return;
             }
             arm();
           }
-          c.enqueue(new Uint8Array(buf, 0, off));
+          c.enqueue(out.subarray(0, off));
         } catch (e) {
           done();
           throw e;
