@@ -9,6 +9,7 @@ import { basename, dirname, join, resolve } from "@std/path";
 import { OverlayMount } from "../overlay/mount.ts";
 import { TempWork } from "../overlay/lock.ts";
 import { openCache } from "../overlay/cache.ts";
+import { claimContainer } from "../bundle/bundler.ts";
 import type { Context } from "./context.ts";
 import { CliError } from "./errors.ts";
 import { copyTree } from "./copy_tree.ts";
@@ -115,23 +116,9 @@ export async function claimLayers(
   await openCache(root); // the cache layout, 0700, with its id map checked
   const containers = join(root, "containers");
   const id = `export-${crypto.randomUUID().slice(0, 8)}`;
-  const tmp = join(containers, `.tmp-${crypto.randomUUID().slice(0, 13)}`);
   const dir = join(containers, id);
-  await Deno.mkdir(tmp, { mode: 0o700 });
-  const lock = await Deno.open(join(tmp, "lock"), { write: true, create: true, mode: 0o600 });
+  const { lock, tmp } = await claimContainer(containers, id, image);
   try {
-    await lock.lock(true);
-    await Deno.writeTextFile(
-      join(tmp, "bundle.json"),
-      JSON.stringify({
-        id,
-        image: image.name,
-        imageDigest: image.digest,
-        diffIDs: image.layers.map((l) => l.diffID),
-        pid: Deno.pid,
-        created: new Date().toISOString(),
-      }),
-    );
     await Deno.rename(tmp, dir);
   } catch (e) {
     lock.close();
