@@ -17,6 +17,8 @@ import {
 } from "../bundle/options.ts";
 import { runContainer, selectRuntime } from "../bundle/run.ts";
 import type { SpecOption } from "../bundle/spec.ts";
+import type { SourceImage } from "../image/source.ts";
+import type { CachingLayerResolver } from "../overlay/resolver.ts";
 import { UsageError } from "./args.ts";
 import type { Context } from "./context.ts";
 import { enterNamespace, onceWarner, openCached, pullImage } from "./pipeline.ts";
@@ -91,10 +93,12 @@ export async function runCommand(ctx: Context): Promise<number> {
   // As root with every layer cached: one process, its main thread in a
   // private mount namespace. Otherwise the namespace comes first (which
   // re-executes the command line) and missing layers are pulled in it.
-  let opened = await openCached(ctx, ref);
-  if (!opened) {
+  const fast = await openCached(ctx, ref);
+  let opened: { image: SourceImage; resolver: CachingLayerResolver };
+  if (fast?.warm) opened = { image: fast.opened.image, resolver: fast.opened.counting.resolver };
+  else {
     await enterNamespace(ctx);
-    opened = await pullImage(ctx, ref, "missing");
+    opened = await pullImage(ctx, ref, "missing", fast?.opened);
   }
   const runtime = ctx.options.runtime as string | undefined;
   // While the bundle is made: the runtime choice (runContainer makes it again

@@ -205,6 +205,7 @@ export async function pullImage(
   ctx: Context,
   ref: string,
   pull: "missing" | "always",
+  opened?: OpenedImage,
 ): Promise<
   {
     image: SourceImage;
@@ -215,15 +216,8 @@ export async function pullImage(
   }
 > {
   const started = performance.now();
-  const [opened, counting] = await Promise.allSettled([
-    openForCli(ctx, ref, pull),
-    commandResolver(ctx),
-  ]);
-  // The image's own failure first, as when the two ran one after the other.
-  if (opened.status === "rejected") throw opened.reason;
-  if (counting.status === "rejected") throw counting.reason;
-  const image = opened.value;
-  const r = await cacheLayers(ctx, image, counting.value);
+  const { image, counting } = opened ?? await openWithCache(ctx, ref, pull);
+  const r = await cacheLayers(ctx, image, counting);
   await saveOpened(ctx, ref, image);
   r.ms = performance.now() - started;
   if (r.extracted > 0) {
@@ -231,28 +225,64 @@ export async function pullImage(
       `${ref}: ${r.extracted} of ${image.layers.length} layers extracted in ${formatMs(r.ms)}`,
     );
   }
-  return { image, ...r, resolver: counting.value.resolver };
+  return { image, ...r, resolver: counting.resolver };
+}
+
+/** An image and the layer cache, opened side by side ({@linkcode openWithCache}). */
+export interface OpenedImage {
+  /** The image. */
+  image: SourceImage;
+  /** The command's layer resolver. */
+  counting: CountingResolver;
+}
+
+/**
+ * Opens `ref` (see {@linkcode openForCli}) and the layer cache (checking its
+ * id map, reclaiming dead processes' temporary directories) at the same
+ * time; the image's own failure is reported first, as if one came after the
+ * other.
+ *
+ * @example Usage
+ * ```ts ignore
+ * const { image, counting } = await openWithCache(ctx, "oci:/tmp/layout:v1", "missing");
+ * ```
+ */
+export async function openWithCache(
+  ctx: Context,
+  ref: string,
+  pull: "missing" | "always",
+): Promise<OpenedImage> {
+  const [opened, counting] = await Promise.allSettled([
+    openForCli(ctx, ref, pull),
+    commandResolver(ctx),
+  ]);
+  if (opened.status === "rejected") throw opened.reason;
+  if (counting.status === "rejected") throw counting.reason;
+  return { image: opened.value, counting: counting.value };
 }
 
 /**
  * The fast way into a run, as root: opens `ref` and the layer cache, and when
  * every layer is cached already, moves this thread into a private mount
  * namespace of its own (overlay/userns.ts `enterThreadMountNamespace`) and
- * returns the image, so that the bundle is mounted, run and unmounted
- * without re-executing the command line. Undefined when a layer is missing
- * or the namespace cannot be made this way (not root, no FFI): the caller
- * then enters the namespace the usual way and pulls. A failure to open the
- * image or the cache is thrown, as {@linkcode pullImage} would.
+ * says `warm`, so that the bundle is mounted, run and unmounted without
+ * re-executing the command line. Not warm (a layer is missing, or no
+ * namespace can be made this way): the caller enters the namespace the
+ * usual way and pulls, passing `opened` on to {@linkcode pullImage} so that
+ * nothing is opened twice when that does not re-execute. Undefined when
+ * not tried (not root, no FFI). A failure to open the image or the cache is
+ * thrown, as {@linkcode pullImage} would.
  *
  * @example Usage
  * ```ts ignore
- * const opened = await openCached(ctx, "oci:/tmp/layout:v1") ?? await pullImage(ctx, ref, "missing");
+ * const fast = await openCached(ctx, "oci:/tmp/layout:v1");
+ * if (!fast?.warm) await pullImage(ctx, "oci:/tmp/layout:v1", "missing", fast?.opened);
  * ```
  */
 export async function openCached(
   ctx: Context,
   ref: string,
-): Promise<{ image: SourceImage; resolver: CachingLayerResolver } | undefined> {
+): Promise<{ opened: OpenedImage; warm: boolean } | undefined> {
   if (!rootOutsideNamespaces()) return undefined;
   try {
     // What a warm run calls, bound at once (sys/libc.ts bindLibc).
@@ -260,20 +290,16 @@ export async function openCached(
   } catch {
     return undefined; // no --allow-ffi: the usual way says what is missing
   }
-  const [opened, counting] = await Promise.allSettled([
-    openForCli(ctx, ref, "missing"),
-    commandResolver(ctx),
-  ]);
-  if (opened.status === "rejected") throw opened.reason;
-  if (counting.status === "rejected") throw counting.reason;
-  const image = opened.value;
-  const { resolver } = counting.value;
+  const opened = await openWithCache(ctx, ref, "missing");
+  const { image, counting: { resolver } } = opened;
   for (let i = 0; i < image.layers.length; i++) {
-    if (!resolver.cachedPath(image.layers[i].diffID, image.layers.slice(0, i))) return undefined;
+    if (!resolver.cachedPath(image.layers[i].diffID, image.layers.slice(0, i))) {
+      return { opened, warm: false };
+    }
   }
-  if (!enterThreadMountNamespace()) return undefined;
+  if (!enterThreadMountNamespace()) return { opened, warm: false };
   await saveOpened(ctx, ref, image);
-  return { image, resolver };
+  return { opened, warm: true };
 }
 
 /** The libc calls of a warm run as root: /proc reads, cache lookups, the namespace, the mounts, user lookup. */
