@@ -197,11 +197,16 @@ export class ImageStore {
       ? image.configBytes
       : enc.encode(JSON.stringify(image.config));
     const refPath = await this.#refPath(canonical);
-    const [, , previous] = await Promise.all([
+    await Promise.all([
       this.#putBlob(configBytes, image.configDigest),
       this.#putBlob(manifestBytes, image.digest),
-      Promise.resolve().then(() => this.#readRecord(refPath, canonical)).catch(() => undefined), // unreadable: rewrite it
     ]);
+    let previous: StoredImage | undefined;
+    try {
+      previous = this.#readRecord(refPath, canonical);
+    } catch {
+      previous = undefined; // unreadable: rewrite it
+    }
     const record: StoredImage = {
       name: canonical,
       digest: image.digest,
@@ -236,7 +241,7 @@ export class ImageStore {
     } catch {
       return undefined;
     }
-    return await this.#readRecord(await this.#refPath(canonical), canonical);
+    return this.#readRecord(await this.#refPath(canonical), canonical);
   }
 
   /** The record at `path` when it is the one of `canonical`, else undefined. */
