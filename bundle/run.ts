@@ -23,8 +23,7 @@ import { defaultSpec } from "./spec.ts";
 import { inUserNamespace, outsideUid } from "./host.ts";
 import { adaptSpecToHost } from "./writer.ts";
 import { readProcText } from "../sys/proc.ts";
-import { cstr, ffiAvailable, libc } from "../sys/libc.ts";
-import { existsSync } from "../sys/fs.ts";
+import { accessible, existsSync } from "../sys/fs.ts";
 
 /** How one standard stream of the container is connected. */
 export type Stdio = "inherit" | "piped" | "null";
@@ -156,8 +155,6 @@ function removeQuietly(path: string): void {
 }
 
 const found = new Map<string, string>();
-const X_OK = 1;
-const AT_EACCESS = 0x200;
 
 /**
  * Finds `name` on PATH (or checks a path). A hit is remembered per PATH and
@@ -195,12 +192,9 @@ function search(name: string): string | undefined {
   ) {
     if (!dir) continue;
     const p = join(dir, name);
-    // Through libc when permitted: a directory without the program is an
-    // errno, not a thrown NotFound, and PATH often has many of them.
-    if (ffiAvailable() && libc().faccessat(-100, cstr(p), X_OK, AT_EACCESS) !== 0) continue;
     try {
-      const st = Deno.statSync(p);
-      if (st.isFile && (st.mode ?? 0o111) & 0o111) return p;
+      // accessible() first: PATH often has many directories without the program.
+      if (accessible(p, "executable") && Deno.statSync(p).isFile) return p;
     } catch {
       // not here
     }

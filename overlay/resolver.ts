@@ -7,7 +7,7 @@
  */
 import { join } from "@std/path";
 import { sha256Hex } from "../sys/sha256.ts";
-import { cstr, errno, ErrnoError, ffiAvailable, libc } from "../sys/libc.ts";
+import { accessible } from "../sys/fs.ts";
 import type { Layer } from "../image/types.ts";
 // The extraction code (the applicator, the tar parser, the tree record, the
 // workdir overlay) loads when a layer is actually extracted: a warm run
@@ -287,9 +287,9 @@ export class CachingLayerResolver implements LayerResolver {
     parents: readonly (string | { diffID: string })[] = [],
   ): string | undefined {
     const shared = join(this.root, "layers", layerKey(diffID), "fs");
-    if (statOk(shared)) return shared;
+    if (accessible(shared)) return shared;
     const chained = join(this.root, "layers", chainKey(diffID, parents), "fs");
-    return statOk(chained) ? chained : undefined;
+    return accessible(chained) ? chained : undefined;
   }
 
   /**
@@ -490,29 +490,5 @@ export class CachingLayerResolver implements LayerResolver {
     } finally {
       await wd.cleanup();
     }
-  }
-}
-
-const AT_FDCWD = -100;
-const F_OK = 0;
-const ENOENT = 2;
-const ENOTDIR = 20;
-
-function statOk(path: string): boolean {
-  // Through libc when permitted: a miss is an errno, not a thrown NotFound
-  // (building Deno's error object costs more than the lookup itself, and
-  // chain-keyed layers miss their first name on every resolve).
-  if (ffiAvailable()) {
-    if (libc().faccessat(AT_FDCWD, cstr(path), F_OK, 0) === 0) return true;
-    const e = errno();
-    if (e === ENOENT || e === ENOTDIR) return false;
-    throw new ErrnoError("access", e, path);
-  }
-  try {
-    Deno.statSync(path);
-    return true;
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return false;
-    throw e;
   }
 }
