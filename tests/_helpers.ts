@@ -6,6 +6,7 @@
  * @module
  */
 import { join } from "@std/path";
+import { OverlayMount } from "../overlay/mount.ts";
 
 /** The unprivileged user the rootless tests run as. */
 export const TEST_USER = "strata-test";
@@ -179,4 +180,24 @@ export function sandboxArgv(base: string, argv: string[]): string[] {
     base,
     ...argv,
   ];
+}
+
+/**
+ * Mounts `lowers` (bottom first) as a read-only overlay on a fresh directory
+ * below `dir`, runs `fn` on it, then unmounts and removes the directory.
+ */
+export async function withOverlayView<T>(
+  dir: string,
+  lowers: string[],
+  fn: (view: string) => Promise<T>,
+): Promise<T> {
+  const view = await Deno.makeTempDir({ dir, prefix: "view-" });
+  const m = new OverlayMount({ mountpoint: view, lower: lowers, readonly: true });
+  try {
+    await m.mount();
+    return await fn(view);
+  } finally {
+    await m.unmount();
+    await Deno.remove(view).catch(() => {});
+  }
 }

@@ -43,6 +43,7 @@ import {
   runAsUser,
   sh,
   tempDir,
+  withOverlayView,
 } from "./_helpers.ts";
 import {
   buildBusyboxImages,
@@ -90,15 +91,7 @@ async function viewRecord(cache: string, mode: ResolveMode, ref: string): Promis
   for (const [i, layer] of image.layers.entries()) {
     lowers.push(await resolver.resolve(layer, image.layers.slice(0, i)));
   }
-  const view = await Deno.makeTempDir({ dir: cache, prefix: "view-" });
-  const m = new OverlayMount({ mountpoint: view, lower: lowers, readonly: true });
-  await m.mount();
-  try {
-    return await record(view);
-  } finally {
-    await m.unmount();
-    await Deno.remove(view);
-  }
+  return await withOverlayView(cache, lowers, record);
 }
 
 /** What a container prints about the image's files (the same script for strata and runc). */

@@ -16,30 +16,16 @@ import {
   LayerResolveError,
   type ResolverEvent,
 } from "../overlay/resolver.ts";
-import { OverlayMount } from "../overlay/mount.ts";
 import { treeRecord } from "../layer/record.ts";
 import { mountsBelow } from "../sys/mount.ts";
 import { filesLayer, type MemoryLayer, memoryLayer, sampleImage, snapshotTree } from "./_layers.ts";
-import { isRoot, repoRoot, tempDir } from "./_helpers.ts";
+import { isRoot, repoRoot, tempDir, withOverlayView } from "./_helpers.ts";
 
 /** Resolves every layer of an image in order; returns the lower dirs, bottom first. */
 async function resolveAll(r: CachingLayerResolver, layers: MemoryLayer[]): Promise<string[]> {
   const out: string[] = [];
   for (let i = 0; i < layers.length; i++) out.push(await r.resolve(layers[i], layers.slice(0, i)));
   return out;
-}
-
-/** Mounts `lowers` read-only (with an empty top layer when there is one) and runs `fn` on the view. */
-async function withView<T>(dir: string, lowers: string[], fn: (view: string) => Promise<T>) {
-  const view = await Deno.makeTempDir({ dir, prefix: "view-" });
-  const lower = lowers.length > 1 ? lowers : [await Deno.makeTempDir({ dir }), ...lowers];
-  const m = new OverlayMount({ mountpoint: view, lower, readonly: true });
-  await m.mount();
-  try {
-    return await fn(view);
-  } finally {
-    await m.unmount();
-  }
 }
 
 Deno.test({
@@ -71,7 +57,7 @@ Deno.test({
     const rec = await r.record(app.diffID);
     assertEquals([rec.diffID, rec.digest, rec.mode], [app.diffID, app.digest, "direct"]);
     assertEquals(rec.record.digest, (await treeRecord(l2)).digest);
-    await withView(dir, [l1, l2], async (view) => {
+    await withOverlayView(dir, [l1, l2], async (view) => {
       assertEquals(await Deno.readTextFile(join(view, "etc", "os")), "app");
       assertEquals(await Deno.readTextFile(join(view, "etc", "only-base")), "b");
     });
@@ -93,7 +79,7 @@ Deno.test({
       const r = await CachingLayerResolver.create(join(dir, mode), { mode });
       const lowers = await resolveAll(r, layers);
       assertEquals((await r.record(layers[6].diffID, layers.slice(0, 6))).mode, mode);
-      await withView(dir, lowers, async (view) => {
+      await withOverlayView(dir, lowers, async (view) => {
         views.push(await snapshotTree(view));
         records.push((await treeRecord(view, { ignoreDirMtimes: true })).digest);
         const names = (await Array.fromAsync(Deno.readDir(join(view, "data")))).map((e) => e.name);
@@ -167,7 +153,7 @@ Deno.test({
       (_, i) => filesLayer({ f: String(i), [`g${i}`]: "" }, "none"),
     );
     const lowers = await resolveAll(r, layers);
-    await withView(dir, lowers, async (view) => {
+    await withOverlayView(dir, lowers, async (view) => {
       assertEquals(await Deno.readTextFile(join(view, "f")), "129");
       assertEquals((await Array.fromAsync(Deno.readDir(view))).length, 131);
     });
@@ -330,7 +316,7 @@ Deno.test({
     assertEquals(await Array.fromAsync(Deno.readDir(join(root, "tmp"))), []);
     const lowers = await resolveAll(r, layers);
     assertEquals(events.filter((e) => e.type === "extract").length, 2);
-    await withView(dir, lowers, async (view) => {
+    await withOverlayView(dir, lowers, async (view) => {
       assertEquals(await Deno.readTextFile(join(view, "etc", "layer")), "layer 2\n");
       assertEquals((await Deno.stat(join(view, "data", "pad1"))).size, 1 << 20);
     });

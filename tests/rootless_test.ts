@@ -8,7 +8,6 @@
 import { join } from "@std/path";
 import { assert, assertEquals, assertStringIncludes } from "@std/assert";
 import { CachingLayerResolver } from "../overlay/resolver.ts";
-import { OverlayMount } from "../overlay/mount.ts";
 import { mountsBelow } from "../sys/mount.ts";
 import { sampleImage, snapshotTree } from "./_layers.ts";
 import {
@@ -20,6 +19,7 @@ import {
   sh,
   tempDir,
   TEST_USER,
+  withOverlayView,
 } from "./_helpers.ts";
 
 const SCRIPT = `
@@ -110,14 +110,7 @@ async function rootTree(dir: string, root: string): Promise<Record<string, unkno
   for (let i = 0; i < layers.length; i++) {
     lowers.push(await r.resolve(layers[i], layers.slice(0, i)));
   }
-  const view = await Deno.makeTempDir({ dir });
-  const m = new OverlayMount({ mountpoint: view, lower: lowers, readonly: true });
-  await m.mount();
-  try {
-    return await snapshotTree(view);
-  } finally {
-    await m.unmount();
-  }
+  return await withOverlayView(dir, lowers, snapshotTree);
 }
 
 Deno.test({
