@@ -154,7 +154,9 @@ export class Output {
   #layers: LayerState[] = [];
   #drawn = 0;
   #active = false;
-  #lastDraw = 0;
+  // Never drawn yet: the first redraw is not throttled (performance.now()
+  // counts from the start of the process or worker, so it can be under 90).
+  #lastDraw = -Infinity;
   #timer?: ReturnType<typeof setInterval>;
   #width: number;
 
