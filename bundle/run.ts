@@ -24,6 +24,8 @@ import { inUserNamespace, outsideUid } from "./host.ts";
 import { adaptSpecToHost } from "./writer.ts";
 import { readProcText } from "../sys/proc.ts";
 import { accessible, existsSync } from "../sys/fs.ts";
+import { ffiAvailable } from "../sys/libc.ts";
+import { spawnInherited } from "../sys/spawn.ts";
 
 /** How one standard stream of the container is connected. */
 export type Stdio = "inherit" | "piped" | "null";
@@ -388,7 +390,8 @@ export async function runContainer(bundle: Bundle, options: RunOptions = {}): Pr
   const id = options.id ?? `strata-${crypto.randomUUID().replaceAll("-", "").slice(0, 16)}`;
   let rt: RuntimeChoice | undefined;
   let stateDir = "";
-  let child: Deno.ChildProcess | undefined;
+  // What the signal handlers and the abort need of the runtime's process.
+  let child: { kill(signal: Deno.Signal): void } | undefined;
   let killTimer: ReturnType<typeof setTimeout> | undefined;
   const listeners: [Deno.Signal, () => void][] = [];
   let onAbort: (() => void) | undefined;
@@ -440,26 +443,32 @@ export async function runContainer(bundle: Bundle, options: RunOptions = {}): Pr
     if (early) return { status: 128 + signalNumber(early), runtime: rt.path, id };
 
     log = join(stateDir, `${id}.log`);
-    child = new Deno.Command(rt.path, {
-      args: [
-        "--root",
-        stateDir,
-        "--log",
-        log,
-        "--log-format",
-        "json",
-        "run",
-        "--bundle",
-        bundle.path,
-        id,
-      ],
+    const args = ["--root", stateDir, "--log", log, "--log-format", "json", "run", "--bundle"];
+    args.push(bundle.path, id);
+    const stdio = {
       stdin: options.input !== undefined ? "piped" : options.stdin ?? "inherit",
       stdout: options.stdout ?? "inherit",
       stderr: options.stderr ?? "inherit",
-    }).spawn();
-    if (options.input !== undefined) {
+    } as const;
+    let command: Deno.ChildProcess | undefined;
+    let exited: Promise<number>;
+    if (
+      stdio.stdin === "inherit" && stdio.stdout === "inherit" && stdio.stderr === "inherit" &&
+      ffiAvailable()
+    ) {
+      // The common case (the CLI's): through libc, which costs a warm run
+      // less than Deno's process modules (sys/spawn.ts).
+      const spawned = spawnInherited(rt.path, args);
+      child = { kill: (sig) => spawned.kill(signalNumber(sig)) };
+      exited = spawned.status.then((s) => s.code);
+    } else {
+      command = new Deno.Command(rt.path, { args, ...stdio }).spawn();
+      child = command;
+      exited = command.status.then((s) => s.code);
+    }
+    if (options.input !== undefined && command) {
       const input = options.input;
-      const stdin = child.stdin;
+      const stdin = command.stdin;
       // Fed alongside the run: a container that exits without reading all of
       // its input closes the pipe, which is not an error of the run.
       (input instanceof Uint8Array
@@ -489,13 +498,13 @@ export async function runContainer(bundle: Bundle, options: RunOptions = {}): Pr
     let status: number;
     let stdout: Uint8Array | undefined;
     let stderr: Uint8Array | undefined;
-    if (options.stdout === "piped" || options.stderr === "piped") {
-      const out = await child.output();
+    if (command && (options.stdout === "piped" || options.stderr === "piped")) {
+      const out = await command.output();
       status = out.code;
       if (options.stdout === "piped") stdout = out.stdout;
       if (options.stderr === "piped") stderr = out.stderr;
     } else {
-      status = (await child.status).code;
+      status = await exited;
     }
     signal?.throwIfAborted();
     if (status !== 0) {

@@ -8,6 +8,7 @@
  */
 import { join } from "@std/path";
 import { bindLibc } from "../sys/libc.ts";
+import { SPAWN_SYMBOLS } from "../sys/spawn.ts";
 import type { Image } from "../image/types.ts";
 import { openImage, type OpenImageOptions, saveImage } from "../image/open.ts";
 import { ImageNotFoundError, ImageStore } from "../image/store.ts";
@@ -316,6 +317,7 @@ const WARM_RUN_SYMBOLS = [
   "fsmount",
   "move_mount",
   "sys_openat2",
+  ...SPAWN_SYMBOLS,
 ] as const;
 
 /** Root (uid 0) and not re-executed into a namespace by strata: worth trying {@linkcode openCached}. */

@@ -191,6 +191,21 @@ const symbols = {
   // overlay/userns.ts: become `unshare` (execve) rather than wait for it as a child.
   execvp: { parameters: ["buffer", "buffer"], result: "i32" },
   signal: { parameters: ["i32", "pointer"], result: "pointer" },
+  // sys/spawn.ts: start the OCI runtime without loading Deno's process modules.
+  // Pointers rather than buffers: Deno binds a "buffer" parameter ~0.1 ms
+  // slower, paid by every warm `strata run` that binds these.
+  posix_spawn: {
+    parameters: ["pointer", "pointer", "pointer", "pointer", "pointer", "pointer"],
+    result: "i32",
+  },
+  posix_spawnattr_init: { parameters: ["pointer"], result: "i32" },
+  posix_spawnattr_setflags: { parameters: ["pointer", "i16"], result: "i32" },
+  posix_spawnattr_setsigdefault: { parameters: ["pointer", "pointer"], result: "i32" },
+  posix_spawnattr_setsigmask: { parameters: ["pointer", "pointer"], result: "i32" },
+  waitid: { parameters: ["i32", "i32", "buffer", "i32"], result: "i32", nonblocking: true },
+  waitpid: { parameters: ["i32", "pointer", "i32"], result: "i32" },
+  kill: { parameters: ["i32", "i32"], result: "i32" },
+  environ: { type: "pointer" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The libc symbols strata binds. */
@@ -229,12 +244,23 @@ function open<S extends Deno.ForeignLibraryInterface>(syms: S): Deno.DynamicLibr
  * ```
  */
 export function libc(): LibcSymbols {
-  if (lib) return lib;
-  // One symbol now, so a missing --allow-ffi is reported here as before.
-  const first = open({ __errno_location: symbols.__errno_location }).symbols;
-  const bound = { __errno_location: first.__errno_location } as Record<string, unknown>;
+  return lib ?? init([]);
+}
+
+/** Opens libc with `__errno_location` and `names` bound now, the rest on first use. */
+function init(names: readonly (keyof LibcSymbols)[]): LibcSymbols {
+  // At least one symbol now, so a missing --allow-ffi is reported here.
+  const now = ["__errno_location", ...names] as (keyof typeof symbols)[];
+  const fns = open(Object.fromEntries(now.map((n) => [n, symbols[n]]))).symbols as Record<
+    string,
+    unknown
+  >;
+  const bound = {} as Record<string, unknown>;
   for (const name of Object.keys(symbols) as (keyof typeof symbols)[]) {
-    if (name === "__errno_location") continue;
+    if (name in fns) {
+      Object.defineProperty(bound, name, { value: fns[name], enumerable: true });
+      continue;
+    }
     Object.defineProperty(bound, name, {
       configurable: true,
       enumerable: true,
@@ -264,7 +290,11 @@ export function libc(): LibcSymbols {
  * ```
  */
 export function bindLibc(names: readonly (keyof LibcSymbols)[]): void {
-  const bound = libc() as unknown as Record<string, unknown>;
+  if (!lib) {
+    init(names); // one dlopen for the first symbol and these
+    return;
+  }
+  const bound = lib as unknown as Record<string, unknown>;
   const wanted = names.filter((n) => Object.getOwnPropertyDescriptor(bound, n)?.get);
   if (wanted.length === 0) return;
   const syms = Object.fromEntries(wanted.map((n) => [n, symbols[n]]));
