@@ -388,7 +388,10 @@ export class LayerWriter implements TarSink {
   #implied(fd: number, path: string): void {
     this.#markCreated(path);
     this.dependsOnLowers = true;
-    if (this.#whiteouts.has(path)) this.#setOpaque(fd, path);
+    // Direct mode: a directory made where this layer put a whiteout replaces
+    // the lower one entirely. (Merged mode: overlayfs makes a directory
+    // created over a whiteout opaque itself; the view refuses overlay xattrs.)
+    if (this.#mode === "direct" && this.#whiteouts.has(path)) this.#setOpaque(fd, path);
     const lower = this.#mode === "direct" ? this.#lowerLookup(path) : undefined;
     const st = lower && typeof lower.stat !== "number" && (lower.stat.mode & S.IFMT) === S.IFDIR
       ? lower.stat
@@ -821,7 +824,7 @@ export class LayerWriter implements TarSink {
 
   #setOpaque(fd: number, path: string): void {
     let r = fsetxattr(fd, this.#opaqueName, YES);
-    if (r === -EBADF_OPATH) r = setxattrAt(fd, "", this.#opaqueName, YES);
+    if (r === EBADF_OPATH) r = setxattrAt(fd, "", this.#opaqueName, YES);
     if (r < 0) {
       throw new WhiteoutError(
         `cannot mark directory ${JSON.stringify(path)} opaque (${this.#opaqueName})`,
