@@ -145,6 +145,8 @@ export class LayerWriter implements TarSink {
   readonly #createdBelow = new Set<string>([""]);
   /** Paths this layer whited out (direct mode: a dir written there later becomes opaque). */
   readonly #whiteouts = new Set<string>();
+  /** Direct mode: directories this layer made opaque (lower content below them is hidden). */
+  readonly #opaqueDirs = new Set<string>();
   /** Directories whose metadata is applied at the end. */
   readonly #dirs = new Map<string, DeferredDir>();
   /** Merged mode: opaque dirs to empty of lower content at the end. */
@@ -681,6 +683,18 @@ export class LayerWriter implements TarSink {
           this.#layer,
         );
       }
+      if (
+        (st.mode & S.IFMT) === S.IFCHR && st.rdevMajor === 0 && st.rdevMinor === 0 &&
+        this.#whiteouts.has(target) && !this.#created.has(target)
+      ) {
+        // This layer's whiteout, not a file: linking it would white out the
+        // link's name too (merged mode finds nothing there).
+        throw new HardlinkTargetError(
+          `target ${JSON.stringify(h.linkname)} is whited out by this layer`,
+          h.name,
+          this.#layer,
+        );
+      }
       if ((st.mode & S.IFMT) === S.IFDIR) {
         throw new HardlinkTargetError(
           `target ${JSON.stringify(h.linkname)} is a directory`,
@@ -823,6 +837,7 @@ export class LayerWriter implements TarSink {
   }
 
   #setOpaque(fd: number, path: string): void {
+    this.#opaqueDirs.add(path);
     let r = fsetxattr(fd, this.#opaqueName, YES);
     if (r === EBADF_OPATH) r = setxattrAt(fd, "", this.#opaqueName, YES);
     if (r < 0) {
@@ -1005,6 +1020,7 @@ export class LayerWriter implements TarSink {
    * layer's fd and the entry's stat, or undefined.
    */
   #lowerLookup(path: string): { fd: number; stat: Stat } | undefined {
+    if (this.#hiddenHere(path)) return undefined;
     const fds = this.#lowers();
     const parts = path.split("/");
     for (let i = fds.length - 1; i >= 0; i--) {
@@ -1045,6 +1061,25 @@ export class LayerWriter implements TarSink {
       if (opaque) return undefined;
     }
     return undefined;
+  }
+
+  /**
+   * Tells whether this layer hides the lower `path`: it whited out `path` or
+   * one of its ancestors, or made an ancestor opaque. The overlay will not
+   * show the lower entry, so it must not lend its metadata to an implied
+   * directory nor be copied up for a hardlink (merged mode, applying to the
+   * view, has already removed it).
+   */
+  #hiddenHere(path: string): boolean {
+    if (this.#opaqueDirs.has("")) return true;
+    let i = -1;
+    for (;;) {
+      i = path.indexOf("/", i + 1);
+      const prefix = i < 0 ? path : path.slice(0, i);
+      if (this.#whiteouts.has(prefix)) return true;
+      if (i < 0) return false;
+      if (this.#opaqueDirs.has(prefix)) return true;
+    }
   }
 
   /** Copies the lower file (or symlink) at `path` into the root. Returns false when no lower layer holds one. */

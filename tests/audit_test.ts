@@ -129,3 +129,94 @@ Deno.test({
     }
   },
 });
+
+// What this layer whites out or makes opaque is gone from the lower layers
+// for the rest of the layer: merged mode, applying to the overlay view, no
+// longer sees it, and direct mode must not read it from the lower dirs.
+const hiddenLower = () =>
+  new TarWriter({ defaultMtime: 100 })
+    .directory("d/", { mode: 0o700, uid: 1000, gid: 1000 })
+    .file("d/f", "lower f")
+    .directory("o/", { mode: 0o755 })
+    .directory("o/sub/", { mode: 0o700, uid: 1000, gid: 1000 })
+    .file("o/f", "lower o/f")
+    .file("x", "lower x");
+
+Deno.test({
+  name: "audit: an implied directory over a whited-out or opaque lower one takes no lower metadata",
+  ignore: !isRoot,
+  fn: async () => {
+    await using d_ = await tempDir();
+    const d = String(d_);
+    const [lower, upper, work, merged, direct] = ["lower", "upper", "work", "merged", "direct"]
+      .map((n) => join(d, n));
+    for (const p of [lower, upper, work, direct]) await Deno.mkdir(p);
+    await apply(hiddenLower(), lower);
+    const layer = () =>
+      new TarWriter({ defaultMtime: 200 })
+        .file(".wh.d", "")
+        .file("d/new", "new") // d implied: not the whited-out lower d's 0700 1000:1000
+        .file("o/.wh..wh..opq", "")
+        .file("o/sub/g", "g"); // o/sub implied below an opaque o: not the lower o/sub's
+    await apply(layer(), direct, { lowerDirs: [lower] });
+    for (const p of ["d", "o/sub"]) {
+      const st = Deno.statSync(join(direct, p));
+      assertEquals([st.mode! & 0o7777, st.uid, st.gid], [0o755, 0, 0], p);
+      assertEquals(st.mtime?.getTime(), 200_000, p);
+    }
+    const umount = await overlay([lower], merged, upper, work);
+    try {
+      await apply(layer(), merged, { whiteouts: "merged" });
+    } finally {
+      await umount();
+    }
+    const lines = async (dir: string) =>
+      (await layerLines(dir)).filter((l) => !l.startsWith('"." '));
+    assertEquals(await lines(upper), await lines(direct));
+  },
+});
+
+Deno.test("audit: a hardlink to what this layer whited out or hid is refused, never resurrected", async (t) => {
+  await using d_ = await tempDir();
+  const d = String(d_);
+  const lower = join(d, "lower");
+  await Deno.mkdir(lower);
+  await apply(hiddenLower(), lower);
+  const cases: [string, TarWriter][] = [
+    ["a whited-out file", new TarWriter().file(".wh.x", "").hardlink("y", "x")],
+    ["a file in a whited-out dir", new TarWriter().file(".wh.d", "").hardlink("y", "d/f")],
+    [
+      "a file in a whited-out dir written again",
+      new TarWriter().file(".wh.d", "").directory("d/").hardlink("y", "d/f"),
+    ],
+    ["a file in an opaque dir", new TarWriter().file("o/.wh..wh..opq", "").hardlink("y", "o/f")],
+    ["below an opaque root", new TarWriter().file(".wh..wh..opq", "").hardlink("y", "x")],
+  ];
+  for (const [i, [name, tar]] of cases.entries()) {
+    await t.step(name, async () => {
+      const root = join(d, `root${i}`);
+      await Deno.mkdir(root);
+      let error: Error | undefined;
+      await apply(tar, root, { lowerDirs: [lower] }).catch((e) => error = e);
+      assertEquals(error?.name, "HardlinkTargetError", `applied: ${error}`);
+      // Not a second whiteout (char 0/0) named y, nor a copy of the lower file.
+      assertEquals(existsL(join(root, "y")), false);
+      for (const p of ["x", "d/f", "o/f"]) {
+        const st = lstatOrUndefined(join(root, p));
+        assert(st === undefined || !st.isFile, `${p} was copied up`);
+      }
+    });
+  }
+});
+
+function lstatOrUndefined(p: string): Deno.FileInfo | undefined {
+  try {
+    return Deno.lstatSync(p);
+  } catch {
+    return undefined;
+  }
+}
+
+function existsL(p: string): boolean {
+  return lstatOrUndefined(p) !== undefined;
+}
