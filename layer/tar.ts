@@ -145,6 +145,8 @@ export class TarFormatError extends Error {
 
 const BLOCK = 512;
 const DEFAULT_MAX_META = 1 << 20;
+/** The largest uid or gid (uid_t and gid_t are 32 bits). */
+const MAX_ID = 0xffff_ffff;
 const utf8 = new TextDecoder();
 
 const enum S {
@@ -765,6 +767,15 @@ export class TarParser {
     if ((v = local("size"))) size = this.#paxInt("size", v);
     if (uid < 0 || gid < 0) {
       throw new TarFormatError(`negative owner ${uid}:${gid}`, at, entryName());
+    }
+    if (uid > MAX_ID || gid > MAX_ID) {
+      // uid_t and gid_t are 32 bits: such an owner cannot be set (GNU tar
+      // refuses it too), and must not reach chown as some other id.
+      throw new TarFormatError(
+        `owner ${uid}:${gid} is out of range (ids are 0..${MAX_ID})`,
+        at,
+        entryName(),
+      );
     }
 
     const xattrs: Record<string, Uint8Array> = {};

@@ -220,3 +220,34 @@ function lstatOrUndefined(p: string): Deno.FileInfo | undefined {
 function existsL(p: string): boolean {
   return lstatOrUndefined(p) !== undefined;
 }
+
+Deno.test("audit: an owner beyond 32 bits is a damaged tar naming the entry, not an FFI error", async (t) => {
+  await using d_ = await tempDir();
+  const d = String(d_);
+  const cases: [string, TarWriter][] = [
+    ["pax uid", new TarWriter().file("a", "1", { pax: { uid: "4294967296" } })],
+    ["pax gid on a directory", new TarWriter().directory("dir/", { pax: { gid: "99999999999" } })],
+    ["pax uid on a symlink", new TarWriter().symlink("s", "a", { pax: { uid: "4294967296" } })],
+    [
+      "base-256 uid",
+      new TarWriter({ format: "gnu" }).file("a", "1", { uid: 2 ** 40, base256: ["uid"] }),
+    ],
+  ];
+  for (const [i, [name, tar]] of cases.entries()) {
+    await t.step(name, async () => {
+      const root = join(d, `r${i}`);
+      await Deno.mkdir(root);
+      let error: Error | undefined;
+      await apply(tar, root).catch((e) => error = e);
+      assertEquals(error?.name, "DamagedLayerError", String(error));
+      assert(error!.message.includes("out of range"), error!.message);
+      assert(!error!.message.includes("FFI"), error!.message);
+    });
+  }
+  await t.step("the largest id still applies", async () => {
+    const root = join(d, "max");
+    await Deno.mkdir(root);
+    await apply(new TarWriter().file("a", "1", { uid: 4294967294, gid: 4294967294 }), root);
+    if (isRoot) assertEquals(Deno.lstatSync(join(root, "a")).uid, 4294967294);
+  });
+});
