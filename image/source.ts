@@ -323,6 +323,7 @@ export async function buildImage(
   checkSize(configBytes, configDesc, cwhat);
   await verifyDocument(configBytes, configDesc.digest, cwhat);
   const config = parseJSON<ImageConfig>(configBytes, cwhat);
+  checkContainerConfig(config, cwhat);
   const diffIDs = config.rootfs?.diff_ids;
   if (!Array.isArray(diffIDs)) throw new ManifestError(cwhat, "no rootfs.diff_ids");
   if (diffIDs.length !== layerDescs.length) {
@@ -349,6 +350,44 @@ export async function buildImage(
     name: source.name,
     indexDigest: options.indexDigest,
   });
+}
+
+/**
+ * Checks the types of the container defaults strata uses (`config.config`:
+ * `Env`, `Entrypoint`, `Cmd`, `User`, `WorkingDir`), as Go's JSON decoding
+ * does for docker and containerd: a string where a list belongs would
+ * otherwise be split into characters (`Cmd: "/bin/true"` ran `/`), and a
+ * number in `Env` failed deep in the spec code. `null` means absent.
+ */
+function checkContainerConfig(config: ImageConfig, what: string): void {
+  if (typeof config !== "object" || config === null || Array.isArray(config)) {
+    throw new ManifestError(what, "not a JSON object");
+  }
+  const c: unknown = config.config;
+  if (c === undefined || c === null) return;
+  if (typeof c !== "object" || Array.isArray(c)) {
+    throw new ManifestError(what, "config is not a JSON object");
+  }
+  const fields = c as Record<string, unknown>;
+  for (const key of ["Env", "Entrypoint", "Cmd"]) {
+    const v = fields[key];
+    if (v === undefined || v === null) continue;
+    if (!Array.isArray(v) || !v.every((x) => typeof x === "string")) {
+      throw new ManifestError(
+        what,
+        `config.${key} must be an array of strings, not ${JSON.stringify(v).slice(0, 80)}`,
+      );
+    }
+  }
+  for (const key of ["User", "WorkingDir"]) {
+    const v = fields[key];
+    if (v !== undefined && v !== null && typeof v !== "string") {
+      throw new ManifestError(
+        what,
+        `config.${key} must be a string, not ${JSON.stringify(v).slice(0, 80)}`,
+      );
+    }
+  }
 }
 
 /** Describes the platforms of an image for listings: `linux/amd64`. */

@@ -8,7 +8,10 @@ import { join } from "@std/path";
 import { type ApplyOptions, TarApplicator } from "../layer/applicator.ts";
 import { treeRecord } from "../layer/record.ts";
 import { TarWriter } from "../layer/tar_writer.ts";
-import { isRoot, sh, tempDir } from "./_helpers.ts";
+import { writeOciLayout } from "../image/build.ts";
+import { openOciLayout } from "../image/layout.ts";
+import type { ContainerConfig } from "../image/types.ts";
+import { denoPath, isRoot, repoRoot, run, sh, tempDir } from "./_helpers.ts";
 
 function apply(w: TarWriter, root: string, o: ApplyOptions = {}) {
   return new TarApplicator(o).apply(new Blob([w.bytes()]).stream(), root);
@@ -249,5 +252,58 @@ Deno.test("audit: an owner beyond 32 bits is a damaged tar naming the entry, not
     await Deno.mkdir(root);
     await apply(new TarWriter().file("a", "1", { uid: 4294967294, gid: 4294967294 }), root);
     if (isRoot) assertEquals(Deno.lstatSync(join(root, "a")).uid, 4294967294);
+  });
+});
+
+Deno.test("audit: container defaults of the wrong JSON type are an invalid config, not characters", async (t) => {
+  await using d_ = await tempDir();
+  const d = String(d_);
+  const tar = new TarWriter().file("a", "1").bytes();
+  const layout = async (name: string, config: unknown) => {
+    const dir = join(d, name);
+    await writeOciLayout(dir, [{
+      tag: "t",
+      images: [{ layers: [{ tar }], config: config as ContainerConfig }],
+    }]);
+    return dir;
+  };
+  const bad: [string, unknown, string][] = [
+    ["Cmd a string (was run as the command `/`)", { Cmd: "/bin/true" }, "config.Cmd"],
+    ["Entrypoint a string", { Entrypoint: "/bin/sh -c" }, "config.Entrypoint"],
+    ["Env a string (was split into one variable per character)", { Env: "A=1" }, "config.Env"],
+    ["Env holding numbers", { Env: [1, 2] }, "config.Env"],
+    ["User a number", { User: 1000 }, "config.User"],
+    ["WorkingDir an array", { WorkingDir: ["/"] }, "config.WorkingDir"],
+  ];
+  for (const [name, config, field] of bad) {
+    await t.step(name, async () => {
+      const dir = await layout(name.replace(/\W+/g, "-"), config);
+      let error: Error | undefined;
+      await openOciLayout(dir, "t").catch((e) => error = e);
+      assertEquals(error?.name, "ManifestError", String(error));
+      assert(error!.message.includes(`${field} must be`), error!.message);
+    });
+  }
+  await t.step("null and absent fields still open", async () => {
+    const dir = await layout("nulls", { Entrypoint: null, Cmd: ["/x"], Env: null });
+    const image = await openOciLayout(dir, "t");
+    assertEquals(image.config.config?.Cmd, ["/x"]);
+  });
+  await t.step("the CLI says so in one line and exits 1", async () => {
+    const dir = await layout("cli", { Env: "A=1" });
+    const r = await run(denoPath, [
+      "run",
+      "-A",
+      "--no-check=remote",
+      `${repoRoot}/cli.ts`,
+      "pull",
+      "--cache",
+      join(d, "cache"),
+      `oci:${dir}:t`,
+    ]);
+    assertEquals(r.code, 1, r.stderr);
+    const lines = r.stderr.split("\n").filter((l) => l && !l.includes("Check"));
+    assertEquals(lines.length, 1, r.stderr);
+    assert(lines[0].startsWith("strata: ") && lines[0].includes("config.Env must be"), lines[0]);
   });
 });
