@@ -31,7 +31,10 @@ export const Errno = {
   ENOTDIR: 20,
   EISDIR: 21,
   EINVAL: 22,
+  ENFILE: 23,
   EMFILE: 24,
+  ETXTBSY: 26,
+  EFBIG: 27,
   ENOSPC: 28,
   EROFS: 30,
   EMLINK: 31,
@@ -44,6 +47,7 @@ export const Errno = {
   EOVERFLOW: 75,
   EOPNOTSUPP: 95,
   ENOTSUP: 95,
+  EDQUOT: 122,
 } as const;
 
 const errnoNames = new Map<number, string>();

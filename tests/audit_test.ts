@@ -307,3 +307,22 @@ Deno.test("audit: container defaults of the wrong JSON type are an invalid confi
     assert(lines[0].startsWith("strata: ") && lines[0].includes("config.Env must be"), lines[0]);
   });
 });
+
+Deno.test("audit: a sparse file past the file system's size limit fails with a named errno", async () => {
+  await using d_ = await tempDir();
+  const root = String(d_);
+  // A hole of 4 PB: ext4 refuses it (EFBIG), tmpfs takes it without using space.
+  const tar = new TarWriter().sparseFile("big", 4e15 + 3, [{ offset: 0, data: "abc" }, {
+    offset: 4e15,
+    data: "def",
+  }]);
+  let error: Error | undefined;
+  await apply(tar, root).catch((e) => error = e);
+  if (error) {
+    assertEquals(error.name, "EntryWriteError", String(error));
+    assert(/write: EFBIG/.test(error.message), error.message);
+    assert(!error.message.includes("E#"), error.message);
+  } else {
+    assertEquals(Deno.statSync(join(root, "big")).size, 4e15 + 3);
+  }
+});
