@@ -135,12 +135,13 @@ export const RUN_PERMISSIONS: readonly string[] = [
 ];
 
 /**
- * The whole command line, warm: `deno run <RUN_PERMISSIONS> cli.ts run
- * --cache DIR IMAGE /bin/true` with every layer cached (pulled first), against
- * `runc run` alone on the prepared bundle, interleaved, medians and ratio.
- * This is what a user waits for: two Deno start-ups (the CLI re-executes
- * itself in a private mount namespace as root), module loading, opening and
- * verifying the image, the bundle mounts, runc, the cleanup.
+ * The whole command line, warm: `deno run <RUN_PERMISSIONS> ENTRY run
+ * --cache DIR IMAGE /bin/true` with every layer cached (pulled first), for
+ * two entries, `cli.ts` and the bundled CLI (`deno task build`'s `cli.js`,
+ * built here), against `runc run` alone on the prepared bundle, interleaved,
+ * medians and ratios. This is what a user waits for: Deno's start-up,
+ * module loading, opening and verifying the image, the bundle mounts, runc,
+ * the cleanup.
  */
 async function cliRun(
   ctx: BenchContext,
@@ -150,17 +151,21 @@ async function cliRun(
   preparedBundle: string,
 ): Promise<Record<string, number>> {
   const { buildOciLayout } = await import("../cli/demo_image.ts");
+  const { buildCli } = await import("../tests/_build.ts");
   const layout = join(ctx.tmpfs, "layout");
   const built = await buildOciLayout(layout, {
     layers: image.layers.map((l) => ({ tar: (l as unknown as { tar: Uint8Array }).tar })),
     config: { Cmd: ["/bin/true"] },
   });
-  const cliTs = join(import.meta.dirname!, "..", "cli.ts");
+  const entries = {
+    ts: join(import.meta.dirname!, "..", "cli.ts"),
+    bundled: await buildCli(join(ctx.tmpfs, "dist")),
+  };
   const cache = join(ctx.tmpfs, "cli-cache");
-  const cli = async (...args: string[]) => {
+  const cli = async (entry: string, ...args: string[]) => {
     const t = performance.now();
     const out = await new Deno.Command(Deno.execPath(), {
-      args: ["run", ...RUN_PERMISSIONS, cliTs, ...args],
+      args: ["run", ...RUN_PERMISSIONS, entry, ...args],
       stdin: "null",
       stdout: "null",
       stderr: "piped",
@@ -170,7 +175,7 @@ async function cliRun(
     }
     return performance.now() - t;
   };
-  const strata = () => cli("run", "--cache", cache, built.ref, "/bin/true");
+  const strata = (entry: string) => cli(entry, "run", "--cache", cache, built.ref, "/bin/true");
   const peer = async (i: number) => {
     const t = performance.now();
     const out = await new Deno.Command(runc, {
@@ -182,49 +187,55 @@ async function cliRun(
     if (!out.success) throw new Error("runc run failed");
     return performance.now() - t;
   };
-  await cli("pull", "--cache", cache, built.ref);
+  await cli(entries.ts, "pull", "--cache", cache, built.ref);
   for (let i = 0; i < 3; i++) {
     await peer(100 + i);
-    await strata();
+    await strata(entries.ts);
+    await strata(entries.bundled);
   }
   // Back to back: each command straight after the other. runc started right
   // after another runc is markedly faster than after a pause (here ~19 vs
   // ~30 ms: the kernel and the CPUs are still warm from the last container),
   // which favours the peer, always measured right after strata's own runc.
-  const ours: number[] = [];
-  const theirs: number[] = [];
-  for (let i = 0; i < 20; i++) {
-    theirs.push(await peer(i));
-    ours.push(await strata());
-  }
   // From the same state: each command after the same 100 ms pause, as when a
   // user types one.
   const pause = () => new Promise((r) => setTimeout(r, 100));
-  const oursIdle: number[] = [];
-  const theirsIdle: number[] = [];
+  const times = { peer: [] as number[], ts: [] as number[], bundled: [] as number[] };
+  const idle = { peer: [] as number[], ts: [] as number[], bundled: [] as number[] };
+  for (let i = 0; i < 20; i++) {
+    times.peer.push(await peer(i));
+    times.ts.push(await strata(entries.ts));
+    times.peer.push(await peer(50 + i));
+    times.bundled.push(await strata(entries.bundled));
+  }
   for (let i = 0; i < 20; i++) {
     await pause();
-    theirsIdle.push(await peer(200 + i));
+    idle.peer.push(await peer(200 + i));
     await pause();
-    oursIdle.push(await strata());
+    idle.ts.push(await strata(entries.ts));
+    await pause();
+    idle.bundled.push(await strata(entries.bundled));
   }
-  const a = median(ours);
-  const b = median(theirs);
-  const ai = median(oursIdle);
-  const bi = median(theirsIdle);
-  ctx.log(
-    `cli: deno run ${RUN_PERMISSIONS.join(" ")} cli.ts run IMAGE /bin/true ${r2(a)} ms ` +
-      `vs runc alone ${r2(b)} ms (${r2(a / b)}x) back to back; ${r2(ai)} vs ${r2(bi)} ms ` +
-      `(${r2(ai / bi)}x) each after a 100 ms pause`,
-  );
-  return {
-    cli_run_true_ms: r2(a),
+  const m = (xs: number[]) => r2(median(xs));
+  const [b, bi] = [median(times.peer), median(idle.peer)];
+  const out: Record<string, number> = {
     cli_runc_alone_ms: r2(b),
-    cli_vs_runc_ratio: r2(a / b),
-    cli_run_true_paused_ms: r2(ai),
     cli_runc_alone_paused_ms: r2(bi),
-    cli_vs_runc_paused_ratio: r2(ai / bi),
   };
+  for (const [key, label] of [["ts", "cli.ts"], ["bundled", "bundled cli.js"]] as const) {
+    const [a, ai] = [median(times[key]), median(idle[key])];
+    ctx.log(
+      `cli (${label}): deno run ${RUN_PERMISSIONS.join(" ")} ENTRY run IMAGE /bin/true ` +
+        `${r2(a)} ms vs runc alone ${r2(b)} ms (${r2(a / b)}x) back to back; ` +
+        `${r2(ai)} vs ${r2(bi)} ms (${r2(ai / bi)}x) each after a 100 ms pause`,
+    );
+    const k = key === "ts" ? "cli" : "cli_bundled";
+    out[`${k}_run_true_ms`] = m(times[key]);
+    out[`${k}_vs_runc_ratio`] = r2(a / b);
+    out[`${k}_run_true_paused_ms`] = m(idle[key]);
+    out[`${k}_vs_runc_paused_ratio`] = r2(ai / bi);
+  }
+  return out;
 }
 
 if (import.meta.main) {

@@ -286,7 +286,7 @@ export class TarApplicator implements TarballApplicator {
     stop: { abort?: () => void },
   ): Promise<ApplyResult> {
     const { onWarning, threads: _, ...options } = this.#options;
-    const worker = new Worker(new URL("./apply_worker.ts", import.meta.url), { type: "module" });
+    const worker = new Worker(WORKER_URL, { type: "module" });
     let inflight = 0;
     const pool: Uint8Array<ArrayBuffer>[] = [];
     let failure: unknown;
@@ -392,6 +392,15 @@ export class TarApplicator implements TarballApplicator {
     }
   }
 }
+
+/**
+ * The worker's module: `apply_worker.ts` beside this file; in the bundled
+ * CLI (`deno task build`: this code is then in a `.js` chunk at the top of
+ * the output directory), the worker's own bundle, `layer/apply_worker.js`.
+ */
+const WORKER_URL = import.meta.url.endsWith(".ts")
+  ? new URL("./apply_worker.ts", import.meta.url)
+  : new URL("./layer/apply_worker.js", import.meta.url);
 
 /** Layers shorter than this are applied on the calling thread under `threads: "auto"`. */
 const WORKER_MIN = 4 << 20;
