@@ -312,10 +312,6 @@ const WARM_RUN_SYMBOLS = [
   "unshare",
   "mount",
   "umount2",
-  "fsopen",
-  "fsconfig",
-  "fsmount",
-  "move_mount",
   "sys_openat2",
   ...SPAWN_SYMBOLS,
 ] as const;

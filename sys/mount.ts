@@ -17,6 +17,11 @@
  *    without `--allow-ffi`. Long lists use the same symlinks, with the child's
  *    own working directory.
  *
+ * With FFI the chosen backend mounts whatever fits in one page of options
+ * (every tmpfs, overlays of a few dozen layers) with one `mount(2)` call, as
+ * containerd does, and turns to `fsopen` (or `mount2`'s symlinks on an older
+ * kernel) only for longer lower lists.
+ *
  * Lower directories are always given bottom first (image order); each backend
  * stacks them so that the LAST one is on top.
  *
@@ -450,6 +455,43 @@ function kernelAtLeast(major: number, minor: number): boolean {
   return a > major || (a === major && b >= minor);
 }
 
+/**
+ * What {@linkcode chooseMountBackend} hands out when FFI is permitted: a
+ * mount whose options fit in one page (every tmpfs, an overlay of a few
+ * dozen layers) is one `mount(2)` call, as containerd mounts; only an
+ * overlay whose lower list is longer needs the new mount API (or, on an
+ * older kernel, short symlink names), and only then is the kernel probed
+ * for it. A warm `strata run` so neither probes nor binds the new API's
+ * four calls, and makes one system call per mount instead of a dozen.
+ */
+class OnePageFirstBackend implements MountBackend {
+  readonly #mount2 = new Mount2Backend();
+  #probed?: MountBackendChoice;
+
+  /** The backend for what does not fit in one page (probed on first use). */
+  get probed(): MountBackendChoice {
+    return this.#probed ??= probeNewApi();
+  }
+
+  get name(): MountBackendName {
+    return this.probed.name;
+  }
+
+  mountOverlay(target: string, o: OverlayMountOptions): Promise<void> {
+    validateOverlay(target, o);
+    if (overlayData(o).links === undefined) return this.#mount2.mountOverlay(target, o);
+    return this.probed.backend.mountOverlay(target, o);
+  }
+
+  mountTmpfs(target: string, o: TmpfsMountOptions = {}): Promise<void> {
+    return this.#mount2.mountTmpfs(target, o);
+  }
+
+  unmount(target: string): Promise<boolean> {
+    return Promise.resolve(umountFfi(target));
+  }
+}
+
 function probe(): MountBackendChoice {
   const forced = Deno.env.get("STRATA_MOUNT_BACKEND");
   if (forced) {
@@ -463,6 +505,21 @@ function probe(): MountBackendChoice {
       reason: "FFI is not permitted (no --allow-ffi), so mount(8) and umount(8) are run instead",
     };
   }
+  const backend = new OnePageFirstBackend();
+  return {
+    backend,
+    get name() {
+      return backend.probed.name;
+    },
+    get reason() {
+      return `${backend.probed.reason}; mounts whose options fit in one page (every tmpfs, ` +
+        "an overlay of a few dozen layers) take one mount(2) call";
+    },
+  };
+}
+
+/** Which way long overlays are mounted: the new mount API when the kernel takes `lowerdir+`. */
+function probeNewApi(): MountBackendChoice {
   const c = libc();
   const fd = c.fsopen(cstr("overlay"), FSOPEN_CLOEXEC);
   if (fd < 0) {
@@ -510,7 +567,10 @@ let chosen: MountBackendChoice | undefined;
 /**
  * Picks the mount backend once per process: the new mount API when `fsopen`
  * works and overlayfs takes `lowerdir+`, else classic `mount(2)`, else (no
- * FFI permission) `mount(8)`. `STRATA_MOUNT_BACKEND` forces one.
+ * FFI permission) `mount(8)`. `STRATA_MOUNT_BACKEND` forces one. With FFI,
+ * what fits in one page of mount options is mounted with `mount(2)` whatever
+ * the choice, and the kernel is probed for the new API only when a longer
+ * overlay comes (or `name` or `reason` is read).
  *
  * @example Usage
  * ```ts ignore

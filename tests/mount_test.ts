@@ -38,6 +38,45 @@ Deno.test("chooseMountBackend picks the new mount API on this kernel and says wh
   assert(c.reason.length > 20, c.reason);
 });
 
+Deno.test({
+  name: "the chosen backend: one mount(2) when the options fit in a page, lowerdir+ beyond",
+  ignore: !isRoot || Deno.env.get("STRATA_MOUNT_BACKEND") !== undefined,
+  async fn() {
+    await using tmp = await tempDir();
+    const dir = String(tmp);
+    const backend = chooseMountBackend().backend;
+    for (
+      const [n, prefix, api] of [[3, "s", "lowerdir="], [
+        130,
+        "l".repeat(120),
+        "lowerdir+=",
+      ]] as const
+    ) {
+      const lowers = await makeLowers(join(dir, prefix), n);
+      const [upper, work, merged] = ["upper", "work", "merged"].map((d) => join(dir, `${d}${n}`));
+      for (const d of [upper, work, merged]) await Deno.mkdir(d);
+      const m = new OverlayMount({ mountpoint: merged, lower: lowers, upper, work, backend });
+      await m.mount();
+      try {
+        assertEquals(
+          await Deno.readTextFile(join(merged, "f")),
+          String(n - 1),
+          "the last layer wins",
+        );
+        const info = await mountOf(merged);
+        assertStringIncludes(info.superOptions, api);
+        if (api === "lowerdir=") {
+          assert(!info.superOptions.includes("lowerdir+="), info.superOptions);
+        }
+        assertStringIncludes(info.superOptions, "userxattr");
+      } finally {
+        await m.unmount();
+      }
+    }
+    assertEquals(await mountsBelow(dir), []);
+  },
+});
+
 for (const name of BACKENDS) {
   Deno.test({
     name: `${name}: the last lower is on top, 130 layers under a 150-char path`,
