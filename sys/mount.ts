@@ -479,12 +479,36 @@ class OnePageFirstBackend implements MountBackend {
 
   mountOverlay(target: string, o: OverlayMountOptions): Promise<void> {
     validateOverlay(target, o);
-    if (overlayData(o).links === undefined) return this.#mount2.mountOverlay(target, o);
-    return this.probed.backend.mountOverlay(target, o);
+    if (overlayData(o).links !== undefined) return this.probed.backend.mountOverlay(target, o);
+    return this.#explained(
+      () => this.#mount2.mountOverlay(target, o),
+      (b) => b.mountOverlay(target, o),
+    );
   }
 
   mountTmpfs(target: string, o: TmpfsMountOptions = {}): Promise<void> {
-    return this.#mount2.mountTmpfs(target, o);
+    return this.#explained(
+      () => this.#mount2.mountTmpfs(target, o),
+      (b) => b.mountTmpfs(target, o),
+    );
+  }
+
+  /**
+   * Mounts with `mount(2)`; when that fails, once more through the new mount
+   * API where there is one: `mount(2)` gives an errno alone, `fsopen` also
+   * the kernel's own words ("overlayfs: filesystem on ... not supported as
+   * upperdir"), which the error then carries.
+   */
+  async #explained(
+    mount2: () => Promise<void>,
+    again: (backend: MountBackend) => Promise<void>,
+  ): Promise<void> {
+    try {
+      await mount2();
+    } catch (e) {
+      if (this.probed.name !== "fsopen") throw e;
+      await again(this.probed.backend);
+    }
   }
 
   unmount(target: string): Promise<boolean> {
