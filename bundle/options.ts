@@ -283,6 +283,31 @@ export function withReadonlyRootFS(readonly = true): SpecOption {
 }
 
 /**
+ * Gives the process a pseudo-terminal (`process.terminal`), as `docker run
+ * -t`: the runtime makes one and relays it to its own standard input and
+ * output, which must then be a terminal (runc refuses otherwise). `TERM`
+ * becomes `xterm` unless the image or an earlier option set it, as docker
+ * and podman do.
+ *
+ * @example Usage
+ * ```ts
+ * import { newSpec } from "./spec.ts";
+ * import { withTerminal } from "./options.ts";
+ * const spec = await newSpec(withTerminal());
+ * console.log(spec.process?.terminal, spec.process?.env?.includes("TERM=xterm")); // true true
+ * ```
+ */
+export function withTerminal(terminal = true): SpecOption {
+  return (spec) => {
+    const p = processOf(spec);
+    p.terminal = terminal;
+    if (terminal && !(p.env ?? []).some((e) => e.startsWith("TERM="))) {
+      p.env = mergeEnv(p.env ?? [], ["TERM=xterm"]);
+    }
+  };
+}
+
+/**
  * Shares the host's network namespace (and its `/etc/resolv.conf`, bound
  * read-only, as the seed). `/sys` becomes a read-only bind of the host's:
  * sysfs can only be mounted by the owner of the network namespace, which in a

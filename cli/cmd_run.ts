@@ -13,6 +13,7 @@ import {
   withHostNetwork,
   withNetworkNone,
   withReadonlyRootFS,
+  withTerminal,
   withUser,
 } from "../bundle/options.ts";
 import { runContainer, selectRuntime } from "../bundle/run.ts";
@@ -69,6 +70,17 @@ export function runSpecOptions(ctx: Context): SpecOption[] {
       throw new UsageError(`option --workdir needs an absolute path, not '${o.workdir}'`, "run");
     }
     opts.push(withCwd(o.workdir));
+  }
+  if (o.tty === true) {
+    // runc relays the terminal through its own stdin and fails late ("open
+    // /dev/tty: no such device") when that is not one: say so before any work.
+    if (!Deno.stdin.isTerminal()) {
+      throw new UsageError(
+        "option --tty needs a terminal on stdin (the input is not a TTY)",
+        "run",
+      );
+    }
+    opts.push(withTerminal(true)); // before --env, so that -e TERM=... wins
   }
   const env = envList((o.env as string[] | undefined) ?? []);
   if (env.length) opts.push(withEnv(env));

@@ -121,6 +121,18 @@ ${IMAGE_REFS}`,
         type: "boolean",
         help: "mount the container's root filesystem read-only",
       },
+      {
+        name: "tty",
+        short: "t",
+        type: "boolean",
+        help: "give the container a terminal (strata's stdin must be one); TERM=xterm if unset",
+      },
+      {
+        name: "interactive",
+        short: "i",
+        type: "boolean",
+        help: "keep stdin open: always the case (accepted for docker's -it)",
+      },
     ],
   },
   {

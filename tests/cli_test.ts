@@ -369,6 +369,17 @@ Deno.test("cli: run passes argv, stdin, stdout and the exit status; strata failu
   const ro = await strata(["run", ...c, "--read-only", img.ref, "touch", "/x"]);
   assertEquals(ro.code, 1);
   assertStringIncludes(ro.stderr, "Read-only file system");
+  // -t: a terminal in the container, relayed by runc; `script` gives strata one.
+  const quote = (a: string) => `'${a.replaceAll("'", `'\\''`)}'`;
+  const inner = [denoPath, "run", "-A", CLI, "run", ...c, "-q", "-it", img.ref, "sh", "-c"]
+    .concat('tty; echo "TERM=$TERM"; exit 4').map(quote).join(" ");
+  const tty = await run("script", ["-qec", inner, "/dev/null"], { env: cliEnv(), clearEnv: true });
+  assertEquals(tty.code, 4, tty.stdout + tty.stderr);
+  assertMatch(tty.stdout, /\/dev\/pts\/\d+\r?\n/);
+  assertStringIncludes(tty.stdout, "TERM=xterm");
+  const notty = await strata(["run", ...c, "-t", img.ref, "true"]);
+  assertEquals(notty.code, 2);
+  assertOneErrorLine(notty, "not a TTY");
 
   const noImage = await strata(["run", ...c, `oci:${cache}/missing:x`, "true"]);
   assertEquals(noImage.code, 125);
