@@ -212,6 +212,31 @@ export function withCmd(...cmd: string[]): SpecOption {
 }
 
 /**
+ * Replaces the image's Entrypoint and drops its Cmd (Docker's
+ * `--entrypoint`: the image's default arguments were meant for its own
+ * entrypoint). A later {@linkcode withCmd} supplies arguments; an empty
+ * entrypoint leaves the command to it alone.
+ *
+ * @example Usage
+ * ```ts
+ * import { newSpec } from "./spec.ts";
+ * import { withCmd, withEntrypoint, withImageConfig } from "./options.ts";
+ * const spec = await newSpec(
+ *   withImageConfig({ Entrypoint: ["/app"], Cmd: ["--serve"] }),
+ *   withEntrypoint("/bin/sh"),
+ *   withCmd("-c", "echo hi"),
+ * );
+ * console.log(spec.process?.args); // ["/bin/sh", "-c", "echo hi"]
+ * ```
+ */
+export function withEntrypoint(...entrypoint: string[]): SpecOption {
+  return (spec) => {
+    imageConfigs.set(spec, { ...imageConfigs.get(spec), Entrypoint: [...entrypoint], Cmd: [] });
+    processOf(spec).args = [...entrypoint];
+  };
+}
+
+/**
  * Sets environment variables, replacing same-named ones.
  *
  * @example Usage

@@ -9,6 +9,7 @@ import { CachingBundler } from "../bundle/bundler.ts";
 import {
   withCmd,
   withCwd,
+  withEntrypoint,
   withEnv,
   withHostNetwork,
   withNetworkNone,
@@ -63,6 +64,9 @@ export function envList(values: readonly string[]): string[] {
 export function runSpecOptions(ctx: Context): SpecOption[] {
   const o = ctx.options;
   const opts: SpecOption[] = [];
+  if (typeof o.entrypoint === "string") {
+    opts.push(o.entrypoint === "" ? withEntrypoint() : withEntrypoint(o.entrypoint));
+  }
   if (ctx.args.argv.length) opts.push(withCmd(...ctx.args.argv));
   if (typeof o.user === "string") opts.push(withUser(o.user));
   if (typeof o.workdir === "string") {

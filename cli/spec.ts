@@ -103,6 +103,12 @@ ${IMAGE_REFS}`,
       },
       { name: "workdir", short: "w", type: "string", value: "DIR", help: "working directory" },
       {
+        name: "entrypoint",
+        type: "string",
+        value: "CMD",
+        help: 'replace the image\'s Entrypoint (and drop its Cmd); "" clears it',
+      },
+      {
         name: "env",
         short: "e",
         type: "list",

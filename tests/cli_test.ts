@@ -377,6 +377,11 @@ Deno.test("cli: run passes argv, stdin, stdout and the exit status; strata failu
   assertEquals(tty.code, 4, tty.stdout + tty.stderr);
   assertMatch(tty.stdout, /\/dev\/pts\/\d+\r?\n/);
   assertStringIncludes(tty.stdout, "TERM=xterm");
+  const ep = await strata(["run", ...c, "-q", "--entrypoint", "/bin/echo", img.ref, "a", "b"]);
+  assertEquals([ep.code, ep.stdout], [0, "a b\n"], ep.stderr);
+  const noCmd = await strata(["run", ...c, "-q", "--entrypoint=", img.ref]);
+  assertEquals(noCmd.code, 125);
+  assertOneErrorLine(noCmd, "neither Entrypoint nor Cmd");
   const notty = await strata(["run", ...c, "-t", img.ref, "true"]);
   assertEquals(notty.code, 2);
   assertOneErrorLine(notty, "not a TTY");

@@ -14,6 +14,7 @@ import {
   withCmd,
   withCPULimit,
   withCwd,
+  withEntrypoint,
   withEnv,
   withHostNetwork,
   withImageConfig,
@@ -23,6 +24,7 @@ import {
   withPidsLimit,
   withRlimit,
   withRootFS,
+  withTerminal,
   withUser,
   withUserNamespaceMappings,
 } from "../bundle/options.ts";
@@ -37,7 +39,7 @@ import {
   UserFileFormatError,
 } from "../bundle/user.ts";
 import { hostRlimits, parseLimits } from "../bundle/host.ts";
-import { JSONSpecWriter } from "../bundle/writer.ts";
+import { adaptSpecToHost, JSONSpecWriter } from "../bundle/writer.ts";
 import { ensureTestUser, isRoot, tempDir } from "./_helpers.ts";
 import { GROUP, PASSWD, runSnippetAsUser, snippetConfig } from "./_bundle_helpers.ts";
 
@@ -272,6 +274,24 @@ Deno.test("caller options after the image config win", async () => {
     withArgs("ls"),
   );
   assertEquals(s2.process!.args, ["ls"]);
+  // --entrypoint: replaces the Entrypoint and drops the image's Cmd (docker).
+  const image = withImageConfig({ Entrypoint: ["/app"], Cmd: ["--serve"] });
+  assertEquals((await newSpec(image, withEntrypoint("/bin/sh"))).process!.args, ["/bin/sh"]);
+  assertEquals(
+    (await newSpec(image, withEntrypoint("/bin/sh"), withCmd("-c", "id"))).process!.args,
+    ["/bin/sh", "-c", "id"],
+  );
+  assertEquals((await newSpec(image, withEntrypoint(), withCmd("ls"))).process!.args, ["ls"]);
+  const noCommand = await newSpec(image, withEntrypoint());
+  assertThrows(() => adaptSpecToHost(noCommand), NoCommandError);
+  // -t: a terminal, and TERM unless the image or the caller set one.
+  const tty = await newSpec(withTerminal(), withEnv(["TERM=vt100"]));
+  assertEquals([tty.process!.terminal, tty.process!.env!.filter((e) => e.startsWith("TERM="))], [
+    true,
+    ["TERM=vt100"],
+  ]);
+  const kept = await newSpec(withImageConfig({ Env: ["TERM=linux"] }), withTerminal());
+  assertEquals(kept.process!.env!.filter((e) => e.startsWith("TERM=")), ["TERM=linux"]);
 });
 
 Deno.test("HOME: from passwd unless the image or the caller sets it", async () => {
