@@ -7,11 +7,13 @@
  */
 import { CachingBundler } from "../bundle/bundler.ts";
 import {
+  type BindMount,
   withCmd,
   withCwd,
   withEntrypoint,
   withEnv,
   withHostNetwork,
+  withMounts,
   withNetworkNone,
   withReadonlyRootFS,
   withTerminal,
@@ -54,6 +56,42 @@ export function envList(values: readonly string[]): string[] {
 }
 
 /**
+ * Turns `--volume` values (`SRC:DST[:ro|rw]`, docker's form) into bind
+ * mounts. SRC is a host path (a relative one is taken from the working
+ * directory) that must exist; DST is absolute.
+ *
+ * @throws {UsageError} for a malformed value or a missing source.
+ *
+ * @example Usage
+ * ```ts
+ * import { volumeMounts } from "./cmd_run.ts";
+ * console.log(volumeMounts(["/tmp:/data:ro"])); // [{ source: "/tmp", destination: "/data", readonly: true }]
+ * ```
+ */
+export function volumeMounts(values: readonly string[]): BindMount[] {
+  return values.map((v) => {
+    const parts = v.split(":");
+    const [source, destination, mode = "rw"] = parts;
+    if (parts.length < 2 || parts.length > 3 || !source || !destination?.startsWith("/")) {
+      throw new UsageError(
+        `option --volume needs SRC:DST[:ro] with DST absolute, not '${v}'`,
+        "run",
+      );
+    }
+    if (mode !== "ro" && mode !== "rw") {
+      throw new UsageError(`option --volume takes ro or rw after DST, not '${mode}'`, "run");
+    }
+    try {
+      Deno.statSync(source);
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+      throw new UsageError(`option --volume: ${source} does not exist`, "run");
+    }
+    return { source, destination, readonly: mode === "ro" };
+  });
+}
+
+/**
  * The spec options for the run flags, applied after the image config (so they win).
  *
  * @example Usage
@@ -88,6 +126,8 @@ export function runSpecOptions(ctx: Context): SpecOption[] {
   }
   const env = envList((o.env as string[] | undefined) ?? []);
   if (env.length) opts.push(withEnv(env));
+  const volumes = volumeMounts((o.volume as string[] | undefined) ?? []);
+  if (volumes.length) opts.push(withMounts(...volumes));
   if (o.network === "host") opts.push(withHostNetwork());
   else if (o.network === "none") opts.push(withNetworkNone());
   if (o["read-only"] === true) opts.push(withReadonlyRootFS(true));

@@ -116,6 +116,13 @@ ${IMAGE_REFS}`,
         help: "set a variable (repeatable; a bare K passes strata's own)",
       },
       {
+        name: "volume",
+        short: "v",
+        type: "list",
+        value: "SRC:DST[:ro]",
+        help: "bind-mount host path SRC at DST (repeatable; ro: read-only)",
+      },
+      {
         name: "network",
         type: "string",
         value: "none|host",

@@ -382,6 +382,42 @@ Deno.test("cli: run passes argv, stdin, stdout and the exit status; strata failu
   const noCmd = await strata(["run", ...c, "-q", "--entrypoint=", img.ref]);
   assertEquals(noCmd.code, 125);
   assertOneErrorLine(noCmd, "neither Entrypoint nor Cmd");
+  // -v: host directories in the container, read-only or not.
+  await using vol = await tempDir();
+  await Deno.writeTextFile(join(String(vol), "in"), "from the host\n");
+  const ro2 = await strata([
+    "run",
+    ...c,
+    "-q",
+    "-v",
+    `${vol}:/data:ro`,
+    img.ref,
+    "sh",
+    "-c",
+    "cat /data/in; echo x > /data/out",
+  ]);
+  assertEquals([ro2.code, ro2.stdout], [1, "from the host\n"], ro2.stderr);
+  assertStringIncludes(ro2.stderr, "Read-only file system");
+  const rw = await strata([
+    "run",
+    ...c,
+    "-q",
+    "-u",
+    "root",
+    "--volume",
+    `${vol}:/data`,
+    img.ref,
+    "sh",
+    "-c",
+    "echo y > /data/out",
+  ]);
+  assertEquals(rw.code, 0, rw.stderr);
+  assertEquals(await Deno.readTextFile(join(String(vol), "out")), "y\n");
+  for (const bad of [`${vol}`, `${vol}:data`, `${vol}:/data:rx`, `${vol}/missing:/data`]) {
+    const r = await strata(["run", ...c, "-v", bad, img.ref, "true"]);
+    assertEquals(r.code, 2, bad);
+    assertOneErrorLine(r, "--volume");
+  }
   const notty = await strata(["run", ...c, "-t", img.ref, "true"]);
   assertEquals(notty.code, 2);
   assertOneErrorLine(notty, "not a TTY");
