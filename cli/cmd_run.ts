@@ -8,19 +8,24 @@
 import { CachingBundler } from "../bundle/bundler.ts";
 import {
   type BindMount,
+  parseBytes,
+  parseMilliCPU,
   withCmd,
+  withCPULimit,
   withCwd,
   withEntrypoint,
   withEnv,
   withHostNetwork,
+  withMemoryLimit,
   withMounts,
   withNetworkNone,
+  withPidsLimit,
   withReadonlyRootFS,
   withTerminal,
   withUser,
 } from "../bundle/options.ts";
 import { runContainer, selectRuntime } from "../bundle/run.ts";
-import type { SpecOption } from "../bundle/spec.ts";
+import { SpecError, type SpecOption } from "../bundle/spec.ts";
 import type { SourceImage } from "../image/source.ts";
 import type { CachingLayerResolver } from "../overlay/resolver.ts";
 import { UsageError } from "./args.ts";
@@ -91,6 +96,41 @@ export function volumeMounts(values: readonly string[]): BindMount[] {
   });
 }
 
+/** `--memory`, `--cpus` and `--pids-limit`, checked now: a bad value is a usage error. */
+function limitOptions(o: Context["options"]): SpecOption[] {
+  const opts: SpecOption[] = [];
+  const usage = (name: string, f: () => SpecOption) => {
+    try {
+      opts.push(f());
+    } catch (e) {
+      if (!(e instanceof SpecError)) throw e;
+      throw new UsageError(`option --${name}: ${e.message}`, "run");
+    }
+  };
+  if (typeof o.memory === "string") {
+    const memory = o.memory;
+    // As `docker run -m`: k, m, g and t (any case, optionally with b or ib) are binary.
+    const unit = /^([0-9]+(?:\.[0-9]+)?)\s*([kmgt])(?:i?b)?$/i.exec(memory);
+    const bytes = unit ? `${unit[1]}${unit[2].toUpperCase()}i` : memory;
+    usage("memory", () => withMemoryLimit(parseBytes(bytes)));
+  }
+  if (typeof o.cpus === "string") {
+    const cpus = o.cpus;
+    usage("cpus", () => (parseMilliCPU(cpus), withCPULimit(cpus)));
+  }
+  if (typeof o["pids-limit"] === "string") {
+    const n = Number(o["pids-limit"]);
+    if (!Number.isInteger(n) || n <= 0) {
+      throw new UsageError(
+        `option --pids-limit needs a positive integer, not '${o["pids-limit"]}'`,
+        "run",
+      );
+    }
+    opts.push(withPidsLimit(n));
+  }
+  return opts;
+}
+
 /**
  * The spec options for the run flags, applied after the image config (so they win).
  *
@@ -131,6 +171,7 @@ export function runSpecOptions(ctx: Context): SpecOption[] {
   if (o.network === "host") opts.push(withHostNetwork());
   else if (o.network === "none") opts.push(withNetworkNone());
   if (o["read-only"] === true) opts.push(withReadonlyRootFS(true));
+  opts.push(...limitOptions(o));
   return opts;
 }
 

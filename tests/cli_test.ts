@@ -418,6 +418,40 @@ Deno.test("cli: run passes argv, stdin, stdout and the exit status; strata failu
     assertEquals(r.code, 2, bad);
     assertOneErrorLine(r, "--volume");
   }
+  // Limits: what the container's own cgroup says (v2 file names, else v1's).
+  const cg = (v2: string, v1: string) =>
+    `cat /sys/fs/cgroup/${v2} 2>/dev/null || cat /sys/fs/cgroup/${v1}`;
+  const limits = await strata([
+    "run",
+    ...c,
+    "-q",
+    "-m",
+    "64m",
+    "--cpus",
+    "0.5",
+    "--pids-limit",
+    "42",
+    img.ref,
+    "sh",
+    "-c",
+    [
+      cg("memory.max", "memory/memory.limit_in_bytes"),
+      cg("pids.max", "pids/pids.max"),
+      cg("cpu.max", "cpu/cpu.cfs_quota_us"),
+    ].join("; "),
+  ]);
+  assertEquals(limits.code, 0, limits.stderr);
+  assertEquals(limits.stdout.split(/\s+/).filter((w) => w !== "100000"), [
+    "67108864",
+    "42",
+    "50000",
+    "",
+  ]);
+  for (const bad of [["-m", "lots"], ["--cpus", "x"], ["--pids-limit", "0"]]) {
+    const r = await strata(["run", ...c, ...bad, img.ref, "true"]);
+    assertEquals(r.code, 2, bad.join(" "));
+    assertOneErrorLine(r, bad[0] === "-m" ? "--memory" : bad[0]);
+  }
   const notty = await strata(["run", ...c, "-t", img.ref, "true"]);
   assertEquals(notty.code, 2);
   assertOneErrorLine(notty, "not a TTY");
