@@ -152,7 +152,7 @@ ${IMAGE_REFS}`,
         name: "tty",
         short: "t",
         type: "boolean",
-        help: "give the container a terminal (strata's stdin must be one); TERM=xterm if unset",
+        help: "a terminal for the container (stdin must be one; TERM=xterm if unset)",
       },
       {
         name: "interactive",
