@@ -9,6 +9,7 @@
 
 import { cstr, libc } from "../sys/libc.ts";
 import { readProcText } from "../sys/proc.ts";
+import { currentIdMap, type IdRange } from "../overlay/cache.ts";
 
 /** One line of `/proc/self/uid_map` or `gid_map`. */
 export interface IDMapRange {
@@ -62,7 +63,7 @@ let gidMap: IDMapRange[] | undefined;
  * ```
  */
 export function uidMappings(): IDMapRange[] {
-  return uidMap ??= parseIDMap(readProcText("/proc/self/uid_map"));
+  return uidMap ??= ranges(currentIdMap().uid);
 }
 
 /**
@@ -75,7 +76,12 @@ export function uidMappings(): IDMapRange[] {
  * ```
  */
 export function gidMappings(): IDMapRange[] {
-  return gidMap ??= parseIDMap(readProcText("/proc/self/gid_map"));
+  return gidMap ??= ranges(currentIdMap().gid);
+}
+
+/** The cache's reading of the maps (read once per process, for both). */
+function ranges(map: IdRange[]): IDMapRange[] {
+  return map.map(([inside, outside, count]) => ({ inside, outside, count }));
 }
 
 /**

@@ -23,7 +23,7 @@ import { defaultSpec } from "./spec.ts";
 import { inUserNamespace, outsideUid } from "./host.ts";
 import { adaptSpecToHost } from "./writer.ts";
 import { readProcText } from "../sys/proc.ts";
-import { accessible, existsSync } from "../sys/fs.ts";
+import { accessible } from "../sys/fs.ts";
 import { ffiAvailable } from "../sys/libc.ts";
 import { spawnInherited } from "../sys/spawn.ts";
 
@@ -521,7 +521,7 @@ export async function runContainer(bundle: Bundle, options: RunOptions = {}): Pr
     try {
       // `run` deletes the container when its process exits; only an
       // interrupted runtime leaves state behind.
-      if (rt && stateDir && existsSync(join(stateDir, id))) {
+      if (rt && stateDir && accessible(join(stateDir, id), "exists")) {
         await runtimeCmd(rt.path, ["--root", stateDir, "delete", "--force", id]).catch(() => {});
       }
       if (log) removeQuietly(log);

@@ -17,6 +17,7 @@
  */
 import { join } from "@std/path";
 import { readProcText } from "../sys/proc.ts";
+import { accessible } from "../sys/fs.ts";
 
 /** The sub-directories of a cache root. */
 export const CACHE_DIRS = ["layers", "tmp", "locks", "images", "containers"] as const;
@@ -199,7 +200,9 @@ function mkdir700(path: string): void {
  */
 export async function openCache(root: string): Promise<{ root: string; idmap: IdMap }> {
   mkdir700(root);
-  for (const d of CACHE_DIRS) mkdir700(join(root, d));
+  // Below a 0700 root nobody else can have made them: one existence check
+  // each (no Deno.statSync and its FileInfo) unless they are missing.
+  for (const d of CACHE_DIRS) if (!accessible(join(root, d))) mkdir700(join(root, d));
   const current = currentIdMap();
   const file = join(root, "idmap.json");
   let recorded: IdMap | undefined;

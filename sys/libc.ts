@@ -375,6 +375,8 @@ export function check<T extends number | bigint>(ret: T, syscall: string, path?:
 /** `AT_FDCWD`: resolve relative paths against the working directory. */
 export const AT_FDCWD = -100;
 
+let readScratch: Uint8Array<ArrayBuffer> | undefined;
+
 /**
  * Reads `fd` to its end (retrying EINTR; EAGAIN, as from a FIFO with no
  * writer, ends the read) and returns the bytes.
@@ -394,7 +396,10 @@ export function readFdAll(fd: number, what: string, max = Infinity): Uint8Array 
   const c = libc();
   const chunks: Uint8Array[] = [];
   let total = 0;
-  const buf = new Uint8Array(64 * 1024);
+  // One buffer for every call (they are synchronous; chunks are copied out):
+  // a warm run reads a dozen small files, and 64 KiB apiece of external
+  // memory is what drives V8 to collect garbage early.
+  const buf = readScratch ??= new Uint8Array(64 * 1024);
   for (;;) {
     const n = Number(c.read(fd, buf, BigInt(buf.length)));
     if (n < 0) {
