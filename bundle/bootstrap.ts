@@ -110,8 +110,14 @@ export class OverlayBundle implements Bundle, AsyncDisposable {
     }
     if (errors.length === 0) {
       try {
-        // Synchronous: unmounted, the directory is empty (everything was on the tmpfs).
-        Deno.removeSync(this.path, { recursive: true });
+        // Synchronous, and one rmdir: unmounted, the directory is empty
+        // (everything was on the tmpfs); a recursive remove only if it is not.
+        try {
+          Deno.removeSync(this.path);
+        } catch (e) {
+          if (e instanceof Deno.errors.NotFound) throw e;
+          Deno.removeSync(this.path, { recursive: true });
+        }
       } catch (e) {
         if (!(e instanceof Deno.errors.NotFound)) errors.push(e);
       }
