@@ -137,8 +137,17 @@ export class LayerWriter implements TarSink {
   readonly #parents = new Map<string, number>();
   /** Something was removed: drop all cached parents before the next entry. */
   #stale = false;
-  /** Every path this layer wrote (entries, implied parents, copied-up link targets). */
+  /** Every path this layer wrote (entries and their implied parents). */
   readonly #created = new Set<string>();
+  /**
+   * Direct mode: lower files copied up for a hardlink, and the directories
+   * implied on their way, until an entry of this layer takes the path. They
+   * are lower content: a later whiteout or opaque marker over them removes
+   * them (the link keeps the inode), as merged mode's overlay view does.
+   */
+  readonly #copiedUp = new Set<string>();
+  /** Direct mode: a copy-up is making directories (they go to #copiedUp). */
+  #copyingUp = false;
   /** Merged mode: directories whose metadata #keepDirMeta has looked at. */
   readonly #seenDirs = new Set<string>();
   /** Every ancestor of a path in #created. */
@@ -339,6 +348,8 @@ export class LayerWriter implements TarSink {
     // Directories written there are gone: their metadata must not land on
     // whatever takes the path later.
     for (const p of this.#dirs.keys()) if (isWithin(p, path)) this.#dirs.delete(p);
+    // So are copies made there: a later whiteout must not remove what takes the path.
+    for (const p of this.#copiedUp) if (isWithin(p, path)) this.#copiedUp.delete(p);
   }
 
   /**
@@ -388,7 +399,8 @@ export class LayerWriter implements TarSink {
 
   /** Metadata of an implied directory `path`, just created and open as `fd`. */
   #implied(fd: number, path: string): void {
-    this.#markCreated(path);
+    if (this.#copyingUp) this.#copiedUp.add(path);
+    else this.#markCreated(path);
     this.dependsOnLowers = true;
     // Direct mode: a directory made where this layer put a whiteout replaces
     // the lower one entirely. (Merged mode: overlayfs makes a directory
@@ -422,6 +434,7 @@ export class LayerWriter implements TarSink {
 
   #markCreated(path: string): void {
     this.#created.add(path);
+    if (this.#copiedUp.size) this.#copiedUp.delete(path);
     let p = path;
     for (;;) {
       const i = p.lastIndexOf("/");
@@ -783,6 +796,7 @@ export class LayerWriter implements TarSink {
           close(fd);
         }
       }
+      this.#dropCopiedUp(path, false);
       return;
     }
     this.#whiteouts.add(path);
@@ -800,6 +814,7 @@ export class LayerWriter implements TarSink {
       this.#invalidate(path);
       return;
     }
+    this.#dropCopiedUp(path, true);
     const pfd = this.#parent(dir, true);
     let r = mknodat(pfd, name, S.IFCHR, 0n);
     if (r === -EEXIST) {
@@ -873,6 +888,7 @@ export class LayerWriter implements TarSink {
       } finally {
         close(fd);
       }
+      this.#dropCopiedUp(dir, false);
       return;
     }
     if (dir === "" || this.#createdBelow.has(dir)) {
@@ -919,6 +935,33 @@ export class LayerWriter implements TarSink {
     } else {
       // Not an entry of this layer: keep the lower directory's metadata.
       this.#dirs.set(dir, lowerDirMeta(st, nst.ino));
+    }
+  }
+
+  /**
+   * Direct mode: removes what was copied up for hardlinks below `path` (and
+   * `path` itself when `self`), now that this layer hides it. A directory
+   * implied by a copy-up stays when an entry of this layer lies below it.
+   * The links keep their content: they are the same inodes.
+   */
+  #dropCopiedUp(path: string, self: boolean): void {
+    if (this.#copiedUp.size === 0) return;
+    const hit = [...this.#copiedUp].filter((p) => (self || p !== path) && isWithin(p, path));
+    for (const p of hit.sort((a, b) => depth(b) - depth(a))) {
+      this.#copiedUp.delete(p);
+      if (this.#createdBelow.has(p)) continue;
+      const [dir, base] = splitPath(p);
+      // Never through a symlink: only the directories the copy made.
+      const fd = openat2(this.#rootFd, dir || ".", DIR_OPEN, 0, IN_ROOT | RESOLVE.NO_SYMLINKS);
+      if (fd === -ENOENT || fd === -ENOTDIR || fd === -ELOOP) continue;
+      if (fd < 0) throw new Fail(-fd, "openat2");
+      try {
+        const r = removeAt(fd, base);
+        if (r < 0 && r !== -ENOENT) throw new Fail(-r, "remove");
+      } finally {
+        close(fd);
+      }
+      this.#invalidate(p);
     }
   }
 
@@ -1090,7 +1133,13 @@ export class LayerWriter implements TarSink {
     const { fd: lfd, stat } = found;
     const type = stat.mode & S.IFMT;
     const [dir, base] = splitPath(path);
-    const pfd = this.#parent(dir, true);
+    this.#copyingUp = true;
+    let pfd: number;
+    try {
+      pfd = this.#parent(dir, true);
+    } finally {
+      this.#copyingUp = false;
+    }
     const mtime = stat.mtimeSec, nsec = stat.mtimeNsec;
     if (type === S.IFLNK) {
       const lp = openat2(lfd, dir || ".", DIR_OPEN, 0, IN_ROOT);
@@ -1102,7 +1151,7 @@ export class LayerWriter implements TarSink {
       if (r < 0) throw new Fail(-r, "symlinkat");
       fchownat(pfd, base, stat.uid, stat.gid, AT.SYMLINK_NOFOLLOW);
       utimensat(pfd, base, mtime, mtime, AT.SYMLINK_NOFOLLOW, nsec, nsec);
-      this.#markCreated(path);
+      this.#copiedUp.add(path);
       this.dependsOnLowers = true;
       return true;
     }
@@ -1138,7 +1187,7 @@ export class LayerWriter implements TarSink {
       close(src);
       close(dst);
     }
-    this.#markCreated(path);
+    this.#copiedUp.add(path);
     this.dependsOnLowers = true;
     return true;
   }

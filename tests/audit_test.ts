@@ -326,3 +326,110 @@ Deno.test("audit: a sparse file past the file system's size limit fails with a n
     assertEquals(Deno.statSync(join(root, "big")).size, 4e15 + 3);
   }
 });
+
+// A hardlink to a lower file copies it up (direct mode); a whiteout or an
+// opaque marker later in the same layer hides the lower path, copy included,
+// while the link keeps the content (same inode). Merged mode, applying to the
+// overlay view, removes the path there and keeps the link.
+const copiedUpLower = () =>
+  new TarWriter({ defaultMtime: 100 })
+    .directory("d/", { mode: 0o700, uid: 1000, gid: 1000 })
+    .file("d/f", "lower f")
+    .directory("d/e/", { mode: 0o750 })
+    .file("d/e/f", "lower e/f")
+    .file("x", "lower x");
+
+Deno.test({
+  name: "audit: a hardlink's copied-up target goes when a later whiteout or opaque marker hides it",
+  ignore: !isRoot,
+  fn: async (t) => {
+    await using d_ = await tempDir();
+    const d = String(d_);
+    const lower = join(d, "lower");
+    await Deno.mkdir(lower);
+    await apply(copiedUpLower(), lower);
+    const tar = () => new TarWriter({ defaultMtime: 200 });
+    // [name, layer, y's content, a path the view no longer shows, the same
+    // layer dir in both modes (else merged mode whites out each lower child
+    // where direct mode makes the directory opaque: the same view)]
+    const cases: [string, () => TarWriter, string, string, boolean][] = [
+      [
+        "whiteout of the target's dir",
+        () => tar().hardlink("y", "d/f").file(".wh.d", ""),
+        "lower f",
+        "d",
+        true,
+      ],
+      [
+        "opaque target's dir",
+        () => tar().hardlink("y", "d/f").file("d/.wh..wh..opq", ""),
+        "lower f",
+        "d/f",
+        true,
+      ],
+      [
+        "whiteout of the target",
+        () => tar().hardlink("y", "x").file(".wh.x", ""),
+        "lower x",
+        "x",
+        true,
+      ],
+      [
+        "opaque above an implied dir",
+        () => tar().hardlink("y", "d/e/f").file("d/.wh..wh..opq", ""),
+        "lower e/f",
+        "d/e",
+        true,
+      ],
+      [
+        "whiteout of a dir the layer wrote into",
+        () => tar().file("d/g", "g").hardlink("y", "d/f").file(".wh.d", ""),
+        "lower f",
+        "d/f",
+        false,
+      ],
+      [
+        "the layer writes into the copy's implied dir, then whites it out",
+        () => tar().hardlink("y", "d/f").file("d/g", "g").file(".wh.d", ""),
+        "lower f",
+        "d/f",
+        false,
+      ],
+    ];
+    const viewLines = async (layer: string, at: string) => {
+      const umount = await overlay([lower, layer], at);
+      try {
+        return (await treeRecord(at, { lines: true })).lines!.filter((l) => !l.startsWith('"." '));
+      } finally {
+        await umount();
+      }
+    };
+    for (const [i, [name, layer, content, gone, sameLayer]] of cases.entries()) {
+      await t.step(name, async () => {
+        const [upper, work, merged, direct, view] = ["upper", "work", "merged", "direct", "view"]
+          .map((n) => join(d, `${n}${i}`));
+        for (const p of [upper, work, direct]) await Deno.mkdir(p);
+        const r = await apply(layer(), direct, { lowerDirs: [lower] });
+        assertEquals(r.warnings, []);
+        const umount = await overlay([lower], merged, upper, work);
+        try {
+          await apply(layer(), merged, { whiteouts: "merged" });
+        } finally {
+          await umount();
+        }
+        const lines = async (dir: string) =>
+          (await layerLines(dir)).filter((l) => !l.startsWith('"." '));
+        if (sameLayer) assertEquals(await lines(direct), await lines(upper));
+        const shown = await viewLines(direct, view);
+        assertEquals(shown, await viewLines(upper, view));
+        assert(!shown.some((l) => l.startsWith(`"${gone}" `)), `${gone} is still there`);
+        const umount2 = await overlay([lower, direct], view);
+        try {
+          assertEquals(Deno.readTextFileSync(join(view, "y")), content);
+        } finally {
+          await umount2();
+        }
+      });
+    }
+  },
+});
