@@ -233,6 +233,44 @@ export function documentKind(
 }
 
 /**
+ * Refuses a document whose kind its bytes and a type declared for it (the
+ * transport's Content-Type, the descriptor's mediaType) disagree on, or
+ * whose bytes hold both an index's `manifests` and a manifest's `config` or
+ * `layers`: the media type confusion of CVE-2021-41190, where one digest is
+ * an image to one client and an index to another. containerd refuses the
+ * same. A declared type that names neither kind (`application/json`) is no
+ * claim.
+ */
+function checkKind(
+  doc: Record<string, unknown>,
+  kind: "index" | "manifest",
+  declared: (string | undefined)[],
+  what: string,
+): void {
+  if (doc.manifests !== undefined && (doc.config !== undefined || doc.layers !== undefined)) {
+    throw new ManifestError(
+      what,
+      "it holds both an index's manifests and an image manifest's config or layers",
+    );
+  }
+  for (const t of declared) {
+    const k = !t
+      ? undefined
+      : INDEX_TYPES.has(t)
+      ? "index"
+      : MANIFEST_TYPES.has(t)
+      ? "manifest"
+      : undefined;
+    if (k && k !== kind) {
+      throw new ManifestError(
+        what,
+        `served as ${t}, but it is ${kind === "index" ? "an index" : "an image manifest"}`,
+      );
+    }
+  }
+}
+
+/**
  * Resolves the image a root descriptor names: fetches the document, checks
  * it against the descriptor's digest and size, descends through indexes by
  * platform, then fetches and verifies the config. `prefetched` supplies the
@@ -269,6 +307,7 @@ export async function resolveImage(
     await verifyDocument(fetched.bytes, desc.digest, what);
     const doc = parseJSON<Record<string, unknown>>(fetched.bytes, what);
     const kind = documentKind(doc, fetched.mediaType ?? desc.mediaType, what);
+    checkKind(doc, kind, [fetched.mediaType, desc.mediaType], what);
     if (kind === "index") {
       const index = doc as unknown as ImageIndex;
       const iwhat = `index ${desc.digest} of ${source.name}`;

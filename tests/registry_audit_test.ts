@@ -1,0 +1,145 @@
+/**
+ * Hostile registry answers found in an audit, served by a fake registry on
+ * raw TCP (tests/_fake_registry.ts), each pinned by the error (or the bytes)
+ * that the OCI distribution and image specs, and containerd, give.
+ */
+import { assert, assertEquals, assertRejects } from "@std/assert";
+import { join } from "@std/path";
+import { gzipSync } from "node:zlib";
+import { digestOf } from "../image/blob.ts";
+import { openImage } from "../image/open.ts";
+import { MediaType } from "../image/types.ts";
+import { TarWriter } from "../layer/tar_writer.ts";
+import { FakeRegistry } from "./_fake_registry.ts";
+import { denoPath, repoRoot, tempDir } from "./_helpers.ts";
+
+const enc = new TextEncoder();
+const OPTS = { tlsVerify: false, retryDelay: 5 };
+
+/** A one-layer image in `reg`, tagged `tag`. */
+function image(reg: FakeRegistry, tag = "v1") {
+  const tar = new TarWriter().file("hello", "hello\n").bytes();
+  const gz = new Uint8Array(gzipSync(tar));
+  const layer = reg.addBlob(gz);
+  const config = enc.encode(JSON.stringify({
+    architecture: "amd64",
+    os: "linux",
+    rootfs: { type: "layers", diff_ids: [digestOf(tar)] },
+    config: {},
+  }));
+  const configDigest = reg.addBlob(config);
+  const manifest = JSON.stringify({
+    schemaVersion: 2,
+    mediaType: MediaType.OciManifest,
+    config: { mediaType: MediaType.OciConfig, digest: configDigest, size: config.length },
+    layers: [{ mediaType: MediaType.OciLayerGzip, digest: layer, size: gz.length }],
+  });
+  const digest = reg.addManifest(manifest, MediaType.OciManifest, tag);
+  return { tar, manifest, digest };
+}
+
+/** Runs the CLI's pull against `ref` with a fresh cache below `dir`. */
+async function pull(dir: string, ref: string, ...flags: string[]) {
+  const out = await new Deno.Command("timeout", {
+    args: [
+      "-s",
+      "KILL",
+      "60",
+      denoPath,
+      "run",
+      "-A",
+      join(repoRoot, "cli.ts"),
+      "pull",
+      "--tls-verify=false",
+      "--cache",
+      join(dir, "cache"),
+      ...flags,
+      ref,
+    ],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const stderr = new TextDecoder().decode(out.stderr);
+  return { code: out.code, lines: stderr.split("\n").filter((l) => l && !l.includes("Check")) };
+}
+
+// A document's kind is what its bytes say; a registry (Content-Type) or an
+// index (descriptor mediaType) saying otherwise is the media type confusion
+// of CVE-2021-41190 / GHSA-77vh-xpmg-72qh: the same digest must not be an
+// image to one client and an index to another. containerd refuses it
+// ("expected manifest but found index"), as does a document that has both
+// an index's manifests and a manifest's layers or config.
+Deno.test("registry audit: a manifest served as an index (or the reverse) is refused", async (t) => {
+  await using reg = new FakeRegistry();
+  const img = image(reg);
+  const platform = { os: "linux", architecture: "amd64" };
+  const index = (type: string) =>
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: MediaType.OciIndex,
+      manifests: [{ mediaType: type, digest: img.digest, size: img.manifest.length, platform }],
+    });
+  // Both shapes and no mediaType field: the Content-Type alone decided.
+  const ambiguous = JSON.parse(img.manifest);
+  delete ambiguous.mediaType;
+  ambiguous.manifests = JSON.parse(index(MediaType.OciManifest)).manifests;
+  const inner = index(MediaType.OciManifest);
+  const innerDigest = reg.addManifest(inner, MediaType.OciIndex);
+  const cases: [string, string, string, string][] = [
+    [
+      "a manifest with Content-Type index",
+      img.manifest,
+      MediaType.OciIndex,
+      "but it is an image manifest",
+    ],
+    [
+      "an index with Content-Type manifest",
+      index(MediaType.OciManifest),
+      MediaType.OciManifest,
+      "but it is an index",
+    ],
+    ["both shapes, served as an index", JSON.stringify(ambiguous), MediaType.OciIndex, "both"],
+    ["both shapes, served as a manifest", JSON.stringify(ambiguous), MediaType.OciManifest, "both"],
+    [
+      "an index whose descriptor says manifest for an index",
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: MediaType.OciIndex,
+        manifests: [{
+          mediaType: MediaType.OciManifest,
+          digest: innerDigest,
+          size: inner.length,
+          platform,
+        }],
+      }),
+      MediaType.OciIndex,
+      innerDigest,
+    ],
+  ];
+  for (const [i, [name, body, type, includes]] of cases.entries()) {
+    await t.step(name, async () => {
+      reg.addManifest(body, type, `c${i}`);
+      const e = await assertRejects(() => openImage(`docker://${reg.host}/app:c${i}`, OPTS));
+      assertEquals((e as Error).name, "ManifestError", String(e));
+      assert((e as Error).message.includes(includes), (e as Error).message);
+    });
+  }
+  await t.step("the CLI: one line, exit 1, and the good image still pulls", async () => {
+    await using d = await tempDir();
+    const r = await pull(String(d), `${reg.host}/app:c0`);
+    assertEquals(r.code, 1, r.lines.join("\n"));
+    assertEquals(r.lines.length, 1, r.lines.join("\n"));
+    assert(/^strata: .*served as application\/vnd\.oci\.image\.index/.test(r.lines[0]), r.lines[0]);
+    const ok = await pull(String(d), `${reg.host}/app:v1`, "-q");
+    assertEquals(ok.code, 0, ok.lines.join("\n"));
+  });
+  await t.step("a matching type, or one that names neither kind, still opens", async () => {
+    const ok = await openImage(`docker://${reg.host}/app:v1`, OPTS);
+    assertEquals(ok.digest, img.digest);
+    reg.addManifest(img.manifest, "application/octet-stream", "plain");
+    assertEquals((await openImage(`docker://${reg.host}/app:plain`, OPTS)).digest, img.digest);
+    reg.addManifest(index(MediaType.DockerManifest), MediaType.DockerManifestList, "docker");
+    assertEquals((await openImage(`docker://${reg.host}/app:docker`, OPTS)).digest, img.digest);
+  });
+});
