@@ -361,6 +361,11 @@ export function sniffCompression(head: Uint8Array): Compression | undefined {
     head.length >= 4 && head[0] === 0x28 && head[1] === 0xb5 && head[2] === 0x2f &&
     head[3] === 0xfd
   ) return "zstd";
+  // A zstd skippable frame (RFC 8878 section 3.1.2) may come first.
+  if (
+    head.length >= 4 && (head[0] & 0xf0) === 0x50 && head[1] === 0x2a && head[2] === 0x4d &&
+    head[3] === 0x18
+  ) return "zstd";
   if (head.length >= 4) return "none";
   return undefined;
 }
@@ -448,6 +453,13 @@ export function decompress(
  * refuse both; this is what notices them, so a damaged zstd layer is called
  * truncated rather than a diff_id mismatch, and a compressed archive is not
  * silently cut short.
+ *
+ * It also cuts the stream for that decoder, which drops the rest of a write
+ * once a frame ends in it (and outputs nothing for a stream that starts with
+ * a skippable frame): {@linkcode ZstdFrames.push} returns the data frames'
+ * bytes in pieces that never run past the end of a frame, skippable frames
+ * left out, so that several frames (zstd:chunked layers hold one per file
+ * chunk) decode as the zstd CLI decodes them.
  */
 class ZstdFrames {
   #what: string;
@@ -459,12 +471,28 @@ class ZstdFrames {
   #checksum = false;
   #frames = 0;
   #offset = 0;
+  /** The bytes being skipped are a skippable frame's (else a block's). */
+  #skippable = false;
+  /** A frame ends when the bytes being skipped (its last block's) are. */
+  #lastBlock = false;
+  /** A data frame ended at the current position. */
+  #ended = false;
 
   constructor(what: string) {
     this.#what = what;
   }
 
-  push(chunk: Uint8Array): void {
+  /**
+   * Follows `chunk`; returns its data frames' bytes, cut at each frame's end,
+   * without skippable frames.
+   */
+  push(chunk: Uint8Array): Uint8Array[] {
+    const pieces: Uint8Array[] = [];
+    // Where the data frame being read starts in `chunk` (-1: not in one).
+    const inFrame = this.#state === "magic"
+      ? this.#skip > 0 && !this.#skippable
+      : this.#state !== "skippable";
+    let start = inFrame ? 0 : -1;
     let i = 0;
     while (i < chunk.length) {
       if (this.#skip > 0) {
@@ -472,17 +500,35 @@ class ZstdFrames {
         this.#skip -= n;
         i += n;
         this.#offset += n;
-        continue;
+        if (this.#skip === 0 && this.#lastBlock && this.#state === "magic") this.#ended = true;
+      } else {
+        const magic = this.#state === "magic";
+        const from = i - this.#have; // where the field began (< 0: in an earlier chunk)
+        const n = Math.min(this.#need - this.#have, chunk.length - i);
+        this.#buf.set(chunk.subarray(i, i + n), this.#have);
+        this.#have += n;
+        i += n;
+        this.#offset += n;
+        if (this.#have < this.#need) break;
+        this.#have = 0;
+        this.#field();
+        if (magic && this.#state === "descriptor") {
+          // A data frame begins with these 4 bytes.
+          if (from >= 0) start = from;
+          else {
+            pieces.push(this.#buf.slice(0, 4));
+            start = i;
+          }
+        }
       }
-      const n = Math.min(this.#need - this.#have, chunk.length - i);
-      this.#buf.set(chunk.subarray(i, i + n), this.#have);
-      this.#have += n;
-      i += n;
-      this.#offset += n;
-      if (this.#have < this.#need) break;
-      this.#have = 0;
-      this.#field();
+      if (this.#ended) {
+        this.#ended = false;
+        if (start >= 0 && i > start) pieces.push(chunk.subarray(start, i));
+        start = -1;
+      }
     }
+    if (start >= 0 && i > start) pieces.push(chunk.subarray(start, i));
+    return pieces;
   }
 
   end(): void {
@@ -491,7 +537,7 @@ class ZstdFrames {
     const where = complete
       ? "it holds no zstd frame"
       : this.#skip > 0
-      ? "it ends inside a block"
+      ? `it ends inside a ${this.#skippable ? "skippable frame" : "block"}`
       : this.#state === "checksum"
       ? "it ends inside a frame checksum"
       : this.#state === "block"
@@ -528,6 +574,8 @@ class ZstdFrames {
       }
       case "skippable":
         this.#skip = (b[0] | b[1] << 8 | b[2] << 16 | b[3] << 24) >>> 0;
+        this.#skippable = true;
+        this.#lastBlock = false;
         this.#state = "magic";
         this.#need = 4;
         return;
@@ -554,12 +602,15 @@ class ZstdFrames {
         const type = (h >> 1) & 3;
         if (type === 3) throw new BlobFormatError(this.#what, "zstd block of reserved type");
         this.#skip = type === 1 ? 1 : h >>> 3;
+        this.#skippable = false;
+        this.#lastBlock = (h & 1) === 1;
         if (h & 1) {
           if (this.#checksum) {
             this.#state = "checksum";
           } else {
             this.#frames++;
             this.#state = "magic";
+            if (this.#skip === 0) this.#ended = true;
           }
           this.#need = 4;
         }
@@ -567,6 +618,8 @@ class ZstdFrames {
       }
       case "checksum":
         this.#frames++;
+        this.#ended = true;
+        this.#lastBlock = false;
         this.#state = "magic";
         this.#need = 4;
         return;
@@ -671,23 +724,22 @@ function zlibPair(
     },
     async write(chunk) {
       if (failed !== undefined) throw failed;
-      let c: Uint8Array | undefined;
+      let pieces: Uint8Array[];
       try {
-        c = sniff(chunk);
-        if (c) frames?.push(c);
+        const c = sniff(chunk);
+        pieces = !c ? [] : frames ? frames.push(c) : [c];
       } catch (e) {
         fail(e);
         throw e;
       }
-      if (c) await write(c);
+      for (const p of pieces) await write(p);
     },
     async close() {
       if (failed !== undefined) throw failed;
       try {
         const c = sniff(undefined);
         if (c?.length) {
-          frames?.push(c);
-          await write(c);
+          for (const p of frames ? frames.push(c) : [c]) await write(p);
         }
         frames?.end();
       } catch (e) {

@@ -433,3 +433,81 @@ Deno.test({
     }
   },
 });
+
+// zstd streams as RFC 8878 has them and the zstd CLI reads them: several
+// frames (zstd:chunked layers hold one per file chunk), skippable frames
+// before, between and after them (zstd:chunked keeps its table of contents
+// in one). Deno's node:zlib decoder drops the rest of a write once a frame
+// ends in it, so each case is also given to it in one piece.
+Deno.test("audit: zstd layers with several frames and skippable frames read as `zstd -d` reads them", async (t) => {
+  const { zstdCompressSync } = await import("node:zlib");
+  await using d_ = await tempDir();
+  const dir = String(d_);
+  const { decompress, digestOf } = await import("../image/blob.ts");
+  const { MediaType } = await import("../image/types.ts");
+  const cat = (...a: Uint8Array[]) => {
+    const o = new Uint8Array(a.reduce((n, x) => n + x.length, 0));
+    let off = 0;
+    for (const x of a) {
+      o.set(x, off);
+      off += x.length;
+    }
+    return o;
+  };
+  const z = (b: Uint8Array) => new Uint8Array(zstdCompressSync(b));
+  const skippable = (n: number, low = 0) => {
+    const b = new Uint8Array(8 + n).fill(0xaa);
+    b.set([0x50 | low, 0x2a, 0x4d, 0x18, n & 255, n >> 8, 0, 0]);
+    return b;
+  };
+  const tar = new TarWriter().file("a", "a".repeat(100_000)).file(
+    "b",
+    crypto.getRandomValues(
+      new Uint8Array(60_000),
+    ),
+  ).bytes();
+  const parts = [0, 700, 5000, 70_000, tar.length].map((_, i, a) => tar.subarray(a[i], a[i + 1]))
+    .slice(0, 4);
+  // The zstd CLI's frames carry a checksum.
+  const zc = (b: Uint8Array) => {
+    Deno.writeFileSync(join(dir, "part"), b);
+    new Deno.Command("zstd", { args: ["-qf", "--check", join(dir, "part")] }).outputSync();
+    return Deno.readFileSync(join(dir, "part.zst"));
+  };
+  const cases: [string, Uint8Array][] = [
+    ["four frames", cat(...parts.map(z))],
+    ["four frames with checksums", cat(...parts.map(zc))],
+    ["a skippable frame first", cat(skippable(16), z(tar))],
+    [
+      "skippable frames between and after",
+      cat(z(parts[0]), skippable(3, 7), ...parts.slice(1).map(z), skippable(300, 15)),
+    ],
+  ];
+  for (const [name, blob] of cases) {
+    await t.step(name, async () => {
+      const zstd = new Deno.Command("zstd", { args: ["-dc"], stdin: "piped", stdout: "piped" })
+        .spawn();
+      const output = zstd.output(); // read while writing: the pipe holds 64 KiB
+      const w = zstd.stdin.getWriter();
+      await w.write(blob);
+      await w.close();
+      const cli = await output;
+      assertEquals(cli.code, 0);
+      // Digests: a diff of two large arrays takes forever.
+      assertEquals(digestOf(cli.stdout), digestOf(tar), "zstd -d");
+      for (const chunk of [blob.length, 1000, 7]) {
+        const pieces: Uint8Array[] = [];
+        for (let i = 0; i < blob.length; i += chunk) pieces.push(blob.subarray(i, i + chunk));
+        const out = ReadableStream.from(pieces).pipeThrough(
+          decompress(MediaType.OciLayerZstd, "layer"),
+        );
+        const got = new Uint8Array(await new Response(out).arrayBuffer());
+        assertEquals(
+          [got.length, digestOf(got)],
+          [tar.length, digestOf(tar)],
+          `chunks of ${chunk}`,
+        );
+      }
+    });
+  }
+});
