@@ -436,7 +436,7 @@ export class RegistryClient {
     if (!res.ok) {
       throw new RegistryError(twhat, `${res.status} ${await registryErrorText(res)}`, res.status);
     }
-    let body: { token?: string; access_token?: string };
+    let body: unknown;
     try {
       body = JSON.parse(new TextDecoder().decode(await readBounded(res, 1 << 20, twhat)));
     } catch (e) {
@@ -445,8 +445,22 @@ export class RegistryClient {
         cause: e,
       });
     }
-    const token = body.token ?? body.access_token;
-    if (!token) throw new AuthenticationError(twhat, "the token server answered without a token");
+    // An object with a string token, fit for a header (printable ASCII; a
+    // bearer token is base64-like): anything else would be sent as "Bearer null" or
+    // fail as an invalid header, retried as if the network had.
+    const b = typeof body === "object" && body !== null && !Array.isArray(body)
+      ? body as { token?: unknown; access_token?: unknown }
+      : {};
+    const token = b.token ?? b.access_token;
+    if (token === undefined || token === null || token === "") {
+      throw new AuthenticationError(twhat, "the token server answered without a token");
+    }
+    if (typeof token !== "string" || !/^[\x20-\x7e]+$/.test(token)) {
+      throw new AuthenticationError(
+        twhat,
+        "the token server's token is not a string of printable ASCII characters",
+      );
+    }
     this.#auth.set(repository, `Bearer ${token}`);
   }
 

@@ -143,3 +143,58 @@ Deno.test("registry audit: a manifest served as an index (or the reverse) is ref
     assertEquals((await openImage(`docker://${reg.host}/app:docker`, OPTS)).digest, img.digest);
   });
 });
+
+// A token server's answer must be a JSON object with a string token (or
+// access_token) fit for an Authorization header: `null` was a TypeError
+// ("Cannot read properties of null"), a CR/LF in the token an invalid
+// header retried four times, an object sent as "Bearer [object Object]".
+Deno.test("registry audit: a token server's odd answers are one clear authentication error", async (t) => {
+  await using reg = new FakeRegistry();
+  await using auth = new FakeRegistry();
+  image(reg);
+  let answer = "";
+  reg.handler = (r) =>
+    r.path.startsWith("/v2/app/") && r.headers.authorization !== "Bearer good"
+      ? {
+        status: 401,
+        headers: { "www-authenticate": `Bearer realm="http://${auth.host}/token",service="s"` },
+      }
+      : undefined;
+  auth.handler = () => ({
+    status: 200,
+    headers: { "content-type": "application/json" },
+    body: answer,
+  });
+  const bad = [
+    "null",
+    "[]",
+    '"good"',
+    '{"token":{"a":1}}',
+    '{"token":5}',
+    '{"token":"a\\r\\nX-Evil: 1"}',
+    '{"token":""}',
+  ];
+  for (const body of bad) {
+    await t.step(body, async () => {
+      answer = body;
+      const seen = reg.seen.length;
+      const e = await assertRejects(() => openImage(`docker://${reg.host}/app:v1`, OPTS));
+      assertEquals((e as Error).name, "AuthenticationError", String(e));
+      assert((e as Error).message.includes("token"), (e as Error).message);
+      assert(!/[\r\n]/.test((e as Error).message), (e as Error).message);
+      // No request went out with what the answer held.
+      assert(reg.seen.slice(seen).every((r) => !r.headers.authorization), "a bad token was sent");
+    });
+  }
+  await t.step("the CLI: one line, exit 1; a good token then pulls", async () => {
+    await using d = await tempDir();
+    answer = "null";
+    const r = await pull(String(d), `${reg.host}/app:v1`);
+    assertEquals(r.code, 1, r.lines.join("\n"));
+    assertEquals(r.lines.length, 1, r.lines.join("\n"));
+    assert(r.lines[0].startsWith("strata: ") && r.lines[0].includes("token"), r.lines[0]);
+    answer = '{"access_token":"good"}';
+    const ok = await pull(String(d), `${reg.host}/app:v1`, "-q");
+    assertEquals(ok.code, 0, ok.lines.join("\n"));
+  });
+});
