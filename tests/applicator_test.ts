@@ -21,6 +21,7 @@ import { treeRecord } from "../layer/record.ts";
 import { gzip, TarWriter } from "../layer/tar_writer.ts";
 import { confine } from "../layer/path.ts";
 import { denoPath, isRoot, repoRoot, run, sh, tempDir } from "./_helpers.ts";
+import { getfattr, layerLines, overlay, overlayInternals } from "./_overlay.ts";
 
 function apply(w: TarWriter | Uint8Array, root: string, o: ApplyOptions = {}) {
   const bytes = w instanceof TarWriter ? w.bytes() : w;
@@ -30,20 +31,6 @@ function apply(w: TarWriter | Uint8Array, root: string, o: ApplyOptions = {}) {
 
 function lst(p: string): Deno.FileInfo {
   return Deno.lstatSync(p);
-}
-
-function getfattr(p: string): Record<string, string> {
-  const out = new Deno.Command("getfattr", {
-    args: ["-h", "-d", "-m", "-", "-e", "text", p],
-    stdout: "piped",
-    stderr: "null",
-  }).outputSync();
-  const r: Record<string, string> = {};
-  for (const line of new TextDecoder().decode(out.stdout).split("\n")) {
-    const m = /^([^#=][^=]*)="?(.*?)"?$/.exec(line);
-    if (m) r[m[1]] = m[2];
-  }
-  return r;
 }
 
 function isWhiteout(p: string): boolean {
@@ -375,36 +362,6 @@ Deno.test("whiteout names that resolve to nothing are refused", async () => {
     await assertRejects(() => apply(new TarWriter().file(name, ""), d), WhiteoutError);
   }
 });
-
-/**
- * Mounts an overlay (userxattr, as strata does; read-only without `upper`)
- * and returns an unmount function.
- */
-async function overlay(lower: string[], at: string, upper?: string, work?: string) {
-  await Deno.mkdir(at, { recursive: true });
-  const lowers = `lowerdir=${[...lower].reverse().join(":")}`;
-  await sh("mount", [
-    "-t",
-    "overlay",
-    "overlay",
-    "-o",
-    upper ? `userxattr,${lowers},upperdir=${upper},workdir=${work}` : `userxattr,${lowers}`,
-    at,
-  ]);
-  return async () => {
-    await sh("umount", [at]);
-  };
-}
-
-const overlayInternals = (n: string) =>
-  !(n.startsWith("user.overlay.") || n.startsWith("trusted.overlay.")) ||
-  n.endsWith(".overlay.opaque");
-
-/** The record of a layer dir, whiteout times left out (the kernel makes those). */
-async function layerLines(dir: string): Promise<string[]> {
-  const r = await treeRecord(dir, { lines: true, xattrs: overlayInternals });
-  return r.lines!.map((l) => / 20000 \S+ m:\S+ d:0,0$/.test(l) ? l.replace(/ m:\S+/, "") : l);
-}
 
 function lowerTar(): TarWriter {
   return new TarWriter({ defaultMtime: 100 })

@@ -11,52 +11,11 @@ import { TarWriter } from "../layer/tar_writer.ts";
 import { writeOciLayout } from "../image/build.ts";
 import { openOciLayout } from "../image/layout.ts";
 import type { ContainerConfig } from "../image/types.ts";
-import { denoPath, isRoot, repoRoot, run, sh, tempDir } from "./_helpers.ts";
+import { denoPath, isRoot, repoRoot, run, tempDir } from "./_helpers.ts";
+import { getfattr, layerLines, overlay } from "./_overlay.ts";
 
 function apply(w: TarWriter, root: string, o: ApplyOptions = {}) {
   return new TarApplicator(o).apply(new Blob([w.bytes()]).stream(), root);
-}
-
-function getfattr(p: string): Record<string, string> {
-  const out = new Deno.Command("getfattr", {
-    args: ["-h", "-d", "-m", "-", "-e", "text", p],
-    stdout: "piped",
-    stderr: "null",
-  }).outputSync();
-  const r: Record<string, string> = {};
-  for (const line of new TextDecoder().decode(out.stdout).split("\n")) {
-    const m = /^([^#=][^=]*)="?(.*?)"?$/.exec(line);
-    if (m) r[m[1]] = m[2];
-  }
-  return r;
-}
-
-/** Mounts an overlay with `userxattr` (as strata does); returns an unmount function. */
-async function overlay(lower: string[], at: string, upper?: string, work?: string) {
-  await Deno.mkdir(at, { recursive: true });
-  const lowers = `lowerdir=${[...lower].reverse().join(":")}`;
-  await sh("mount", [
-    "-t",
-    "overlay",
-    "overlay",
-    "-o",
-    upper ? `userxattr,${lowers},upperdir=${upper},workdir=${work}` : `userxattr,${lowers}`,
-    at,
-  ]);
-  return async () => {
-    await sh("umount", [at]);
-  };
-}
-
-/** Overlay xattrs the kernel writes on its own are left out; opacity is kept. */
-const overlayInternals = (n: string) =>
-  !(n.startsWith("user.overlay.") || n.startsWith("trusted.overlay.")) ||
-  n.endsWith(".overlay.opaque");
-
-/** A layer dir's record, whiteout times left out (the kernel makes those in merged mode). */
-async function layerLines(dir: string): Promise<string[]> {
-  const r = await treeRecord(dir, { lines: true, xattrs: overlayInternals });
-  return r.lines!.map((l) => / 20000 \S+ m:\S+ d:0,0$/.test(l) ? l.replace(/ m:\S+/, "") : l);
 }
 
 // A layer that removes a lower directory (or file) and writes below the same
