@@ -415,6 +415,16 @@ export class RegistryClient {
       );
     }
     const url = webURL(challenge.params.realm, undefined, `${what}: token realm`);
+    if (creds && url.protocol === "http:" && this.#options.tlsVerify !== false) {
+      // The login would cross the network in clear text, though the registry
+      // itself is reached over verified TLS: only when told TLS is optional.
+      throw new AuthenticationError(
+        what,
+        `the token realm ${url.origin} is plain HTTP: refusing to send the login for ` +
+          `${this.domain} unencrypted (--tls-verify=false allows it)`,
+        401,
+      );
+    }
     if (challenge.params.service) url.searchParams.set("service", challenge.params.service);
     url.searchParams.set("scope", `repository:${repository}:pull`);
     const headers: Record<string, string> = {};
