@@ -3,7 +3,8 @@
  * manifests and blobs from memory (by tag or digest, ranges honoured) and
  * lets a test answer any request itself, with what no HTTP library sends (a
  * Content-Length that lies, a body cut short). Requests and their headers
- * are recorded.
+ * are recorded. The raw TCP pieces (a local listener, reading a request
+ * head, writing a response head) are exported for other hand-written servers.
  */
 import { digestOf } from "../image/blob.ts";
 
@@ -34,25 +35,11 @@ export class FakeRegistry implements AsyncDisposable {
   handler: (req: SeenRequest) => RawResponse | undefined = () => undefined;
   readonly manifests = new Map<string, { bytes: Uint8Array; type: string }>();
   readonly blobs = new Map<string, Uint8Array>();
-  #listener: Deno.Listener;
-  #conns = new Set<Deno.Conn>();
-  #done: Promise<void>;
+  #server: LocalServer;
 
   constructor() {
-    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-    this.#listener = listener;
-    this.host = `127.0.0.1:${(listener.addr as Deno.NetAddr).port}`;
-    this.#done = (async () => {
-      for await (const conn of listener) {
-        this.#conns.add(conn);
-        this.#serve(conn).catch(() => {}).finally(() => {
-          this.#conns.delete(conn);
-          try {
-            conn.close();
-          } catch { /* closed */ }
-        });
-      }
-    })().catch(() => {});
+    this.#server = serveLocal((conn) => this.#serve(conn));
+    this.host = this.#server.host;
   }
 
   /** Stores a manifest under its digest and `tag`; returns the digest. */
@@ -97,13 +84,8 @@ export class FakeRegistry implements AsyncDisposable {
   }
 
   async #serve(conn: Deno.Conn): Promise<void> {
-    const buf = new Uint8Array(16384);
-    let head = "";
-    while (!head.includes("\r\n\r\n")) {
-      const n = await conn.read(buf);
-      if (n === null) return;
-      head += new TextDecoder().decode(buf.subarray(0, n));
-    }
+    const head = await readRequestHead(conn, new Uint8Array(16384));
+    if (head === null) return;
     const [requestLine, ...lines] = head.split("\r\n\r\n")[0].split("\r\n");
     const headers: Record<string, string> = {};
     for (const l of lines) {
@@ -119,28 +101,97 @@ export class FakeRegistry implements AsyncDisposable {
       "content-length": String(r.contentLength ?? body.length),
       ...r.headers,
     };
-    await writeAll(
-      conn,
-      enc.encode(
-        `HTTP/1.1 ${r.status} X\r\n${
-          Object.entries(h).map(([k, v]) => `${k}: ${v}\r\n`).join("")
-        }\r\n`,
-      ),
-    );
+    await writeResponseHead(conn, r.status, h);
     await writeAll(conn, r.cutAfter !== undefined ? body.subarray(0, r.cutAfter) : body);
   }
 
   async [Symbol.asyncDispose]() {
-    this.#listener.close();
-    for (const c of this.#conns) {
-      try {
-        c.close();
-      } catch { /* closed */ }
-    }
-    await this.#done;
+    await this.#server[Symbol.asyncDispose]();
   }
 }
 
-async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
+/** A TCP server on a free port of 127.0.0.1 (see {@linkcode listenLocal}). */
+export interface LocalServer extends AsyncDisposable {
+  /** `127.0.0.1:PORT`. */
+  readonly host: string;
+  /** The connections open now; disposing closes them all. */
+  readonly conns: Set<Deno.Conn>;
+}
+
+/**
+ * Listens on a free port of 127.0.0.1, adds each connection to `conns` and
+ * hands it to `accept` (awaited before the next; a throw stops accepting).
+ * Disposing stops listening, closes every connection in `conns` and waits
+ * for the accept loop to end.
+ */
+export function listenLocal(
+  accept: (conn: Deno.Conn, conns: Set<Deno.Conn>) => void | Promise<void>,
+): LocalServer {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const conns = new Set<Deno.Conn>();
+  const done = (async () => {
+    for await (const conn of listener) {
+      conns.add(conn);
+      await accept(conn, conns);
+    }
+  })().catch(() => {});
+  return {
+    host: `127.0.0.1:${(listener.addr as Deno.NetAddr).port}`,
+    conns,
+    async [Symbol.asyncDispose]() {
+      listener.close();
+      for (const c of conns) {
+        try {
+          c.close();
+        } catch { /* closed */ }
+      }
+      await done;
+    },
+  };
+}
+
+/**
+ * {@linkcode listenLocal} that serves each connection with `serve` at once
+ * (side by side with the others), ignores its errors, and closes the
+ * connection when `serve` ends.
+ */
+export function serveLocal(serve: (conn: Deno.Conn) => Promise<void>): LocalServer {
+  return listenLocal((conn, conns) => {
+    serve(conn).catch(() => {}).finally(() => {
+      conns.delete(conn);
+      try {
+        conn.close();
+      } catch { /* closed */ }
+    });
+  });
+}
+
+/**
+ * Reads from `conn` into `buf` until an HTTP request head has ended; returns
+ * all that was read (the head, its blank line, and anything after), or null
+ * if the client closed first.
+ */
+export async function readRequestHead(conn: Deno.Conn, buf: Uint8Array): Promise<string | null> {
+  let head = "";
+  while (!head.includes("\r\n\r\n")) {
+    const n = await conn.read(buf);
+    if (n === null) return null;
+    head += new TextDecoder().decode(buf.subarray(0, n));
+  }
+  return head;
+}
+
+/** Writes an HTTP/1.1 status line (reason `X`), `headers` as given, and the blank line. */
+export async function writeResponseHead(
+  conn: Deno.Conn,
+  status: number,
+  headers: Record<string, string>,
+): Promise<void> {
+  const lines = Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join("");
+  await writeAll(conn, enc.encode(`HTTP/1.1 ${status} X\r\n${lines}\r\n`));
+}
+
+/** Writes all of `bytes` to `conn`. */
+export async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
   for (let off = 0; off < bytes.length;) off += await conn.write(bytes.subarray(off));
 }

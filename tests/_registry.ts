@@ -9,6 +9,7 @@
  */
 import { join } from "@std/path";
 import { run, sh } from "./_helpers.ts";
+import { listenLocal, type LocalServer } from "./_fake_registry.ts";
 
 let policy: Promise<string> | undefined;
 
@@ -177,27 +178,20 @@ export class CuttingProxy implements AsyncDisposable {
   readonly seen: string[] = [];
   /** Number of connections cut. */
   cuts = 0;
-  #listener: Deno.Listener;
-  #conns = new Set<Deno.Conn>();
   #cutAfter: number;
-  #done: Promise<void>;
+  #server: LocalServer;
 
   /** Listens on a free port, forwarding to `upstream` (`host:port`). */
   constructor(upstream: string, cutAfter: number) {
     this.#cutAfter = cutAfter;
-    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-    this.#listener = listener;
-    this.host = `127.0.0.1:${(listener.addr as Deno.NetAddr).port}`;
     const [uh, up] = upstream.split(":");
-    this.#done = (async () => {
-      for await (const client of listener) {
-        this.#conns.add(client);
-        const server = await Deno.connect({ hostname: uh, port: Number(up) });
-        this.#conns.add(server);
-        this.#pump(client, server, false);
-        this.#pump(server, client, true);
-      }
-    })().catch(() => {});
+    this.#server = listenLocal(async (client, conns) => {
+      const server = await Deno.connect({ hostname: uh, port: Number(up) });
+      conns.add(server);
+      this.#pump(client, server, false);
+      this.#pump(server, client, true);
+    });
+    this.host = this.#server.host;
   }
 
   async #pump(from: Deno.Conn, to: Deno.Conn, downstream: boolean) {
@@ -230,19 +224,13 @@ export class CuttingProxy implements AsyncDisposable {
       try {
         c.close();
       } catch { /* closed already */ }
-      this.#conns.delete(c);
+      this.#server.conns.delete(c);
     }
   }
 
   /** Stops listening and closes every connection. */
   async [Symbol.asyncDispose]() {
-    this.#listener.close();
-    for (const c of this.#conns) {
-      try {
-        c.close();
-      } catch { /* closed */ }
-    }
-    await this.#done;
+    await this.#server[Symbol.asyncDispose]();
   }
 }
 

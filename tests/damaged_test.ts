@@ -27,6 +27,13 @@ import { gzip, TarWriter, zstd } from "../layer/tar_writer.ts";
 import { denoPath, repoRoot, type RunResult, sandboxArgv, sh, tempDir } from "./_helpers.ts";
 import { RegistryClient, RegistryError } from "../image/registry.ts";
 import { Registry } from "./_registry.ts";
+import {
+  type LocalServer,
+  readRequestHead,
+  serveLocal,
+  writeAll,
+  writeResponseHead,
+} from "./_fake_registry.ts";
 
 const CLI = join(repoRoot, "cli.ts");
 const enc = new TextEncoder();
@@ -1086,35 +1093,17 @@ class LyingFront implements AsyncDisposable {
   /** Paths requested, in order. */
   readonly seen: string[] = [];
   override: (path: string) => RawResponse | undefined = () => undefined;
-  #listener: Deno.Listener;
-  #conns = new Set<Deno.Conn>();
-  #done: Promise<void>;
+  #server: LocalServer;
 
   constructor(upstream: string) {
-    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-    this.#listener = listener;
-    this.host = `127.0.0.1:${(listener.addr as Deno.NetAddr).port}`;
-    this.#done = (async () => {
-      for await (const conn of listener) {
-        this.#conns.add(conn);
-        this.#serve(conn, upstream).catch(() => {}).finally(() => {
-          this.#conns.delete(conn);
-          try {
-            conn.close();
-          } catch { /* closed */ }
-        });
-      }
-    })().catch(() => {});
+    this.#server = serveLocal((conn) => this.#serve(conn, upstream));
+    this.host = this.#server.host;
   }
 
   async #serve(conn: Deno.Conn, upstream: string): Promise<void> {
     const buf = new Uint8Array(16384);
-    let head = "";
-    while (!head.includes("\r\n\r\n")) {
-      const n = await conn.read(buf);
-      if (n === null) return;
-      head += new TextDecoder().decode(buf.subarray(0, n));
-    }
+    const head = await readRequestHead(conn, buf);
+    if (head === null) return;
     const [requestLine, ...lines] = head.split("\r\n");
     const path = requestLine.split(" ")[1];
     this.seen.push(path);
@@ -1144,10 +1133,7 @@ class LyingFront implements AsyncDisposable {
     if (!r.noLength && body !== "endless" && !("content-length" in h)) {
       h["content-length"] = String(body.length);
     }
-    const text = `HTTP/1.1 ${r.status} X\r\n${
-      Object.entries(h).map(([k, v]) => `${k}: ${v}\r\n`).join("")
-    }\r\n`;
-    await writeAll(conn, enc.encode(text));
+    await writeResponseHead(conn, r.status, h);
     if (r.stallAfter !== undefined && body !== "endless") {
       await writeAll(conn, body.subarray(0, r.stallAfter));
       while (await conn.read(buf) !== null) { /* until the client hangs up */ }
@@ -1161,18 +1147,8 @@ class LyingFront implements AsyncDisposable {
   }
 
   async [Symbol.asyncDispose]() {
-    this.#listener.close();
-    for (const c of this.#conns) {
-      try {
-        c.close();
-      } catch { /* closed */ }
-    }
-    await this.#done;
+    await this.#server[Symbol.asyncDispose]();
   }
-}
-
-async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
-  for (let off = 0; off < bytes.length;) off += await conn.write(bytes.subarray(off));
 }
 
 Deno.test("damaged registry: lies, failures and loops", async (t) => {
