@@ -57,6 +57,17 @@ export async function unmountBelow(path: string): Promise<void> {
   }
 }
 
+/** The bytes of `parts`, one after another, in a new array. */
+export function concat(...parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let o = 0;
+  for (const p of parts) {
+    out.set(p, o);
+    o += p.length;
+  }
+  return out;
+}
+
 /** Result of {@linkcode run}. */
 export interface RunResult {
   code: number;

@@ -11,7 +11,7 @@ import { TarWriter } from "../layer/tar_writer.ts";
 import { writeOciLayout } from "../image/build.ts";
 import { openOciLayout } from "../image/layout.ts";
 import type { ContainerConfig } from "../image/types.ts";
-import { denoPath, isRoot, repoRoot, run, tempDir } from "./_helpers.ts";
+import { concat, denoPath, isRoot, repoRoot, run, tempDir } from "./_helpers.ts";
 import { getfattr, layerLines, overlay } from "./_overlay.ts";
 
 function apply(w: TarWriter, root: string, o: ApplyOptions = {}) {
@@ -408,15 +408,6 @@ Deno.test("audit: zstd layers with several frames and skippable frames read as `
   const dir = String(d_);
   const { decompress, digestOf } = await import("../image/blob.ts");
   const { MediaType } = await import("../image/types.ts");
-  const cat = (...a: Uint8Array[]) => {
-    const o = new Uint8Array(a.reduce((n, x) => n + x.length, 0));
-    let off = 0;
-    for (const x of a) {
-      o.set(x, off);
-      off += x.length;
-    }
-    return o;
-  };
   const z = (b: Uint8Array) => new Uint8Array(zstdCompressSync(b));
   const skippable = (n: number, low = 0) => {
     const b = new Uint8Array(8 + n).fill(0xaa);
@@ -438,12 +429,12 @@ Deno.test("audit: zstd layers with several frames and skippable frames read as `
     return Deno.readFileSync(join(dir, "part.zst"));
   };
   const cases: [string, Uint8Array][] = [
-    ["four frames", cat(...parts.map(z))],
-    ["four frames with checksums", cat(...parts.map(zc))],
-    ["a skippable frame first", cat(skippable(16), z(tar))],
+    ["four frames", concat(...parts.map(z))],
+    ["four frames with checksums", concat(...parts.map(zc))],
+    ["a skippable frame first", concat(skippable(16), z(tar))],
     [
       "skippable frames between and after",
-      cat(z(parts[0]), skippable(3, 7), ...parts.slice(1).map(z), skippable(300, 15)),
+      concat(z(parts[0]), skippable(3, 7), ...parts.slice(1).map(z), skippable(300, 15)),
     ],
   ];
   for (const [name, blob] of cases) {

@@ -11,7 +11,7 @@ import { join } from "@std/path";
 import { type ApplyOptions, TarApplicator } from "../layer/applicator.ts";
 import { treeRecord } from "../layer/record.ts";
 import { TarWriter } from "../layer/tar_writer.ts";
-import { denoPath, isRoot, run, sandboxArgv, tempDir } from "./_helpers.ts";
+import { concat, denoPath, isRoot, run, sandboxArgv, tempDir } from "./_helpers.ts";
 
 interface Case {
   name: string;
@@ -204,16 +204,6 @@ const cases: Case[] = [
         .file(`${"a/".repeat(200)}${"../".repeat(300)}canary/secret2`, "pwned"),
   },
 ];
-
-function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
-}
 
 async function snapshot(dir: string, canary: string): Promise<string> {
   const rec = await treeRecord(canary, { lines: true });
