@@ -270,7 +270,15 @@ async function readBounded(
   const reader = res.body?.getReader();
   if (!reader) return new Uint8Array();
   for (;;) {
-    const { done, value } = await reader.read();
+    let r: ReadableStreamReadResult<Uint8Array>;
+    try {
+      r = await reader.read();
+    } catch (e) {
+      if (isAbort(e)) throw e;
+      // The connection broke off, or sent fewer bytes than it announced.
+      throw new BrokenBodyError(what || res.url, total, { cause: e });
+    }
+    const { done, value } = r;
     if (done) break;
     if (total + value.length > max) {
       await reader.cancel().catch(() => {});
@@ -290,6 +298,19 @@ async function readBounded(
     off += c.length;
   }
   return out;
+}
+
+/** A response body that broke off before its end (a transient failure: asked again). */
+class BrokenBodyError extends RegistryError {
+  constructor(what: string, read: number, options: ErrorOptions) {
+    super(
+      what,
+      `the answer broke off after ${read} bytes (${(options.cause as Error)?.message})`,
+      undefined,
+      options,
+    );
+    this.name = "BrokenBodyError";
+  }
 }
 
 /** A pull client for one registry host. */
@@ -708,31 +729,53 @@ export class RegistryClient {
     reference: string,
     signal?: AbortSignal,
   ): Promise<FetchedDocument & { digest: string }> {
-    const res = await this.#get(
-      repository,
-      `manifests/${reference}`,
-      { accept: MANIFEST_ACCEPT },
-      signal,
-    );
     const what = `manifest ${this.domain}/${repository}${
       reference.includes(":") ? "@" : ":"
     }${reference}`;
-    if (res.status === 404) {
-      throw new BlobNotFoundError(
-        reference,
-        `${this.domain}/${repository}`,
-        `404 ${await registryErrorText(res)}`,
+    const tries = Math.max(1, this.#options.retries ?? 4);
+    let delay = this.#options.retryDelay ?? 200;
+    for (let attempt = 1;; attempt++) {
+      const res = await this.#get(
+        repository,
+        `manifests/${reference}`,
+        { accept: MANIFEST_ACCEPT },
+        signal,
       );
+      if (res.status === 404) {
+        throw new BlobNotFoundError(
+          reference,
+          `${this.domain}/${repository}`,
+          `404 ${await registryErrorText(res)}`,
+        );
+      }
+      if (!res.ok) {
+        throw new RegistryError(what, `${res.status} ${await registryErrorText(res)}`, res.status);
+      }
+      const length = Number(res.headers.get("content-length") ?? 0);
+      if (length > MAX_DOCUMENT_SIZE) {
+        await res.body?.cancel();
+        throw new RegistryError(what, `${length} bytes is larger than ${MAX_DOCUMENT_SIZE}`);
+      }
+      let bytes: Uint8Array;
+      try {
+        bytes = await readBounded(res, MAX_DOCUMENT_SIZE, what);
+      } catch (e) {
+        if (!(e instanceof BrokenBodyError) || attempt >= tries) throw e;
+        await sleep(delay, signal);
+        delay *= 2;
+        continue;
+      }
+      return this.#manifestOf(res, bytes, reference, what);
     }
-    if (!res.ok) {
-      throw new RegistryError(what, `${res.status} ${await registryErrorText(res)}`, res.status);
-    }
-    const length = Number(res.headers.get("content-length") ?? 0);
-    if (length > MAX_DOCUMENT_SIZE) {
-      await res.body?.cancel();
-      throw new RegistryError(what, `${length} bytes is larger than ${MAX_DOCUMENT_SIZE}`);
-    }
-    const bytes = await readBounded(res, MAX_DOCUMENT_SIZE, what);
+  }
+
+  /** The fetched manifest, its digest checked against the registry's header. */
+  #manifestOf(
+    res: Response,
+    bytes: Uint8Array,
+    reference: string,
+    what: string,
+  ): FetchedDocument & { digest: string } {
     const mediaType = res.headers.get("content-type")?.split(";")[0].trim() || undefined;
     let digest: string;
     if (reference.includes(":")) digest = reference; // verified by the resolver

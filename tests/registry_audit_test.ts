@@ -198,3 +198,38 @@ Deno.test("registry audit: a token server's odd answers are one clear authentica
     assertEquals(ok.code, 0, ok.lines.join("\n"));
   });
 });
+
+// A manifest answer that breaks off before its Content-Length (a dropped
+// connection): asked again, as a failed request is; when it keeps breaking
+// off, one line that names the manifest (it was Deno's bare "error reading a
+// body from connection").
+Deno.test("registry audit: a manifest cut short is asked again, then named", async (t) => {
+  await using reg = new FakeRegistry();
+  const img = image(reg);
+  const manifest = enc.encode(img.manifest);
+  let cuts = 0;
+  reg.handler = (r) =>
+    r.path === "/v2/app/manifests/v1" && cuts-- > 0
+      ? {
+        status: 200,
+        headers: { "content-type": MediaType.OciManifest },
+        body: manifest,
+        contentLength: manifest.length + 100,
+      }
+      : undefined;
+  await t.step("once: the second answer is used", async () => {
+    cuts = 1;
+    const opened = await openImage(`docker://${reg.host}/app:v1`, OPTS);
+    assertEquals(opened.digest, img.digest);
+    assertEquals(cuts, -1, "asked twice");
+  });
+  await t.step("always: one line naming the manifest, exit 1", async () => {
+    await using d = await tempDir();
+    cuts = 1000;
+    const r = await pull(String(d), `${reg.host}/app:v1`);
+    assertEquals(r.code, 1, r.lines.join("\n"));
+    assertEquals(r.lines.length, 1, r.lines.join("\n"));
+    assert(r.lines[0].includes(`manifest ${reg.host}/app:v1`), r.lines[0]);
+    assert(r.lines[0].includes("broke off after"), r.lines[0]);
+  });
+});
