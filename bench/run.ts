@@ -3,8 +3,10 @@
  * `runc run` alone on a prepared bundle, interleaved in the same run, medians
  * and their ratio (bar 2.5x, aim 1.5x), twice: in process (bundle +
  * runContainer + cleanup) and as the whole command line (`deno run
- * <permissions> cli.ts run IMAGE /bin/true`, process start-up included);
- * and `bundle()` + `cleanup()` of a cached 3-layer image (goal 10 ms median).
+ * <permissions> cli.ts run IMAGE /bin/true`, process start-up included, and
+ * the same through the bundled CLI of `deno task build`), beside a minimal
+ * Deno program doing only the mounts and runc (bench/minimal_run.ts); and
+ * `bundle()` + `cleanup()` of a cached 3-layer image (goal 10 ms median).
  *
  * Run alone: `deno run -A bench/run.ts` (as root).
  *
@@ -107,7 +109,7 @@ export async function bench(ctx: BenchContext): Promise<Record<string, number | 
   }
   const bcMs = median(bc);
   ctx.log(`bundle()+cleanup() of a cached 3-layer image: ${r2(bcMs)} ms median`);
-  const cli = await cliRun(ctx, image, rt.path, stateDir, prepared.path).catch((e) => {
+  const cli = await cliRun(ctx, image, rt.path, stateDir, prepared).catch((e) => {
     ctx.log(`cli run not measured: ${(e as Error).message}`);
     return undefined;
   });
@@ -148,8 +150,9 @@ async function cliRun(
   image: ReturnType<typeof testImage>,
   runc: string,
   stateDir: string,
-  preparedBundle: string,
+  prepared: { path: string; lower: readonly string[] },
 ): Promise<Record<string, number>> {
+  const preparedBundle = prepared.path;
   const { buildOciLayout } = await import("../cli/demo_image.ts");
   const { buildCli } = await import("../tests/_build.ts");
   const layout = join(ctx.tmpfs, "layout");
@@ -176,6 +179,29 @@ async function cliRun(
     return performance.now() - t;
   };
   const strata = (entry: string) => cli(entry, "run", "--cache", cache, built.ref, "/bin/true");
+  // The minimal Deno program (bench/minimal_run.ts) on the prepared bundle's config and layers.
+  const minimalTs = join(import.meta.dirname!, "minimal_run.ts");
+  let minimalRuns = 0;
+  const minimal = async () => {
+    const t = performance.now();
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "--allow-all",
+        minimalTs,
+        join(ctx.tmpfs, `minimal-${minimalRuns++}`),
+        runc,
+        stateDir,
+        join(preparedBundle, "config.json"),
+        ...prepared.lower,
+      ],
+      stdin: "null",
+      stdout: "null",
+      stderr: "piped",
+    }).output();
+    if (!out.success) throw new Error(`minimal run: ${new TextDecoder().decode(out.stderr)}`);
+    return performance.now() - t;
+  };
   const peer = async (i: number) => {
     const t = performance.now();
     const out = await new Deno.Command(runc, {
@@ -192,6 +218,7 @@ async function cliRun(
     await peer(100 + i);
     await strata(entries.ts);
     await strata(entries.bundled);
+    await minimal();
   }
   // Back to back: each command straight after the other. runc started right
   // after another runc is markedly faster than after a pause (here ~19 vs
@@ -200,13 +227,24 @@ async function cliRun(
   // From the same state: each command after the same 100 ms pause, as when a
   // user types one.
   const pause = () => new Promise((r) => setTimeout(r, 100));
-  const times = { peer: [] as number[], ts: [] as number[], bundled: [] as number[] };
-  const idle = { peer: [] as number[], ts: [] as number[], bundled: [] as number[] };
+  const times = {
+    peer: [] as number[],
+    ts: [] as number[],
+    bundled: [] as number[],
+    minimal: [] as number[],
+  };
+  const idle = {
+    peer: [] as number[],
+    ts: [] as number[],
+    bundled: [] as number[],
+    minimal: [] as number[],
+  };
   for (let i = 0; i < 20; i++) {
     times.peer.push(await peer(i));
     times.ts.push(await strata(entries.ts));
     times.peer.push(await peer(50 + i));
     times.bundled.push(await strata(entries.bundled));
+    times.minimal.push(await minimal());
   }
   for (let i = 0; i < 20; i++) {
     await pause();
@@ -215,6 +253,8 @@ async function cliRun(
     idle.ts.push(await strata(entries.ts));
     await pause();
     idle.bundled.push(await strata(entries.bundled));
+    await pause();
+    idle.minimal.push(await minimal());
   }
   const m = (xs: number[]) => r2(median(xs));
   const [b, bi] = [median(times.peer), median(idle.peer)];
@@ -222,14 +262,20 @@ async function cliRun(
     cli_runc_alone_ms: r2(b),
     cli_runc_alone_paused_ms: r2(bi),
   };
-  for (const [key, label] of [["ts", "cli.ts"], ["bundled", "bundled cli.js"]] as const) {
+  const labels = [
+    ["ts", "cli.ts", "cli"],
+    ["bundled", "bundled cli.js", "cli_bundled"],
+    ["minimal", "minimal Deno program", "deno_minimal"],
+  ] as const;
+  ctx.log(
+    `warm run /bin/true from the command line (deno run ${RUN_PERMISSIONS.join(" ")} ENTRY):`,
+  );
+  for (const [key, label, k] of labels) {
     const [a, ai] = [median(times[key]), median(idle[key])];
     ctx.log(
-      `cli (${label}): deno run ${RUN_PERMISSIONS.join(" ")} ENTRY run IMAGE /bin/true ` +
-        `${r2(a)} ms vs runc alone ${r2(b)} ms (${r2(a / b)}x) back to back; ` +
+      `${label}: ${r2(a)} ms vs runc alone ${r2(b)} ms (${r2(a / b)}x) back to back; ` +
         `${r2(ai)} vs ${r2(bi)} ms (${r2(ai / bi)}x) each after a 100 ms pause`,
     );
-    const k = key === "ts" ? "cli" : "cli_bundled";
     out[`${k}_run_true_ms`] = m(times[key]);
     out[`${k}_vs_runc_ratio`] = r2(a / b);
     out[`${k}_run_true_paused_ms`] = m(idle[key]);
