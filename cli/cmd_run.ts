@@ -1,7 +1,8 @@
 /**
  * `strata run [opts] IMAGE [--] [CMD ARG...]`: bundle the image (pulling
  * what is not cached), run it with an OCI runtime, clean up. stdout, stderr
- * and the exit status are the container's; strata's own failures exit 125.
+ * and the exit status are the container's; strata's own failures exit 125,
+ * a command the container cannot run 127 (not found) or 126 (not executable).
  *
  * @module
  */

@@ -175,8 +175,10 @@ export function debugReport(e: unknown): string {
 }
 
 /**
- * The exit status for an error: usage errors 2, `CliError` its own, failures
- * of `run` 125, anything else 1.
+ * The exit status for an error: usage errors 2, `CliError` its own, a
+ * container command that could not be run 127 or 126 (the runtime's error
+ * says which; see bundle/run.ts `RuntimeError`), other failures of `run`
+ * 125, anything else 1.
  *
  * @example Usage
  * ```ts
@@ -187,5 +189,11 @@ export function debugReport(e: unknown): string {
 export function exitCodeFor(e: unknown, command?: string): number {
   if (e instanceof UsageError) return ExitCode.Usage;
   if (e instanceof CliError) return e.exitCode;
-  return command === "run" ? ExitCode.RunFailure : ExitCode.Failure;
+  if (command === "run") {
+    // By shape, not class: this module stays out of the bundle code's imports.
+    const own = (e as { name?: string; exitCode?: unknown })?.exitCode;
+    if ((e as Error)?.name === "RuntimeError" && (own === 126 || own === 127)) return own;
+    return ExitCode.RunFailure;
+  }
+  return ExitCode.Failure;
 }

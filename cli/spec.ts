@@ -82,7 +82,8 @@ the container verbatim (\`strata run IMG ls -l\` runs \`ls -l\`). \`--\` ends
 options: \`strata run IMG -- -x\` starts the command at \`-x\`. CMD replaces the
 image's Cmd; its Entrypoint is kept. IMAGE is pulled first when not cached.
 
-Exit status: the container's; 125 when strata fails before or around it.
+Exit status: the container's; 125 when strata fails before or around it; 127
+when the command is not found in the container, 126 when it cannot be executed.
 
 ${IMAGE_REFS}`,
     positionals: ["IMAGE"],
@@ -245,7 +246,8 @@ export function topHelp(version: string): string {
     ...optionTable([...GLOBAL_OPTIONS, ...TOP_OPTIONS]),
     "",
     "Progress and notes go to stderr, results to stdout. Exit status: 0 ok, 1 failure,",
-    "2 usage error; `run` returns the container's status, or 125 when strata fails.",
+    "2 usage error; `run` returns the container's status, 125 when strata fails,",
+    "126/127 when its command cannot be run.",
     "Run `strata COMMAND --help` for a command's options.",
   ].join("\n") + "\n";
 }

@@ -462,6 +462,12 @@ Deno.test("cli: run passes argv, stdin, stdout and the exit status; strata failu
   const noUser = await strata(["run", ...c, "-q", "--user", "nobody-here", img.ref, "true"]);
   assertEquals(noUser.code, 125);
   assertOneErrorLine(noUser, "nobody-here");
+  // A command the container cannot run: the shell's statuses, as docker and podman.
+  const notFound = await strata(["run", ...c, "-q", img.ref, "no-such-command"]);
+  assertEquals(notFound.code, 127, notFound.stderr);
+  assertStringIncludes(notFound.stderr, "no-such-command");
+  const notExec = await strata(["run", ...c, "-q", img.ref, "/etc/passwd"]);
+  assertEquals(notExec.code, 126, notExec.stderr);
   const noRuntime = await strata(["run", ...c, "-q", "--runtime", "no-such-runtime", img.ref]);
   assertEquals(noRuntime.code, 125);
   assertOneErrorLine(noRuntime, "no-such-runtime");
