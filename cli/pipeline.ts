@@ -18,6 +18,7 @@ import { ensureUserNamespace, enterThreadMountNamespace, USERNS_ENV } from "../o
 import type { Context } from "./context.ts";
 import { imageSourceOptions } from "./context.ts";
 import { formatMs } from "./output.ts";
+import { claimContainer } from "../bundle/bundler.ts";
 
 /**
  * Makes mounting possible: re-executes the CLI in a private mount namespace
@@ -218,8 +219,22 @@ export async function pullImage(
 > {
   const started = performance.now();
   const { image, counting } = opened ?? await openWithCache(ctx, ref, pull);
-  const r = await cacheLayers(ctx, image, counting);
-  await saveOpened(ctx, ref, image);
+  // Until the image is saved, no name references the layers extracted so far:
+  // a claim (as a container's) keeps `prune` from removing them under the
+  // pull, which would fail the next layer that reads them as its lowers.
+  const { lock, tmp } = await claimContainer(
+    join(ctx.cacheRoot, "containers"),
+    `pull-${crypto.randomUUID().replaceAll("-", "").slice(0, 12)}`,
+    image,
+  );
+  let r: CachedLayers;
+  try {
+    r = await cacheLayers(ctx, image, counting);
+    await saveOpened(ctx, ref, image);
+  } finally {
+    await Deno.remove(tmp, { recursive: true }).catch(() => {});
+    lock.close(); // last: until the claim is gone, prune keeps its layers
+  }
   r.ms = performance.now() - started;
   if (r.extracted > 0) {
     ctx.out.note(

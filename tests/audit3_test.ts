@@ -1,0 +1,128 @@
+/**
+ * A third audit: archives, the cache's crash safety and integrity, a full
+ * disk, and the command line's answers to common mistakes. Every case runs
+ * the CLI as a subprocess against a real cache and checks what is on disk
+ * and the exit status.
+ *
+ * @module
+ */
+import { assert, assertEquals, assertStringIncludes } from "@std/assert";
+import { join } from "@std/path";
+import { digestOf } from "../image/blob.ts";
+import { MediaType } from "../image/types.ts";
+import { gzip, TarWriter } from "../layer/tar_writer.ts";
+import { denoPath, repoRoot, type RunResult, tempDir } from "./_helpers.ts";
+
+const CLI = join(repoRoot, "cli.ts");
+const enc = new TextEncoder();
+
+/**
+ * Runs `deno run -A cli.ts ARGS` with a clean environment (no STRATA_CACHE:
+ * every call names its cache), killed with its process group after 60 s.
+ */
+async function strata(args: string[], env: Record<string, string> = {}): Promise<RunResult> {
+  const base = { ...Deno.env.toObject(), ...env };
+  delete base.STRATA_CACHE;
+  const out = await new Deno.Command("timeout", {
+    args: ["-s", "KILL", "60", denoPath, "run", "-A", CLI, ...args],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    env: base,
+    clearEnv: true,
+  }).output();
+  const d = new TextDecoder();
+  return { code: out.code, stdout: d.decode(out.stdout), stderr: d.decode(out.stderr) };
+}
+
+/** Names under `dir` (none when it is missing). */
+function names(dir: string): string[] {
+  try {
+    return [...Deno.readDirSync(dir)].map((e) => e.name).sort();
+  } catch {
+    return [];
+  }
+}
+
+// ---------------------------------------------------------------------------
+// prune while a pull is extracting
+
+/**
+ * A registry on 127.0.0.1 serving one image whose last layer's blob is held
+ * back until `release()` is called.
+ */
+function holdingRegistry(layers: Uint8Array[]) {
+  const blobs = new Map<string, Uint8Array<ArrayBuffer>>();
+  const descs = layers.map((tar) => {
+    const blob = gzip(tar);
+    const digest = digestOf(blob);
+    blobs.set(digest, blob);
+    return { mediaType: MediaType.OciLayerGzip, digest, size: blob.length };
+  });
+  const config = enc.encode(JSON.stringify({
+    architecture: "amd64",
+    os: "linux",
+    rootfs: { type: "layers", diff_ids: layers.map((t) => digestOf(t)) },
+  }));
+  blobs.set(digestOf(config), new Uint8Array(config));
+  const manifest = enc.encode(JSON.stringify({
+    schemaVersion: 2,
+    mediaType: MediaType.OciManifest,
+    config: { mediaType: MediaType.OciConfig, digest: digestOf(config), size: config.length },
+    layers: descs,
+  }));
+  const held = descs.at(-1)!.digest;
+  let release!: () => void;
+  const released = new Promise<void>((r) => release = r);
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, async (req) => {
+    const path = new URL(req.url).pathname;
+    if (path === "/v2/") return new Response("{}");
+    if (path.endsWith("/manifests/v1") || path.endsWith(`/manifests/${digestOf(manifest)}`)) {
+      return new Response(req.method === "HEAD" ? null : manifest, {
+        headers: {
+          "content-type": MediaType.OciManifest,
+          "docker-content-digest": digestOf(manifest),
+          "content-length": String(manifest.length),
+        },
+      });
+    }
+    const m = /\/blobs\/(sha256:[0-9a-f]{64})$/.exec(path);
+    const blob = m && blobs.get(m[1]);
+    if (!blob) return new Response("not found", { status: 404 });
+    if (m![1] === held) await released;
+    return new Response(blob, { headers: { "content-length": String(blob.length) } });
+  });
+  const host = `127.0.0.1:${server.addr.port}`;
+  return {
+    ref: `docker://${host}/held/image:v1`,
+    release,
+    [Symbol.asyncDispose]: async () => {
+      release();
+      await server.shutdown();
+    },
+  };
+}
+
+Deno.test("audit3: prune during a pull keeps the layers the pull has extracted so far", async () => {
+  await using tmp = await tempDir("strata-audit3-");
+  const cache = join(String(tmp), "cache");
+  const base = new TarWriter({ defaultMtime: 1 }).directory("etc/").file("etc/a", "a").bytes();
+  // Writes below a directory of the lower layer: its extraction reads the lower.
+  const top = new TarWriter({ defaultMtime: 2 }).file("etc/b", "b").bytes();
+  await using reg = holdingRegistry([base, top]);
+  const pull = strata(["pull", "-q", "--tls-verify=false", "--cache", cache, reg.ref]);
+  const baseDir = join(cache, "layers", digestOf(base).replace(":", "-"));
+  for (let i = 0; i < 300 && !names(baseDir).includes("fs"); i++) {
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  assert(names(baseDir).includes("fs"), "the base layer was published while the top one waits");
+  const prune = await strata(["prune", "--cache", cache]);
+  assertEquals(prune.code, 0, prune.stderr);
+  assertStringIncludes(prune.stderr, "used by container pull-");
+  reg.release();
+  const r = await pull;
+  assertEquals(r.code, 0, r.stderr);
+  assert(names(baseDir).includes("fs"), `prune removed a layer the pull needs:\n${prune.stdout}`);
+  const v = await strata(["verify", "--cache", cache]);
+  assertEquals(v.code, 0, v.stderr);
+});
