@@ -11,7 +11,9 @@ import { join } from "@std/path";
 import { digestOf } from "../image/blob.ts";
 import { MediaType } from "../image/types.ts";
 import { gzip, TarWriter } from "../layer/tar_writer.ts";
-import { denoPath, repoRoot, type RunResult, tempDir } from "./_helpers.ts";
+import { denoPath, isRoot, repoRoot, type RunResult, tempDir } from "./_helpers.ts";
+import { APPLETS, busyboxBytes, GROUP, PASSWD } from "./_bundle_helpers.ts";
+import { buildOciLayout } from "../cli/demo_image.ts";
 
 const CLI = join(repoRoot, "cli.ts");
 const enc = new TextEncoder();
@@ -125,4 +127,52 @@ Deno.test("audit3: prune during a pull keeps the layers the pull has extracted s
   assert(names(baseDir).includes("fs"), `prune removed a layer the pull needs:\n${prune.stdout}`);
   const v = await strata(["verify", "--cache", cache]);
   assertEquals(v.code, 0, v.stderr);
+});
+
+// ---------------------------------------------------------------------------
+// A command the image cannot run
+
+/** An OCI layout of a busybox image (`/etc/motd` a plain 0644 file), tag `v1`. */
+async function busyboxLayout(dir: string): Promise<string> {
+  const t = new TarWriter({ defaultMtime: 1_700_000_000 });
+  for (const d of ["bin/", "etc/", "tmp/", "proc/", "sys/", "dev/"]) {
+    t.directory(d, { mode: 0o755 });
+  }
+  t.file("bin/busybox", busyboxBytes(), { mode: 0o755 });
+  for (const a of APPLETS) t.symlink(`bin/${a}`, "busybox");
+  t.file("etc/passwd", PASSWD, { mode: 0o644 }).file("etc/group", GROUP, { mode: 0o644 });
+  t.file("etc/motd", "#!/bin/sh\necho hi\n", { mode: 0o644 });
+  return (await buildOciLayout(dir, { layers: [{ tar: t.bytes() }], tag: "v1" })).ref;
+}
+
+Deno.test({
+  name:
+    "audit3: run of a command not in the image exits 127, of one not executable 126 (docker, podman)",
+  ignore: !isRoot,
+  fn: async (t) => {
+    await using tmp = await tempDir("strata-audit3-");
+    const cache = join(String(tmp), "cache");
+    const ref = await busyboxLayout(join(String(tmp), "image"));
+    for (
+      const [argv, code] of [
+        [["nosuchcmd"], 127],
+        [["/no/such/file"], 127],
+        [["/etc/motd"], 126], // mode 0644
+        [["/etc"], 126], // a directory
+        [["sh", "-c", "exit 3"], 3], // the container's own status stays its own
+      ] as const
+    ) {
+      await t.step(argv.join(" "), async () => {
+        const r = await strata(["run", "--cache", cache, ref, ...argv]);
+        assertEquals(r.code, code, r.stderr);
+        if (code === 3) return;
+        const line = r.stderr.split("\n").filter((l) =>
+          l.startsWith("strata: ") && !/warning/.test(l)
+        );
+        assertEquals(line.length, 1, r.stderr);
+        assertStringIncludes(line[0], argv[0]);
+        assert(!/^\s+at /m.test(r.stderr), r.stderr);
+      });
+    }
+  },
 });
