@@ -412,6 +412,24 @@ export interface DockerArchiveEntry {
   LayerSources?: Record<string, Descriptor>;
 }
 
+const isStrings = (v: unknown) => Array.isArray(v) && v.every((s) => typeof s === "string");
+
+/**
+ * Checks the shape of manifest.json's entry `i` (as containers/image's typed
+ * decoding does), so that a wrong type is named instead of failing later as
+ * a TypeError.
+ */
+function checkEntry(e: unknown, i: number, what: string): asserts e is DockerArchiveEntry {
+  const bad = (why: string) => new ManifestError(what, `entry ${i}: ${why}`);
+  if (typeof e !== "object" || e === null || Array.isArray(e)) throw bad("not a JSON object");
+  const entry = e as Record<string, unknown>;
+  if (typeof entry.Config !== "string") throw bad("Config is not a path");
+  if (!isStrings(entry.Layers)) throw bad("Layers is not a list of paths");
+  if (entry.RepoTags != null && !isStrings(entry.RepoTags)) {
+    throw bad("RepoTags is not a list of names");
+  }
+}
+
 function canonical(name: string): string {
   try {
     return registryRefString(parseRegistryRef(name));
@@ -461,6 +479,7 @@ export async function openDockerArchive(
   if (!Array.isArray(entries) || entries.length === 0) {
     throw new ManifestError(`manifest.json of ${label}`, "no images");
   }
+  entries.forEach((e, i) => checkEntry(e, i, `manifest.json of ${label}`));
   const tags = entries.flatMap((e) => e.RepoTags ?? []);
   let entry: DockerArchiveEntry | undefined;
   if (select.name !== undefined) {
@@ -489,9 +508,6 @@ export async function openDockerArchive(
         tags.join(", ")
       })`,
     );
-  }
-  if (typeof entry.Config !== "string" || !Array.isArray(entry.Layers)) {
-    throw new ManifestError(`manifest.json of ${label}`, "entry without Config or Layers");
   }
 
   const configBytes = await tar.read(entry.Config);

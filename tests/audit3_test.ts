@@ -6,7 +6,7 @@
  *
  * @module
  */
-import { assert, assertEquals, assertStringIncludes } from "@std/assert";
+import { assert, assertEquals, assertMatch, assertStringIncludes } from "@std/assert";
 import { join } from "@std/path";
 import { digestOf } from "../image/blob.ts";
 import { MediaType } from "../image/types.ts";
@@ -35,6 +35,16 @@ async function strata(args: string[], env: Record<string, string> = {}): Promise
   }).output();
   const d = new TextDecoder();
   return { code: out.code, stdout: d.decode(out.stdout), stderr: d.decode(out.stderr) };
+}
+
+/** Asserts one `strata: ` error line on stderr (progress lines aside) and no stack trace. */
+function assertOneErrorLine(r: RunResult, includes: string[]): string {
+  const lines = r.stderr.split("\n").filter((l) => l.trim() && !/^layer \d+\/\d+ /.test(l));
+  assertEquals(lines.length, 1, `one error line on stderr, got:\n${r.stderr}`);
+  assertMatch(lines[0], /^strata: /);
+  assert(!/^\s+at /m.test(r.stderr), `no stack trace:\n${r.stderr}`);
+  for (const s of includes) assertStringIncludes(lines[0], s);
+  return lines[0];
 }
 
 /** Names under `dir` (none when it is missing). */
@@ -175,4 +185,56 @@ Deno.test({
       });
     }
   },
+});
+
+// ---------------------------------------------------------------------------
+// docker-archive manifest.json entries of the wrong shape
+
+/** A docker-archive at `path` whose manifest.json is `manifest`, with a good config and layer. */
+async function dockerArchiveWith(path: string, manifest: (e: Record<string, unknown>) => unknown) {
+  const layer = new TarWriter({ defaultMtime: 1 }).file("etc/a", "a").bytes();
+  const config = enc.encode(JSON.stringify({
+    architecture: "amd64",
+    os: "linux",
+    rootfs: { type: "layers", diff_ids: [digestOf(layer)] },
+  }));
+  const entry = { Config: "config.json", RepoTags: ["app:v1"], Layers: ["l/layer.tar"] };
+  const tar = new TarWriter({ defaultMtime: 1 })
+    .file("manifest.json", JSON.stringify(manifest(entry)))
+    .file("config.json", config)
+    .file("l/layer.tar", layer);
+  await Deno.writeFile(path, tar.bytes());
+  return path;
+}
+
+Deno.test("audit3: docker-archive manifest.json entries of the wrong type are named, not a TypeError", async (t) => {
+  await using tmp = await tempDir("strata-audit3-");
+  const cache = join(String(tmp), "cache");
+  const cases: [string, (e: Record<string, unknown>) => unknown, string, string[]][] = [
+    ["a null entry", () => [null], "", ["manifest.json", "entry 0"]],
+    ["Layers holding numbers", (e) => [{ ...e, Layers: [1] }], "", ["manifest.json", "Layers"]],
+    ["Config an object", (e) => [{ ...e, Config: {} }], "", ["manifest.json", "Config"]],
+    ["RepoTags a string, image named", (e) => [{ ...e, RepoTags: "app:v1" }], ":app:v1", [
+      "manifest.json",
+      "RepoTags",
+    ]],
+    ["a second entry broken", (e) => [e, { ...e, Layers: "l/layer.tar" }], ":app:v1", [
+      "manifest.json",
+      "entry 1",
+    ]],
+  ];
+  for (const [name, manifest, select, includes] of cases) {
+    await t.step(name, async () => {
+      const path = await dockerArchiveWith(join(String(tmp), `${name}.tar`), manifest);
+      const r = await strata(["pull", "--cache", cache, `docker-archive:${path}${select}`]);
+      assertEquals(r.code, 1, r.stderr);
+      const line = assertOneErrorLine(r, includes);
+      assert(!/is not a function|Cannot read properties/.test(line), line);
+      assertEquals(names(join(cache, "layers")), []);
+    });
+  }
+  // The good archive still pulls.
+  const good = await dockerArchiveWith(join(String(tmp), "good.tar"), (e) => [e]);
+  const r = await strata(["pull", "-q", "--cache", cache, `docker-archive:${good}`]);
+  assertEquals(r.code, 0, r.stderr);
 });
