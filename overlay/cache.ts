@@ -213,13 +213,34 @@ export async function openCache(root: string): Promise<{ root: string; idmap: Id
       throw new Error(`Cannot read ${file}: ${(e as Error).message}`, { cause: e });
     }
   }
+  if (recorded !== undefined && !isIdMap(recorded)) {
+    throw new Error(
+      `Cannot read ${file}: not a uid/gid mapping ({"uid": [[inside, outside, count], ...], "gid": [...]})`,
+    );
+  }
   if (recorded) {
     if (!idMapCompatible(recorded, current)) throw new IdMapMismatchError(root, recorded, current);
     if (idMapCompatible(current, recorded)) return { root, idmap: current };
   }
   // Record (or widen) the mapping: written to a temp name, then renamed.
   const tmp = `${file}.${crypto.randomUUID()}`;
-  await Deno.writeTextFile(tmp, JSON.stringify(current, null, 2) + "\n", { mode: 0o600 });
-  await Deno.rename(tmp, file);
+  try {
+    await Deno.writeTextFile(tmp, JSON.stringify(current, null, 2) + "\n", { mode: 0o600 });
+    await Deno.rename(tmp, file);
+  } catch (e) {
+    await Deno.remove(tmp).catch(() => {}); // a full disk leaves no half-written file
+    throw e;
+  }
   return { root, idmap: current };
+}
+
+/** A recorded mapping's shape: `uid` and `gid` lists of `[inside, outside, count]` ids. */
+function isIdMap(v: unknown): v is IdMap {
+  const ranges = (rs: unknown) =>
+    Array.isArray(rs) && rs.every((r) =>
+      Array.isArray(r) && r.length === 3 &&
+      r.every((n) => Number.isSafeInteger(n) && n >= 0)
+    );
+  return typeof v === "object" && v !== null && ranges((v as IdMap).uid) &&
+    ranges((v as IdMap).gid);
 }

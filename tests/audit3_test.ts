@@ -238,3 +238,59 @@ Deno.test("audit3: docker-archive manifest.json entries of the wrong type are na
   const r = await strata(["pull", "-q", "--cache", cache, `docker-archive:${good}`]);
   assertEquals(r.code, 0, r.stderr);
 });
+
+// ---------------------------------------------------------------------------
+// idmap.json
+
+Deno.test("audit3: an idmap.json of the wrong shape is named, not 'not iterable'", async (t) => {
+  await using tmp = await tempDir("strata-audit3-");
+  const layout = await buildOciLayout(join(String(tmp), "image"), {
+    layers: [{ tar: new TarWriter({ defaultMtime: 1 }).file("a", "a").bytes() }],
+    tag: "v1",
+  });
+  for (
+    const [name, text] of [["an array", "[1,2]"], ["no gid", '{"uid":[[0,0,1]]}'], [
+      "a range of strings",
+      '{"uid":[["0","0","1"]],"gid":[[0,0,1]]}',
+    ]]
+  ) {
+    await t.step(name, async () => {
+      const cache = join(String(tmp), name);
+      await Deno.mkdir(cache, { recursive: true });
+      await Deno.writeTextFile(join(cache, "idmap.json"), text);
+      const r = await strata(["pull", "-q", "--cache", cache, layout.ref]);
+      assertEquals(r.code, 1, r.stderr);
+      const line = assertOneErrorLine(r, [join(cache, "idmap.json")]);
+      assert(!/iterable|Cannot read properties/.test(line), line);
+      assertEquals(await Deno.readTextFile(join(cache, "idmap.json")), text, "left as it was");
+    });
+  }
+});
+
+Deno.test({
+  name: "audit3: a disk too full for idmap.json leaves no temp file beside it",
+  ignore: !isRoot,
+  fn: async () => {
+    await using tmp = await tempDir("strata-audit3-");
+    const fs = join(String(tmp), "fs");
+    await Deno.mkdir(fs);
+    const m = await new Deno.Command("mount", {
+      args: ["-t", "tmpfs", "-o", "size=64k", "tmpfs", fs],
+    })
+      .output();
+    assertEquals(m.code, 0, new TextDecoder().decode(m.stderr));
+    // Fill it (tmpfs pages): the cache's directories fit, idmap.json's data does not.
+    await Deno.writeFile(join(fs, "filler"), new Uint8Array(64 << 10)).catch(() => {});
+    const layout = await buildOciLayout(join(String(tmp), "image"), {
+      layers: [{ tar: new TarWriter({ defaultMtime: 1 }).file("a", "a").bytes() }],
+      tag: "v1",
+    });
+    const cache = join(fs, "cache");
+    for (let i = 0; i < 2; i++) {
+      const r = await strata(["pull", "-q", "--cache", cache, layout.ref]);
+      assertEquals(r.code, 1, r.stderr);
+      assertOneErrorLine(r, ["No space left on device"]);
+    }
+    assertEquals(names(cache).filter((n) => n.startsWith("idmap.json")), []);
+  },
+});
