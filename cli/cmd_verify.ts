@@ -15,6 +15,7 @@ import { CliError, ExitCode } from "./errors.ts";
 import { formatBytes, formatMs, shortDigest } from "./output.ts";
 import { enterNamespace } from "./pipeline.ts";
 import { cachedLayers, exists, removeLayer } from "./cache_scan.ts";
+import { ImageStore } from "../image/store.ts";
 
 async function* storeBlobs(root: string): AsyncGenerator<{ digest: string; path: string }> {
   const base = join(root, "images", "blobs");
@@ -93,6 +94,19 @@ export async function verifyCommand(ctx: Context): Promise<number> {
     );
     ctx.out.result(`damaged ${b.digest}`);
     damaged.push(`image blob ${b.digest}`);
+  }
+  // Name records: a damaged one makes `ls`, `rm` and `prune` refuse to
+  // guess what it named; without it the next pull saves the name again.
+  if (await exists(join(root, "images", "refs"))) {
+    for (const r of await (await ImageStore.create(root)).damagedRecords()) {
+      await Deno.remove(r.path).catch(() => {});
+      const file = r.path.slice(root.length + 1);
+      ctx.out.note(
+        `image name record ${file}: DAMAGED (${r.reason}); removed, pull the image again`,
+      );
+      ctx.out.result(`damaged ${file}`);
+      damaged.push(`image name record ${file}`);
+    }
   }
   if (damaged.length) {
     throw new CliError(

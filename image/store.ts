@@ -16,7 +16,14 @@
 import { join } from "@std/path";
 import { hashDocument, parseDigest, verifyDocument } from "./blob.ts";
 import { parseRef, refString, registryRefString } from "./ref.ts";
-import { buildImage, imagePlatform, type ImageSource, parseJSON, SourceImage } from "./source.ts";
+import {
+  buildImage,
+  imagePlatform,
+  type ImageSource,
+  ManifestError,
+  parseJSON,
+  SourceImage,
+} from "./source.ts";
 import type { Descriptor, Digest, Image, ImageManifest } from "./types.ts";
 
 /** One name in the store. */
@@ -107,6 +114,29 @@ const isDigest = (s: string) => {
     return false;
   }
 };
+
+/**
+ * Parses a name record (`refs/HEX.json`, named `what` in errors) and checks
+ * its fields' types, so that a damaged one is named rather than failing
+ * later where a field is used.
+ */
+function parseRecord(bytes: Uint8Array, what: string): StoredImage {
+  const rec = parseJSON<Record<string, unknown>>(bytes, what);
+  const bad = (why: string) => new ManifestError(what, why);
+  if (typeof rec.name !== "string" || !rec.name) throw bad("name is not a string");
+  for (const k of ["digest", "configDigest"]) {
+    if (typeof rec[k] !== "string" || !isDigest(rec[k])) throw bad(`${k} is not a digest`);
+  }
+  if (typeof rec.platform !== "string") throw bad("platform is not a string");
+  if (!Number.isSafeInteger(rec.size) || (rec.size as number) < 0) {
+    throw bad("size is not a byte count");
+  }
+  if (typeof rec.saved !== "string") throw bad("saved is not a time");
+  if (rec.source !== undefined && typeof rec.source !== "string") {
+    throw bad("source is not a reference");
+  }
+  return rec as unknown as StoredImage;
+}
 
 /** Opens a stored image's source again (pinned to `digest`), to fetch layers not cached. */
 export type SourceOpener = (source: string, digest: Digest, signal?: AbortSignal) => Promise<Image>;
@@ -247,7 +277,7 @@ export class ImageStore {
   /** The record at `path` when it is the one of `canonical`, else undefined. */
   #readRecord(path: string, canonical: string): StoredImage | undefined {
     try {
-      const rec = parseJSON<StoredImage>(
+      const rec = parseRecord(
         Deno.readFileSync(path), // a few hundred bytes
         `image store entry for ${canonical}`,
       );
@@ -264,7 +294,7 @@ export class ImageStore {
     for await (const e of Deno.readDir(join(this.dir, "refs"))) {
       if (!e.isFile || !e.name.endsWith(".json")) continue;
       try {
-        out.push(parseJSON<StoredImage>(
+        out.push(parseRecord(
           await Deno.readFile(join(this.dir, "refs", e.name)),
           `image store entry ${e.name}`,
         ));
@@ -273,6 +303,29 @@ export class ImageStore {
       }
     }
     return out.sort((a, b) => a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
+  }
+
+  /**
+   * The name records (`refs/*.json`) that cannot be read, are not records,
+   * or are stored under a file that is not their name's: their file path
+   * and why. `strata verify` removes them (the next pull saves the name again).
+   */
+  async damagedRecords(): Promise<{ path: string; reason: string }[]> {
+    const out: { path: string; reason: string }[] = [];
+    for await (const e of Deno.readDir(join(this.dir, "refs"))) {
+      if (!e.isFile || !e.name.endsWith(".json")) continue;
+      const path = join(this.dir, "refs", e.name);
+      try {
+        const rec = parseRecord(await Deno.readFile(path), `image store entry ${e.name}`);
+        if (await this.#refPath(rec.name) !== path) {
+          out.push({ path, reason: `it holds the name ${rec.name}, stored under another` });
+        }
+      } catch (err) {
+        if (err instanceof Deno.errors.NotFound) continue; // removed meanwhile
+        out.push({ path, reason: (err as Error).message });
+      }
+    }
+    return out;
   }
 
   /**

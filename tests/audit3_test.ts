@@ -294,3 +294,51 @@ Deno.test({
     assertEquals(names(cache).filter((n) => n.startsWith("idmap.json")), []);
   },
 });
+
+// ---------------------------------------------------------------------------
+// Damaged image store records
+
+Deno.test("audit3: verify finds and removes a damaged image name record; ls and prune work again", async (t) => {
+  await using tmp = await tempDir("strata-audit3-");
+  const layout = await buildOciLayout(join(String(tmp), "image"), {
+    layers: [{ tar: new TarWriter({ defaultMtime: 1 }).file("a", "a").bytes() }],
+    tag: "v1",
+  });
+  const damages: [string, (text: string) => string, string][] = [
+    ["truncated", (s) => s.slice(0, 20), "not valid JSON"],
+    ["empty", () => "", "not valid JSON"],
+    [
+      "fields of the wrong type",
+      (s) => JSON.stringify({ ...JSON.parse(s), digest: [1], size: "x" }),
+      "digest",
+    ],
+  ];
+  for (const [name, damage, why] of damages) {
+    await t.step(name, async () => {
+      const cache = join(String(tmp), name);
+      const pulled = await strata(["pull", "-q", "--cache", cache, layout.ref]);
+      assertEquals(pulled.code, 0, pulled.stderr);
+      const refs = join(cache, "images", "refs");
+      const [file] = names(refs);
+      const text = await Deno.readTextFile(join(refs, file));
+      await Deno.writeTextFile(join(refs, file), damage(text));
+      // Before: ls fails with one line naming the record (no TypeError), prune removes nothing.
+      const ls = await strata(["ls", "--cache", cache]);
+      assertEquals(ls.code, 1, ls.stderr);
+      assert(!/toFixed|Cannot read properties/.test(assertOneErrorLine(ls, [file])), ls.stderr);
+      const prune = await strata(["prune", "--cache", cache]);
+      assertEquals(names(join(cache, "layers")).length, 1, prune.stderr);
+      // verify names the record, removes it, and says damaged.
+      const v = await strata(["verify", "--cache", cache]);
+      assertEquals(v.code, 1, v.stderr);
+      assertStringIncludes(v.stdout, file);
+      assertStringIncludes(v.stderr, why);
+      assertEquals(names(refs), []);
+      for (const args of [["verify"], ["ls"], ["pull", "-q", layout.ref], ["verify"]]) {
+        const r = await strata([args[0], "--cache", cache, ...args.slice(1)]);
+        assertEquals(r.code, 0, `${args.join(" ")}: ${r.stderr}`);
+      }
+      assertEquals(names(refs), [file], "the pull saved the name again");
+    });
+  }
+});
