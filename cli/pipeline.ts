@@ -6,7 +6,7 @@
  *
  * @module
  */
-import { join } from "@std/path";
+import { basename, join } from "@std/path";
 import { bindLibc } from "../sys/libc.ts";
 import { SPAWN_SYMBOLS } from "../sys/spawn.ts";
 import type { Image } from "../image/types.ts";
@@ -14,6 +14,7 @@ import { openImage, type OpenImageOptions, saveImage } from "../image/open.ts";
 import { ImageNotFoundError, ImageStore } from "../image/store.ts";
 import type { SourceImage } from "../image/source.ts";
 import { CachingLayerResolver } from "../overlay/resolver.ts";
+import { TempWork } from "../overlay/lock.ts";
 import { ensureUserNamespace, enterThreadMountNamespace, USERNS_ENV } from "../overlay/userns.ts";
 import type { Context } from "./context.ts";
 import { imageSourceOptions } from "./context.ts";
@@ -46,6 +47,25 @@ export function openOptions(ctx: Context): OpenImageOptions {
     creds: s.creds ? `${s.creds.username}:${s.creds.password}` : undefined,
     cacheRoot: ctx.cacheRoot,
     signal: ctx.signal,
+    // A compressed archive's decompressed copy goes to a work directory of
+    // the cache, which the next command reclaims if this one is killed
+    // (in $TMPDIR nothing would). The cache may be new: make its dirs first.
+    tempDir: async () => {
+      for (const d of ["locks", "tmp"]) {
+        await Deno.mkdir(join(ctx.cacheRoot, d), { recursive: true, mode: 0o700 });
+      }
+      const work = await TempWork.create(ctx.cacheRoot);
+      const lock = join(ctx.cacheRoot, "locks", `tmp-${basename(work.path)}.lock`);
+      return {
+        path: work.path,
+        remove: () => work.remove(),
+        // At exit: the directory, then its lock file (as TempWork.remove).
+        removeSync: () => {
+          Deno.removeSync(work.path, { recursive: true });
+          Deno.removeSync(lock);
+        },
+      };
+    },
   };
 }
 

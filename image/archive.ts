@@ -296,11 +296,42 @@ async function walk(file: Deno.FsFile, path: string): Promise<Map<string, TarMem
   return members;
 }
 
+/** A directory of one's own for a decompressed archive, and how to remove it. */
+export interface ArchiveTempDir {
+  /** The directory (empty). */
+  path: string;
+  /** Removes it. */
+  remove(): Promise<void>;
+  /** Removes it synchronously, when the process exits (default: the directory alone). */
+  removeSync?(): void;
+}
+
+/** Options of {@linkcode openOciArchive} and {@linkcode openDockerArchive}. */
+export interface ArchiveOptions extends ResolveOptions {
+  /** The image's name (default: the `oci-archive:`/`docker-archive:` reference). */
+  name?: string;
+  /**
+   * Makes the directory a compressed archive is decompressed into (default:
+   * a new one in `$TMPDIR`). The CLI gives a flock'd work directory under the
+   * cache's `tmp/`, which the next command reclaims if this process is killed.
+   */
+  tempDir?: () => Promise<ArchiveTempDir>;
+}
+
+async function defaultTempDir(): Promise<ArchiveTempDir> {
+  const path = await Deno.makeTempDir({ prefix: "strata-archive-" });
+  return { path, remove: () => Deno.remove(path, { recursive: true }) };
+}
+
 /**
- * Opens an archive for indexing; a compressed archive is decompressed to a
- * temporary file first (removed when the process exits).
+ * Opens an archive for indexing; a compressed archive is decompressed into
+ * a temporary directory first (removed at once if that fails, else when the
+ * process exits: the index reads it until then).
  */
-async function openArchive(path: string): Promise<TarIndex> {
+async function openArchive(
+  path: string,
+  options: ArchiveOptions = {},
+): Promise<TarIndex> {
   const file = await Deno.open(path, { read: true });
   let head: Uint8Array;
   try {
@@ -311,16 +342,26 @@ async function openArchive(path: string): Promise<TarIndex> {
   }
   const c = sniffCompression(head);
   if (c !== "gzip" && c !== "zstd") return await TarIndex.open(path);
-  const tmp = await Deno.makeTempFile({ prefix: "strata-archive-", suffix: ".tar" });
-  globalThis.addEventListener("unload", () => {
+  const dir = await (options.tempDir ?? defaultTempDir)();
+  const onUnload = () => {
     try {
-      Deno.removeSync(tmp);
+      if (dir.removeSync) dir.removeSync();
+      else Deno.removeSync(dir.path, { recursive: true });
     } catch { /* already gone */ }
-  });
-  const out = await Deno.open(tmp, { write: true, truncate: true });
-  const mt = c === "gzip" ? MediaType.OciLayerGzip : MediaType.OciLayerZstd;
-  await (await fileStream(path)).pipeThrough(decompress(mt, path)).pipeTo(out.writable);
-  return await TarIndex.open(tmp);
+  };
+  globalThis.addEventListener("unload", onUnload);
+  try {
+    const tmp = join(dir.path, "archive.tar");
+    const out = await Deno.open(tmp, { write: true, createNew: true, mode: 0o600 });
+    const mt = c === "gzip" ? MediaType.OciLayerGzip : MediaType.OciLayerZstd;
+    await (await fileStream(path, 0, undefined, options.signal))
+      .pipeThrough(decompress(mt, path)).pipeTo(out.writable);
+    return await TarIndex.open(tmp);
+  } catch (e) {
+    globalThis.removeEventListener("unload", onUnload);
+    await dir.remove().catch(() => {});
+    throw e;
+  }
 }
 
 /** Reads blobs from a tarred OCI layout. */
@@ -384,9 +425,9 @@ export class OciArchiveSource implements ImageSource {
 export async function openOciArchive(
   path: string,
   tag?: string,
-  options: ResolveOptions & { name?: string } = {},
+  options: ArchiveOptions = {},
 ): Promise<SourceImage> {
-  const tar = await openArchive(path);
+  const tar = await openArchive(path, options);
   const name = options.name ?? `oci-archive:${path}${tag ? `:${tag}` : ""}`;
   if (!tar.get("oci-layout") || !tar.get("index.json")) {
     throw new ManifestError(name, "not an OCI archive (no oci-layout or index.json member)");
@@ -462,9 +503,9 @@ function digestFromPath(path: string): string | undefined {
 export async function openDockerArchive(
   path: string,
   select: { name?: string; index?: number } = {},
-  options: ResolveOptions & { name?: string } = {},
+  options: ArchiveOptions = {},
 ): Promise<SourceImage> {
-  const tar = await openArchive(path);
+  const tar = await openArchive(path, options);
   const label = options.name ??
     `docker-archive:${path}${
       select.name ? `:${select.name}` : select.index !== undefined ? `:@${select.index}` : ""

@@ -8,7 +8,8 @@
 import { openOciLayout } from "./layout.ts";
 import { type ImageRef, parseRef, refString, registryRefString } from "./ref.ts";
 import type { RegistryOptions } from "./registry.ts";
-import type { ResolveOptions, SourceImage } from "./source.ts";
+import type { ArchiveOptions } from "./archive.ts";
+import type { SourceImage } from "./source.ts";
 import { canonicalName, ImageNotFoundError, ImageStore } from "./store.ts";
 import { parsePlatform, platformMatches } from "./platform.ts";
 
@@ -36,6 +37,12 @@ export interface OpenImageOptions extends RegistryOptions {
    * whose layers turn out damaged leaves the name pointing where it did.
    */
   save?: boolean;
+  /**
+   * Makes the directory a compressed `oci-archive`/`docker-archive` is
+   * decompressed into (default: a new one in `$TMPDIR`; see
+   * {@linkcode ArchiveOptions}).
+   */
+  tempDir?: ArchiveOptions["tempDir"];
 }
 
 /**
@@ -105,7 +112,7 @@ export async function saveImage(cacheRoot: string, ref: string, image: SourceIma
  * ```
  */
 export function openRef(parsed: ImageRef, options: OpenImageOptions = {}): Promise<SourceImage> {
-  const o: RegistryOptions & ResolveOptions & { name?: string } = { ...options };
+  const o: RegistryOptions & ArchiveOptions = { ...options };
   switch (parsed.transport) {
     // The registry client and the archive readers load on demand: a run from
     // a layout or from the store (offline) never needs them.

@@ -342,3 +342,59 @@ Deno.test("audit3: verify finds and removes a damaged image name record; ls and 
     });
   }
 });
+
+// ---------------------------------------------------------------------------
+// A compressed archive's decompressed copy after kill -9
+
+Deno.test("audit3: a compressed archive's decompressed copy is reclaimed after kill -9", async () => {
+  await using tmp = await tempDir("strata-audit3-");
+  const dir = String(tmp);
+  const cache = join(dir, "cache");
+  const tmpdir = join(dir, "tmpdir");
+  await Deno.mkdir(tmpdir);
+  // 96 MiB of zeros: a small .tar.gz whose decompressed copy and layer take a while.
+  const layer = new TarWriter({ defaultMtime: 1 }).file("zeros", new Uint8Array(96 << 20)).bytes();
+  const config = enc.encode(JSON.stringify({
+    architecture: "amd64",
+    os: "linux",
+    rootfs: { type: "layers", diff_ids: [digestOf(layer)] },
+  }));
+  const archive = new TarWriter({ defaultMtime: 1 })
+    .file(
+      "manifest.json",
+      JSON.stringify([{ Config: "c.json", RepoTags: ["z:v1"], Layers: ["l.tar"] }]),
+    )
+    .file("c.json", config)
+    .file("l.tar", layer)
+    .bytes();
+  const path = join(dir, "z.tar.gz");
+  await Deno.writeFile(path, gzip(archive, 1));
+  const copies = () =>
+    [
+      ...names(tmpdir),
+      ...names(join(cache, "tmp")).flatMap((d) => names(join(cache, "tmp", d))),
+    ].filter((n) => n.endsWith(".tar"));
+  const env: Record<string, string> = { ...Deno.env.toObject(), TMPDIR: tmpdir };
+  delete env.STRATA_CACHE;
+  const child = new Deno.Command("setsid", {
+    args: [denoPath, "run", "-A", CLI, "pull", "-q", "--cache", cache, `docker-archive:${path}`],
+    stdin: "null",
+    stdout: "null",
+    stderr: "null",
+    env,
+    clearEnv: true,
+  }).spawn();
+  try {
+    for (let i = 0; i < 3000 && copies().length === 0; i++) {
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    assert(copies().length > 0, "the archive was decompressed somewhere");
+  } finally {
+    // The whole session: the CLI re-executes itself under unshare.
+    await new Deno.Command("kill", { args: ["-9", "--", `-${child.pid}`] }).output();
+    await child.status;
+  }
+  const r = await strata(["prune", "--cache", cache], { TMPDIR: tmpdir });
+  assertEquals(r.code, 0, r.stderr);
+  assertEquals(copies(), [], "no decompressed copy left behind");
+});
