@@ -157,6 +157,21 @@ function installSignals(controller: AbortController): SignalHandling {
 }
 
 /**
+ * After a failure: the cache root exists but is not a directory. The first
+ * mkdir or readdir below it said "File exists" or "Not a directory" about
+ * some path inside it; this says it plainly (checked only on failure: a
+ * warm run pays no stat for it).
+ */
+function cacheNotADirectory(root: string | undefined): boolean {
+  if (!root) return false;
+  try {
+    return !Deno.statSync(root).isDirectory;
+  } catch {
+    return false;
+  }
+}
+
+/**
  * Runs the CLI with `args` (without the program name) and returns the exit
  * status; it prints results to stdout and everything else to stderr.
  *
@@ -172,6 +187,7 @@ export async function main(args: string[], options: MainOptions = {}): Promise<n
   let debug = args.includes("--debug");
   let out = new Output(detectMode(args.includes("--quiet") || args.includes("-q")), sinks);
   const controller = new AbortController();
+  let root: string | undefined;
   try {
     // `strata help [COMMAND]` is `strata [COMMAND] --help`.
     if (args[0] === "help") args = [...args.slice(1, 2), "--help"];
@@ -206,6 +222,7 @@ export async function main(args: string[], options: MainOptions = {}): Promise<n
     try {
       const { defaultCacheRoot } = await import("./overlay/cache.ts");
       const cacheRoot = (o.cache as string | undefined) ?? defaultCacheRoot();
+      root = cacheRoot;
       return await handler({
         args: parsed,
         options: o,
@@ -225,9 +242,10 @@ export async function main(args: string[], options: MainOptions = {}): Promise<n
       out.error(`strata: ${what(parsed)}: interrupted`);
       return 130;
     }
-    out.error(errorLine(what(parsed), e));
+    const err = cacheNotADirectory(root) ? new Error(`the cache ${root} is not a directory`) : e;
+    out.error(errorLine(what(parsed), err));
     if (debug) out.error(debugReport(e));
-    return exitCodeFor(e, parsed?.command);
+    return exitCodeFor(err, parsed?.command);
   }
 }
 

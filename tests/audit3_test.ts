@@ -398,3 +398,24 @@ Deno.test("audit3: a compressed archive's decompressed copy is reclaimed after k
   assertEquals(r.code, 0, r.stderr);
   assertEquals(copies(), [], "no decompressed copy left behind");
 });
+
+// ---------------------------------------------------------------------------
+// --cache naming a file
+
+Deno.test("audit3: --cache naming a file says it is not a directory", async () => {
+  await using tmp = await tempDir("strata-audit3-");
+  const file = join(String(tmp), "file");
+  await Deno.writeTextFile(file, "x");
+  for (
+    const [args, code] of [[["pull", "oci:/nonexistent:v1"], 1], [["ls"], 1], [
+      ["verify"],
+      1,
+    ]] as const
+  ) {
+    const r = await strata([...args, "--cache", file]);
+    assertEquals(r.code, code, r.stderr);
+    const line = assertOneErrorLine(r, [file, "not a directory"]);
+    assert(!/File exists/.test(line), line);
+  }
+  assertEquals(await Deno.readTextFile(file), "x");
+});
