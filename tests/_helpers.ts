@@ -160,6 +160,41 @@ export const denoPath = Deno.execPath();
 export const repoRoot = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 
 /**
+ * Runs the repository's CLI, `deno run -A cli.ts ARGS`, with this process's
+ * environment (plus `env`) minus `STRATA_CACHE` (every call names its cache)
+ * and `NODE_EXTRA_CA_CERTS` (Deno warns about it here), killed with its
+ * process group after `timeout` seconds (the CLI may re-execute itself), so
+ * that a case that hangs fails instead of stalling the suite.
+ */
+export async function runCli(
+  args: string[],
+  options: {
+    env?: Record<string, string>;
+    timeout?: number;
+    /** Deno flags after `-A`. */
+    denoFlags?: string[];
+    /** Run in {@linkcode sandboxArgv}'s namespace, where only this directory is writable. */
+    sandbox?: string;
+  } = {},
+): Promise<RunResult> {
+  const env = { ...Deno.env.toObject(), ...options.env };
+  delete env.STRATA_CACHE;
+  delete env.NODE_EXTRA_CA_CERTS;
+  let argv = [denoPath, "run", "-A", ...options.denoFlags ?? [], `${repoRoot}/cli.ts`, ...args];
+  if (options.sandbox !== undefined) argv = sandboxArgv(options.sandbox, argv);
+  const out = await new Deno.Command("timeout", {
+    args: ["-s", "KILL", String(options.timeout ?? 60), ...argv],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    env,
+    clearEnv: true,
+  }).output();
+  const d = new TextDecoder();
+  return { code: out.code, stdout: d.decode(out.stdout), stderr: d.decode(out.stderr) };
+}
+
+/**
  * The argv that runs `argv` in a private mount namespace where every mount
  * is read-only and only `base` is writable (root only). Tests that feed
  * hostile input to strata run it this way, so that should confinement ever

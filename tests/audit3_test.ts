@@ -11,31 +11,16 @@ import { join } from "@std/path";
 import { digestOf } from "../image/blob.ts";
 import { MediaType } from "../image/types.ts";
 import { gzip, TarWriter } from "../layer/tar_writer.ts";
-import { denoPath, isRoot, repoRoot, type RunResult, tempDir } from "./_helpers.ts";
+import { denoPath, isRoot, repoRoot, runCli, type RunResult, tempDir } from "./_helpers.ts";
 import { APPLETS, busyboxBytes, GROUP, PASSWD } from "./_bundle_helpers.ts";
 import { buildOciLayout } from "../cli/demo_image.ts";
 
 const CLI = join(repoRoot, "cli.ts");
 const enc = new TextEncoder();
 
-/**
- * Runs `deno run -A cli.ts ARGS` with a clean environment (no STRATA_CACHE:
- * every call names its cache), killed with its process group after 60 s.
- */
-async function strata(args: string[], env: Record<string, string> = {}): Promise<RunResult> {
-  const base = { ...Deno.env.toObject(), ...env };
-  delete base.STRATA_CACHE;
-  const out = await new Deno.Command("timeout", {
-    args: ["-s", "KILL", "60", denoPath, "run", "-A", CLI, ...args],
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-    env: base,
-    clearEnv: true,
-  }).output();
-  const d = new TextDecoder();
-  return { code: out.code, stdout: d.decode(out.stdout), stderr: d.decode(out.stderr) };
-}
+/** The CLI, killed after 60 s (see _helpers.ts runCli). */
+const strata = (args: string[], env: Record<string, string> = {}): Promise<RunResult> =>
+  runCli(args, { env });
 
 /** Asserts one `strata: ` error line on stderr (progress lines aside) and no stack trace. */
 function assertOneErrorLine(r: RunResult, includes: string[]): string {

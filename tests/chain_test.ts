@@ -14,7 +14,7 @@ import { cachedLayers, removeLayer } from "../cli/cache_scan.ts";
 import { writeOciLayout } from "../image/build.ts";
 import { hostArchitecture } from "../cli/demo_image.ts";
 import { filesLayer, memoryLayer } from "./_layers.ts";
-import { isRoot, mountsBelow, repoRoot, tempDir } from "./_helpers.ts";
+import { isRoot, mountsBelow, runCli, tempDir } from "./_helpers.ts";
 
 /** A base image layer whose `usr/local/bin` has the given owner and mode. */
 function baseLayer(mode: number, uid: number, gid: number) {
@@ -203,18 +203,7 @@ Deno.test({
   },
 });
 
-async function strata(args: string[]) {
-  const env = Deno.env.toObject();
-  delete env.STRATA_CACHE;
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", join(repoRoot, "cli.ts"), ...args],
-    stdin: "null",
-    env,
-    clearEnv: true,
-  }).output();
-  const d = new TextDecoder();
-  return { code: out.code, stdout: d.decode(out.stdout), stderr: d.decode(out.stderr) };
-}
+const strata = (args: string[]) => runCli(args);
 
 Deno.test("sha256Hex (chain IDs without node:crypto) agrees with node:crypto at every padding edge", async () => {
   const { sha256Hex } = await import("../sys/sha256.ts");

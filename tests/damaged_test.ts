@@ -24,7 +24,7 @@ import { join } from "@std/path";
 import { digestOf } from "../image/blob.ts";
 import { type Descriptor, MediaType } from "../image/types.ts";
 import { gzip, TarWriter, zstd } from "../layer/tar_writer.ts";
-import { denoPath, repoRoot, type RunResult, sandboxArgv, sh, tempDir } from "./_helpers.ts";
+import { denoPath, repoRoot, runCli, type RunResult, sh, tempDir } from "./_helpers.ts";
 import { RegistryClient, RegistryError } from "../image/registry.ts";
 import { Registry } from "./_registry.ts";
 import {
@@ -38,26 +38,8 @@ import {
 const CLI = join(repoRoot, "cli.ts");
 const enc = new TextEncoder();
 
-/**
- * Runs `deno run -A cli.ts ARGS` with a clean environment, killed (with the
- * process group: the CLI may re-execute itself) after 60 s, so that a case
- * that hangs fails instead of stalling the suite.
- */
-async function strata(args: string[]): Promise<RunResult> {
-  const env = { ...Deno.env.toObject() };
-  delete env.NODE_EXTRA_CA_CERTS;
-  delete env.STRATA_CACHE;
-  const out = await new Deno.Command("timeout", {
-    args: ["-s", "KILL", "60", denoPath, "run", "-A", CLI, ...args],
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-    env,
-    clearEnv: true,
-  }).output();
-  const d = new TextDecoder();
-  return { code: out.code, stdout: d.decode(out.stdout), stderr: d.decode(out.stderr) };
-}
+/** The CLI, killed after 60 s (see _helpers.ts runCli). */
+const strata = (args: string[]): Promise<RunResult> => runCli(args);
 
 /** A small good tar: the root, a directory and a file whose content says which layer it is. */
 function goodTar(n: number): Uint8Array {
@@ -1442,25 +1424,8 @@ Deno.test("damaged registry: lies, failures and loops", async (t) => {
  * pattern): should confinement ever break, a layer aimed at the host cannot
  * damage it.
  */
-async function sandboxedStrata(base: string, args: string[]): Promise<RunResult> {
-  const env = { ...Deno.env.toObject() };
-  delete env.NODE_EXTRA_CA_CERTS;
-  delete env.STRATA_CACHE;
-  const out = await new Deno.Command("timeout", {
-    args: [
-      "-s",
-      "KILL",
-      "60",
-      ...sandboxArgv(base, [denoPath, "run", "-A", "--no-lock", CLI, ...args]),
-    ],
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-    env,
-    clearEnv: true,
-  }).output();
-  const d = new TextDecoder();
-  return { code: out.code, stdout: d.decode(out.stdout), stderr: d.decode(out.stderr) };
+function sandboxedStrata(base: string, args: string[]): Promise<RunResult> {
+  return runCli(args, { sandbox: base, denoFlags: ["--no-lock"] });
 }
 
 Deno.test("damaged: hostile layer names pulled through the CLI stay inside the layer", async () => {

@@ -11,7 +11,7 @@ import { openImage } from "../image/open.ts";
 import { MediaType } from "../image/types.ts";
 import { TarWriter } from "../layer/tar_writer.ts";
 import { FakeRegistry } from "./_fake_registry.ts";
-import { denoPath, repoRoot, tempDir } from "./_helpers.ts";
+import { runCli, tempDir } from "./_helpers.ts";
 
 const enc = new TextEncoder();
 const OPTS = { tlsVerify: false, retryDelay: 5 };
@@ -40,28 +40,9 @@ function image(reg: FakeRegistry, tag = "v1") {
 
 /** Runs the CLI's pull against `ref` with a fresh cache below `dir`. */
 async function pull(dir: string, ref: string, ...flags: string[]) {
-  const out = await new Deno.Command("timeout", {
-    args: [
-      "-s",
-      "KILL",
-      "60",
-      denoPath,
-      "run",
-      "-A",
-      join(repoRoot, "cli.ts"),
-      "pull",
-      "--tls-verify=false",
-      "--cache",
-      join(dir, "cache"),
-      ...flags,
-      ref,
-    ],
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const stderr = new TextDecoder().decode(out.stderr);
-  return { code: out.code, lines: stderr.split("\n").filter((l) => l && !l.includes("Check")) };
+  const cache = join(dir, "cache");
+  const r = await runCli(["pull", "--tls-verify=false", "--cache", cache, ...flags, ref]);
+  return { code: r.code, lines: r.stderr.split("\n").filter((l) => l && !l.includes("Check")) };
 }
 
 // A document's kind is what its bytes say; a registry (Content-Type) or an
