@@ -547,8 +547,8 @@ export class LayerWriter implements TarSink {
         const r = ftruncate(fd, h.realSize ?? h.size);
         if (r < 0) throw new Fail(-r, "ftruncate");
       }
-      this.#chown(fchown(fd, h.uid, h.gid), h);
-      const r = fchmod(fd, h.mode & 0o7777);
+      const keep = this.#chown(fchown(fd, h.uid, h.gid), h, () => statx(fd, "", AT.EMPTY_PATH));
+      const r = fchmod(fd, h.mode & keep);
       if (r < 0) throw new Fail(-r, "fchmod");
       if (h.xattrs) this.#xattrs(h.xattrs, (n, v) => fsetxattr(fd, n, v));
       const t = futimens(fd, atimeOf(h), h.mtime, atimeNsecOf(h), h.mtimeNsec);
@@ -762,9 +762,13 @@ export class LayerWriter implements TarSink {
     }
     if (r < 0) throw new Fail(-r, "mknodat");
     this.#markCreated(path);
-    this.#chown(fchownat(pfd, base, h.uid, h.gid, AT.SYMLINK_NOFOLLOW), h);
+    const keep = this.#chown(
+      fchownat(pfd, base, h.uid, h.gid, AT.SYMLINK_NOFOLLOW),
+      h,
+      () => statx(pfd, base, AT.SYMLINK_NOFOLLOW),
+    );
     // fchmodat follows a symlink, but `base` is the node just made.
-    const m = fchmodat(pfd, base, h.mode & 0o7777, 0);
+    const m = fchmodat(pfd, base, h.mode & keep, 0);
     if (m < 0) throw new Fail(-m, "fchmodat");
     if (h.xattrs) this.#xattrs(h.xattrs, (n, v) => lsetxattrAt(pfd, base, n, v));
     this.#setTimes(pfd, base, h);
@@ -995,16 +999,27 @@ export class LayerWriter implements TarSink {
 
   // ------------------------------------------------------------ metadata
 
-  #chown(r: number, h: TarHeader): void {
-    if (r >= 0) return;
+  /**
+   * Handles the result `r` of a chown to `h`'s owners. When the ids cannot be
+   * set here (not mapped in this user namespace), the file keeps the
+   * applier's ids and one warning per layer says so. Returns the permission
+   * bits the file may keep: a setuid (setgid) bit only when the file's owner
+   * (group), read with `stat`, is the one the entry names, as chown(2) drops
+   * them; otherwise a file meant to run as an unmapped id would run as root.
+   */
+  #chown(r: number, h: TarHeader, stat?: () => Stat | number): number {
+    if (r >= 0) return 0o7777;
     if (r === -EINVAL || r === -EPERM) {
       this.#warn(
         "chown",
         `cannot set owners (first: ${h.uid}:${h.gid} on ${JSON.stringify(h.name)}, ${
           errnoName(-r)
-        }); files keep the applier's ids (a user namespace that maps one id?)`,
+        }); files keep the applier's ids (ids outside this user namespace's mapping?) and lose ` +
+          "setuid and setgid bits that named other owners",
       );
-      return;
+      const st = stat?.();
+      if (typeof st === "number" || st === undefined) return 0o1777;
+      return 0o1777 | (st.uid === h.uid ? 0o4000 : 0) | (st.gid === h.gid ? 0o2000 : 0);
     }
     throw new Fail(-r, "fchown");
   }
@@ -1172,8 +1187,12 @@ export class LayerWriter implements TarSink {
         const w = writeAll(dst, buf.subarray(0, n));
         if (w < 0) throw new Fail(-w, "write");
       }
-      this.#chown(fchown(dst, stat.uid, stat.gid), this.#hdr!);
-      fchmod(dst, stat.mode & 0o7777);
+      const keep = this.#chown(
+        fchown(dst, stat.uid, stat.gid),
+        { ...this.#hdr!, uid: stat.uid, gid: stat.gid },
+        () => statx(dst, "", AT.EMPTY_PATH),
+      );
+      fchmod(dst, stat.mode & keep);
       const names = flistxattr(src);
       if (typeof names !== "number") {
         for (const n of names) {
