@@ -20,6 +20,7 @@ import {
   type SpecOption,
   SYSFS_MOUNT,
 } from "./spec.ts";
+import { clearDeferred, deferError } from "./deferred.ts";
 import { readUserDatabase, type ResolvedUser, resolveUser, type UserDatabase } from "./user.ts";
 
 /** The image config each spec was derived from, for {@linkcode withCmd}. */
@@ -67,6 +68,9 @@ function resolveIn(user: string, rootfs: string | undefined): ResolvedUser {
  * `/etc/passwd` and `/etc/group` inside `rootfs` (default: the spec's root
  * path, when absolute).
  *
+ * A `User` that cannot be resolved fails `newSpec` unless a later
+ * {@linkcode withUser} names the user (as docker's `--user`).
+ *
  * An image with neither Entrypoint nor Cmd leaves argv empty: a later
  * {@linkcode withArgs} may supply one; otherwise writing the spec fails with
  * `NoCommandError`.
@@ -98,7 +102,15 @@ export function withImageConfig(
     if (c.WorkingDir) p.cwd = c.WorkingDir;
     const root = rootfsFor(spec, rootfs);
     if (c.User) {
-      const r = resolveIn(c.User, root);
+      // A user that cannot be resolved fails the spec only if no later
+      // withUser replaces it (docker never reads the image's USER under --user).
+      let r: ResolvedUser;
+      try {
+        r = resolveIn(c.User, root);
+      } catch (e) {
+        deferError(spec, "user", e);
+        return;
+      }
       p.user = { ...p.user, ...toSpecUser(r) };
       setHome(spec, r.home);
     } else if (!p.env.some((e) => e.startsWith("HOME="))) {
@@ -163,6 +175,7 @@ export function withUser(
 ): SpecOption {
   return (spec) => {
     const p = processOf(spec);
+    clearDeferred(spec, "user");
     if (typeof user === "string") {
       const r = resolveIn(user, rootfsFor(spec, rootfs));
       p.user = { ...p.user, ...toSpecUser(r) };

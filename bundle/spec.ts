@@ -13,6 +13,7 @@
  * @module
  */
 
+import { throwDeferred } from "./deferred.ts";
 import { canRaiseRlimits, hostRlimits } from "./host.ts";
 
 /** The runtime-spec version strata writes. runc 1.1 and crun 1.8 accept it. */
@@ -506,6 +507,9 @@ export class RlimitError extends SpecError {
 /**
  * Builds a spec from the defaults and `options`, applied in order.
  *
+ * @throws the error of an option that left it for a later one to make moot
+ *   (the image's `User` that cannot be resolved, when no `withUser` follows).
+ *
  * @example Usage
  * ```ts
  * import { newSpec } from "./spec.ts";
@@ -516,6 +520,7 @@ export class RlimitError extends SpecError {
 export async function newSpec(...options: SpecOption[]): Promise<Spec> {
   const spec = defaultSpec();
   for (const o of options) await o(spec);
+  throwDeferred(spec);
   return spec;
 }
 

@@ -17,6 +17,7 @@ import {
   mountsBelow,
   repoRoot,
   runAsUser,
+  runCli,
   tempDir,
 } from "./_helpers.ts";
 
@@ -87,5 +88,31 @@ Deno.test({
     assertEquals(warnings.length, 1, r.stderr);
     assertStringIncludes(warnings[0], "setuid");
     assertEquals(await mountsBelow(dir), []);
+  },
+});
+
+Deno.test({
+  name: "spec: --user makes an image User that cannot be resolved moot, as docker's --user",
+  ignore: !isRoot,
+  async fn() {
+    await using tmp = await tempDir();
+    const dir = String(tmp);
+    // The image's User names nobody its /etc/passwd lists.
+    const ref = await image(dir, { User: "ghost" });
+    const cache = join(dir, "cache");
+    const id = ["--entrypoint", "", "id", "-u"];
+    const bad = await runCli(["--cache", cache, "run", ref, ...id]);
+    assertEquals(bad.code, 125, bad.stderr);
+    assertEquals(
+      bad.stderr.trim().split("\n").at(-1),
+      `strata: run ${ref}: ` +
+        `cannot resolve user "ghost": no such user in the image's /etc/passwd`,
+    );
+    for (const [user, want] of [["0", "0"], ["app", "1000"], ["1234:5", "1234"]]) {
+      const r = await runCli(["--cache", cache, "-q", "run", "-u", user, ref, ...id]);
+      assertEquals([r.code, r.stdout.trim()], [0, want], r.stderr);
+    }
+    assertEquals(await mountsBelow(dir), []);
+    assertEquals([...Deno.readDirSync(join(cache, "containers"))], []);
   },
 });
