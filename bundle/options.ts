@@ -26,14 +26,20 @@ import { readUserDatabase, type ResolvedUser, resolveUser, type UserDatabase } f
 /** The image config each spec was derived from, for {@linkcode withCmd}. */
 const imageConfigs = new WeakMap<Spec, ContainerConfig>();
 
-/** Sets or replaces `KEY=value` entries, keeping the order of first appearance. */
+/**
+ * Sets or replaces `KEY=value` entries, keeping the order of first appearance.
+ * A bare `KEY` (no `=`) removes the name, as docker's and containerd's merge
+ * do: the runtime refuses an entry without `=`.
+ */
 function mergeEnv(base: string[], add: string[]): string[] {
   const out = [...base];
   for (const kv of add) {
     const eq = kv.indexOf("=");
     const key = eq < 0 ? kv : kv.slice(0, eq);
     const i = out.findIndex((e) => e === key || e.startsWith(key + "="));
-    if (i >= 0) out[i] = kv;
+    if (eq < 0) {
+      if (i >= 0) out.splice(i, 1);
+    } else if (i >= 0) out[i] = kv;
     else out.push(kv);
   }
   return out;
@@ -250,7 +256,8 @@ export function withEntrypoint(...entrypoint: string[]): SpecOption {
 }
 
 /**
- * Sets environment variables, replacing same-named ones.
+ * Sets environment variables, replacing same-named ones; a bare `NAME` in a
+ * list removes it (as docker and containerd merge an environment).
  *
  * @example Usage
  * ```ts

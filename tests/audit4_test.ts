@@ -116,3 +116,29 @@ Deno.test({
     assertEquals([...Deno.readDirSync(join(cache, "containers"))], []);
   },
 });
+
+Deno.test({
+  name: "spec: an image Env entry without '=' unsets the name, as docker and containerd",
+  ignore: !isRoot,
+  async fn() {
+    await using tmp = await tempDir();
+    const dir = String(tmp);
+    // docker (ReplaceOrAppendEnvValues) and containerd (WithEnv) read a bare
+    // name as "remove it"; runc refuses such an entry outright.
+    const ref = await image(dir, { Env: ["PATH=/bin", "GONE=1", "GONE", "NEVER", "B=1", "B=2"] });
+    const r = await runCli([
+      "--cache",
+      join(dir, "cache"),
+      "-q",
+      "run",
+      ref,
+      "--entrypoint",
+      "",
+      "sh",
+      "-c",
+      'echo "${GONE-unset} ${NEVER-unset} $B"; env | grep -c -e ^GONE -e ^NEVER',
+    ]);
+    assertEquals([r.code, r.stdout], [1, "unset unset 2\n0\n"], r.stderr);
+    assertEquals(await mountsBelow(dir), []);
+  },
+});
