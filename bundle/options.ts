@@ -102,7 +102,9 @@ export function withImageConfig(
   return (spec) => {
     imageConfigs.set(spec, c);
     const p = processOf(spec);
-    if (c.Hostname) spec.hostname = c.Hostname;
+    // Docker's own field (not in the OCI image spec; docker run ignores it):
+    // kept when the kernel would take it, else left to the default.
+    if (c.Hostname && validHostname(c.Hostname)) spec.hostname = c.Hostname;
     p.args = [...(c.Entrypoint ?? []), ...(c.Cmd ?? [])];
     p.env = mergeEnv(p.env ?? [], c.Env ?? []);
     if (c.WorkingDir) p.cwd = c.WorkingDir;
@@ -637,8 +639,20 @@ export function withUserNamespaceMappings(
  */
 export function withHostname(hostname: string = DEFAULT_HOSTNAME): SpecOption {
   return (spec) => {
+    if (!validHostname(hostname)) {
+      throw new SpecError(
+        `cannot set the hostname to ${JSON.stringify(hostname)}: it must be 1 to 64 bytes ` +
+          "without NUL or '/' (sethostname(2))",
+      );
+    }
     spec.hostname = hostname;
   };
+}
+
+/** What sethostname(2) takes (1 to 64 bytes), without NUL or '/' (as runc and podman). */
+function validHostname(h: string): boolean {
+  const n = new TextEncoder().encode(h).length;
+  return n > 0 && n <= 64 && !/[\0/]/.test(h);
 }
 
 /**

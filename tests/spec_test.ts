@@ -6,7 +6,15 @@ import {
   assertStringIncludes,
   assertThrows,
 } from "@std/assert";
-import { defaultSpec, newSpec, NoCommandError, RlimitError, type Spec } from "../bundle/spec.ts";
+import {
+  DEFAULT_HOSTNAME,
+  defaultSpec,
+  newSpec,
+  NoCommandError,
+  RlimitError,
+  type Spec,
+  SpecError,
+} from "../bundle/spec.ts";
 import {
   parseBytes,
   parseMilliCPU,
@@ -16,6 +24,7 @@ import {
   withCwd,
   withEntrypoint,
   withEnv,
+  withHostname,
   withHostNetwork,
   withImageConfig,
   withMemoryLimit,
@@ -290,6 +299,12 @@ Deno.test("caller options after the image config win", async () => {
     true,
     ["TERM=vt100"],
   ]);
+  // Hostname: docker's field, kept when sethostname(2) takes it; a bad one named.
+  assertEquals((await newSpec(withImageConfig({ Hostname: "web" }))).hostname, "web");
+  const long = await newSpec(withImageConfig({ Hostname: "h".repeat(65) }));
+  assertEquals(long.hostname, DEFAULT_HOSTNAME);
+  await assertRejects(() => newSpec(withHostname("h".repeat(65))), SpecError, "64 bytes");
+  await assertRejects(() => newSpec(withHostname("")), SpecError, "hostname");
   const kept = await newSpec(withImageConfig({ Env: ["TERM=linux"] }), withTerminal());
   assertEquals(kept.process!.env!.filter((e) => e.startsWith("TERM=")), ["TERM=linux"]);
 });
