@@ -81,7 +81,14 @@ export class UserFileFormatError extends SpecError {
     readonly reason: string,
     options?: ErrorOptions,
   ) {
-    super(`cannot parse ${file} line ${line}: ${reason}`, options);
+    // The reason quotes the file's own bytes: control characters (a NUL, an
+    // escape sequence) are shown escaped, never written to the terminal.
+    const shown = reason.slice(0, 200).replace(
+      // deno-lint-ignore no-control-regex -- the control characters are what is escaped
+      /[\x00-\x1f\x7f]/g,
+      (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`,
+    );
+    super(`cannot parse ${file} line ${line}: ${shown}`, options);
     this.name = "UserFileFormatError";
   }
 }

@@ -93,6 +93,12 @@ Deno.test("errors: one line, permission hints, exit codes", () => {
   });
   assertEquals(describeError(nested), "resolve layer sha256:ab: apply failed; because:; disk full");
   assertEquals(errorLine("pull x", new Error("boom")), "strata: pull x: boom");
+  // What an image holds is quoted escaped: no escape sequence or CR reaches the terminal.
+  const hostile = new Error(`entry "a\x1b]0;pwned\x07\rb\u009b2J" is bad`);
+  assertEquals(
+    errorLine("pull x", hostile),
+    'strata: pull x: entry "a\\x1b]0;pwned\\x07\\x0db\\x9b2J" is bad',
+  );
   const nc = new Deno.errors.NotCapable(
     'Requires run access to "runc", run again with the --allow-run flag',
   );
