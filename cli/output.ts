@@ -9,6 +9,7 @@
  *
  * @module
  */
+import { oneLine } from "./errors.ts";
 
 const encoder = new TextEncoder();
 
@@ -195,7 +196,8 @@ export class Output {
 
   /** Writes a warning (stderr) prefixed `strata: warning:`; silent with `--quiet`. */
   warn(text: string): void {
-    this.note(`strata: warning: ${text}`);
+    // Warnings quote images too (a skipped device's name): controls escaped.
+    this.note(`strata: warning: ${oneLine(text)}`);
   }
 
   /** Writes an error line (stderr), whatever the mode. */
