@@ -157,18 +157,34 @@ function installSignals(controller: AbortController): SignalHandling {
 }
 
 /**
- * After a failure: the cache root exists but is not a directory. The first
- * mkdir or readdir below it said "File exists" or "Not a directory" about
- * some path inside it; this says it plainly (checked only on failure: a
- * warm run pays no stat for it).
+ * After a failure, what was wrong with the cache root itself, said plainly:
+ * it is not a directory (the first mkdir or readdir below it said "File
+ * exists" or "Not a directory" about a path inside it), or it belongs to
+ * another user (an EACCES about a path inside it). Checked only on failure:
+ * a warm run pays no stat for it.
  */
-function cacheNotADirectory(root: string | undefined): boolean {
-  if (!root) return false;
+function cacheProblem(root: string | undefined, e: unknown): Error | undefined {
+  if (!root) return undefined;
+  let st: Deno.FileInfo;
   try {
-    return !Deno.statSync(root).isDirectory;
+    st = Deno.statSync(root);
   } catch {
-    return false;
+    return undefined;
   }
+  if (!st.isDirectory) return new Error(`the cache ${root} is not a directory`);
+  const denied = e instanceof Deno.errors.PermissionDenied ||
+    /EACCES|Permission denied \(os error 13\)/.test(String((e as Error)?.message ?? e));
+  let mine = true;
+  try {
+    mine = st.uid === null || st.uid === Deno.uid();
+  } catch { /* no --allow-sys: say nothing more */ }
+  if (denied && !mine) {
+    return new Error(
+      `the cache ${root} belongs to another user: use one of your own (--cache DIR or STRATA_CACHE)`,
+      { cause: e },
+    );
+  }
+  return undefined;
 }
 
 /**
@@ -242,7 +258,7 @@ export async function main(args: string[], options: MainOptions = {}): Promise<n
       out.error(`strata: ${what(parsed)}: interrupted`);
       return 130;
     }
-    const err = cacheNotADirectory(root) ? new Error(`the cache ${root} is not a directory`) : e;
+    const err = cacheProblem(root, e) ?? e;
     out.error(errorLine(what(parsed), err));
     if (debug) out.error(debugReport(e));
     return exitCodeFor(err, parsed?.command);

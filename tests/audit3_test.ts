@@ -11,7 +11,15 @@ import { join } from "@std/path";
 import { digestOf } from "../image/blob.ts";
 import { MediaType } from "../image/types.ts";
 import { gzip, TarWriter } from "../layer/tar_writer.ts";
-import { denoPath, isRoot, repoRoot, runCli, type RunResult, tempDir } from "./_helpers.ts";
+import {
+  denoPath,
+  isRoot,
+  repoRoot,
+  runAsUser,
+  runCli,
+  type RunResult,
+  tempDir,
+} from "./_helpers.ts";
 import { APPLETS, busyboxBytes, GROUP, PASSWD } from "./_bundle_helpers.ts";
 import { buildOciLayout } from "../cli/demo_image.ts";
 
@@ -403,4 +411,19 @@ Deno.test("audit3: --cache naming a file says it is not a directory", async () =
     assert(!/File exists/.test(line), line);
   }
   assertEquals(await Deno.readTextFile(file), "x");
+});
+
+Deno.test({
+  name: "audit3: another user's cache is named as such, not as an EACCES deep inside it",
+  ignore: !isRoot,
+  async fn() {
+    await using tmp = await tempDir("strata-audit3-");
+    const cache = join(String(tmp), "root-cache");
+    await Deno.mkdir(cache, { mode: 0o700 }); // root's, as /var/lib/strata
+    for (const args of [["ls"], ["pull", "oci:/nonexistent:v1"]]) {
+      const r = await runAsUser([denoPath, "run", "-A", CLI, ...args, "--cache", cache]);
+      assertEquals(r.code, 1, r.stderr);
+      assertOneErrorLine(r, [cache, "belongs to another user", "--cache"]);
+    }
+  },
 });
