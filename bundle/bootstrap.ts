@@ -24,6 +24,12 @@ import { OverlayMount, TmpFSMount } from "../overlay/mount.ts";
 export interface Bundle {
   /** The bundle directory (what `runc run --bundle` takes). */
   readonly path: string;
+  /**
+   * The signal that asks the container to stop (the image's `StopSignal`,
+   * as `SIGQUIT` or `3`): what `runContainer` sends first on abort. Default
+   * SIGTERM.
+   */
+  readonly stopSignal?: string;
   /** Unmounts and removes the bundle; safe to call more than once. */
   cleanup(): Promise<void>;
 }

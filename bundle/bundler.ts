@@ -240,7 +240,8 @@ export class CachingBundler {
       lock.close();
       throw e;
     }
-    return cachedBundle(id, dir, overlay, lock);
+    const stop: unknown = image.config.config?.StopSignal;
+    return cachedBundle(id, dir, overlay, lock, typeof stop === "string" ? stop : undefined);
   }
 
   /** Makes `containers/.tmp-<random>` with its lock held and the record written. */
@@ -296,6 +297,7 @@ function cachedBundle(
   dir: string,
   overlay: OverlayBundle,
   lock: Deno.FsFile,
+  stopSignal: string | undefined,
 ): CachedBundle {
   let cleaning: Promise<void> | undefined;
   const cleanup = (): Promise<void> =>
@@ -323,6 +325,7 @@ function cachedBundle(
     path: overlay.path,
     rootfs: overlay.rootfs,
     lower: overlay.lower,
+    ...(stopSignal ? { stopSignal } : {}),
     cleanup,
     [Symbol.asyncDispose]: cleanup,
   };

@@ -24,7 +24,7 @@ import { inUserNamespace, outsideUid } from "./host.ts";
 import { adaptSpecToHost } from "./writer.ts";
 import { readProcText } from "../sys/proc.ts";
 import { accessible } from "../sys/fs.ts";
-import { ffiAvailable } from "../sys/libc.ts";
+import { ffiAvailable, libc } from "../sys/libc.ts";
 import { spawnInherited } from "../sys/spawn.ts";
 
 /** How one standard stream of the container is connected. */
@@ -52,16 +52,22 @@ export interface RunOptions {
   /** Standard error. Default `"inherit"`. */
   stderr?: Stdio;
   /**
-   * Aborting stops the container (SIGTERM, then SIGKILL after `killTimeout`),
-   * cleans up, and rejects with the signal's reason.
+   * Aborting stops the container (its stop signal, then SIGKILL after
+   * `killTimeout`), cleans up, and rejects with the signal's reason.
    */
   signal?: AbortSignal;
+  /**
+   * The signal an abort sends first (a name such as `"SIGQUIT"` or
+   * `"QUIT"`, or a number). Default: the bundle's `stopSignal` (the image's
+   * `StopSignal`, as `docker stop` sends), else SIGTERM.
+   */
+  stopSignal?: string | number;
   /**
    * Forward SIGINT, SIGTERM and SIGHUP received by this process to the
    * container; a second one kills it (SIGKILL). Default true.
    */
   forwardSignals?: boolean;
-  /** Milliseconds between SIGTERM and SIGKILL on abort. Default 2000. */
+  /** Milliseconds between the stop signal and SIGKILL on abort. Default 2000. */
   killTimeout?: number;
   /** The runtime's state directory (`--root`). Default: see {@linkcode defaultStateDir}. */
   stateDir?: string;
@@ -407,7 +413,7 @@ export async function runContainer(bundle: Bundle, options: RunOptions = {}): Pr
   let rt: RuntimeChoice | undefined;
   let stateDir = "";
   // What the signal handlers and the abort need of the runtime's process.
-  let child: { kill(signal: Deno.Signal): void } | undefined;
+  let child: { kill(signal: number): void } | undefined;
   let killTimer: ReturnType<typeof setTimeout> | undefined;
   const listeners: [Deno.Signal, () => void][] = [];
   let onAbort: (() => void) | undefined;
@@ -433,7 +439,7 @@ export async function runContainer(bundle: Bundle, options: RunOptions = {}): Pr
         else if (received > 1) forceKill();
         else {
           try {
-            child.kill(sig);
+            child.kill(signalNumber(sig));
           } catch {
             // already gone
           }
@@ -475,11 +481,19 @@ export async function runContainer(bundle: Bundle, options: RunOptions = {}): Pr
       // The common case (the CLI's): through libc, which costs a warm run
       // less than Deno's process modules (sys/spawn.ts).
       const spawned = spawnInherited(rt.path, args);
-      child = { kill: (sig) => spawned.kill(signalNumber(sig)) };
+      child = { kill: (n) => spawned.kill(n) };
       exited = spawned.status.then((s) => s.code);
     } else {
       command = new Deno.Command(rt.path, { args, ...stdio }).spawn();
-      child = command;
+      const running = command;
+      child = {
+        kill: (n) => {
+          const name = SIGNAL_NAMES.get(n);
+          if (name) running.kill(name);
+          else if (ffiAvailable()) libc().kill(running.pid, n); // a real-time signal: no name in Deno
+          else running.kill("SIGTERM");
+        },
+      };
       exited = command.status.then((s) => s.code);
     }
     if (options.input !== undefined && command) {
@@ -500,9 +514,10 @@ export async function runContainer(bundle: Bundle, options: RunOptions = {}): Pr
     }
     if (signal) {
       const running = child;
+      const stop = stopSignalOf(options.stopSignal ?? bundle.stopSignal, warn);
       onAbort = () => {
         try {
-          running.kill("SIGTERM");
+          running.kill(stop);
         } catch {
           // already gone
         }
@@ -554,8 +569,83 @@ export async function runContainer(bundle: Bundle, options: RunOptions = {}): Pr
   }
 }
 
-const SIGNALS: Partial<Record<Deno.Signal, number>> = { SIGHUP: 1, SIGINT: 2, SIGTERM: 15 };
+/** Linux signal numbers (x86_64 and aarch64 agree on these). */
+const SIGNALS = {
+  SIGHUP: 1,
+  SIGINT: 2,
+  SIGQUIT: 3,
+  SIGILL: 4,
+  SIGTRAP: 5,
+  SIGABRT: 6,
+  SIGBUS: 7,
+  SIGFPE: 8,
+  SIGKILL: 9,
+  SIGUSR1: 10,
+  SIGSEGV: 11,
+  SIGUSR2: 12,
+  SIGPIPE: 13,
+  SIGALRM: 14,
+  SIGTERM: 15,
+  SIGSTKFLT: 16,
+  SIGCHLD: 17,
+  SIGCONT: 18,
+  SIGSTOP: 19,
+  SIGTSTP: 20,
+  SIGTTIN: 21,
+  SIGTTOU: 22,
+  SIGURG: 23,
+  SIGXCPU: 24,
+  SIGXFSZ: 25,
+  SIGVTALRM: 26,
+  SIGPROF: 27,
+  SIGWINCH: 28,
+  SIGIO: 29,
+  SIGPWR: 30,
+  SIGSYS: 31,
+} as const satisfies Partial<Record<Deno.Signal, number>>;
+
+const SIGNAL_NAMES = new Map<number, Deno.Signal>(
+  Object.entries(SIGNALS).map(([k, v]) => [v, k as Deno.Signal]),
+);
 
 function signalNumber(sig: Deno.Signal): number {
-  return SIGNALS[sig] ?? 15;
+  return (SIGNALS as Partial<Record<Deno.Signal, number>>)[sig] ?? 15;
+}
+
+/** glibc's SIGRTMIN (the kernel's 32 and 33 are its own) and the kernel's SIGRTMAX. */
+const SIGRTMIN = 34;
+const SIGRTMAX = 64;
+
+/**
+ * Parses a signal as images and docker write it: `SIGQUIT`, `QUIT`, `3`,
+ * `SIGRTMIN+3`, `RTMAX-1`. Undefined when it is none.
+ *
+ * @example Usage
+ * ```ts
+ * import { parseSignal } from "./run.ts";
+ * console.log(parseSignal("SIGQUIT"), parseSignal("RTMIN+3"), parseSignal("9")); // 3 37 9
+ * ```
+ */
+export function parseSignal(value: string | number): number | undefined {
+  if (typeof value === "number") {
+    return Number.isInteger(value) && value > 0 && value <= SIGRTMAX ? value : undefined;
+  }
+  const v = value.trim().toUpperCase();
+  if (/^[0-9]+$/.test(v)) return parseSignal(Number(v));
+  const name = v.startsWith("SIG") ? v : `SIG${v}`;
+  const known = (SIGNALS as Record<string, number>)[name];
+  if (known) return known;
+  const rt = /^SIGRT(MIN|MAX)(?:([+-])([0-9]+))?$/.exec(name);
+  if (!rt) return undefined;
+  const n = (rt[1] === "MIN" ? SIGRTMIN : SIGRTMAX) + (rt[2] === "-" ? -1 : 1) * Number(rt[3] ?? 0);
+  return n >= SIGRTMIN && n <= SIGRTMAX ? n : undefined;
+}
+
+/** The stop signal to send: `value` parsed, else SIGTERM (with a warning for a bad one). */
+function stopSignalOf(value: string | number | undefined, warn: (m: string) => void): number {
+  if (value === undefined || value === "") return SIGNALS.SIGTERM;
+  const n = parseSignal(value);
+  if (n !== undefined) return n;
+  warn(`the stop signal ${JSON.stringify(value)} is not a signal; using SIGTERM`);
+  return SIGNALS.SIGTERM;
 }

@@ -57,6 +57,7 @@ const image = testImage([base, mid, app], {
   User: "app",
   WorkingDir: "/srv",
   Env: ["GREETING=hello"],
+  StopSignal: "SIGQUIT",
 });
 
 Deno.test({
@@ -128,6 +129,7 @@ Deno.test({
     const b = await bundler.bundle(image, "c1");
     assertEquals(b.path, join(root, "containers/c1/bundle"));
     assertEquals(b.lower.length, 3);
+    assertEquals(b.stopSignal, "SIGQUIT", "the image's StopSignal, for runContainer's abort");
     const spec = JSON.parse(await Deno.readTextFile(join(b.path, "config.json"))) as Spec;
     assertEquals(spec.root, { path: b.rootfs, readonly: false });
     assertEquals(spec.process!.cwd, "/srv");

@@ -13,6 +13,7 @@ import {
 } from "@std/assert";
 import {
   defaultStateDir,
+  parseSignal,
   runContainer,
   RuntimeError,
   RuntimeNotFoundError,
@@ -25,6 +26,7 @@ import {
   withHostNetwork,
   withImageConfig,
   withMemoryLimit,
+  withMounts,
   withReadonlyRootFS,
   withUser,
 } from "../bundle/options.ts";
@@ -204,6 +206,51 @@ Deno.test({
     const b2 = await plainBundle(join(dir, "b"), [withArgs("true")]);
     await assertRejects(() => runContainer(b2, { runtime, stateDir, signal: AbortSignal.abort() }));
     assertEquals(b2.cleanups, 1);
+  },
+});
+
+Deno.test("parseSignal: names with or without SIG, numbers, real-time offsets", () => {
+  assertEquals(
+    ["SIGQUIT", "quit", "9", "SIGRTMIN+3", "RTMAX-1", "RTMIN", 15].map((s) => parseSignal(s)),
+    [3, 3, 9, 37, 63, 34, 15],
+  );
+  for (const bad of ["SIGNOPE", "", "0", "65", "RTMIN+40", "-1"]) {
+    assertEquals(parseSignal(bad), undefined, bad);
+  }
+});
+
+Deno.test({
+  name: "abort sends the bundle's stop signal (the image's StopSignal) first",
+  ignore: !isRoot,
+  async fn() {
+    await using tmp = await tempDir();
+    const dir = String(tmp);
+    const stateDir = await stateDirFor(dir);
+    const out = join(dir, "out");
+    await Deno.mkdir(out);
+    const script =
+      'trap "echo quit > /out/sig; exit 3" QUIT; trap "echo term > /out/sig; exit 4" TERM; ' +
+      "touch /out/up; while true; do sleep 0.05; done";
+    for (const [stopSignal, expected] of [["SIGQUIT", "quit"], [undefined, "term"]] as const) {
+      await Deno.remove(join(out, "sig")).catch(() => {});
+      await Deno.remove(join(out, "up")).catch(() => {});
+      const b = await plainBundle(join(dir, `b-${expected}`), [
+        withArgs("sh", "-c", script),
+        withMounts({ source: out, destination: "/out" }),
+      ]);
+      const ac = new AbortController();
+      const p = runContainer({ ...b, ...(stopSignal ? { stopSignal } : {}) }, {
+        runtime,
+        stateDir,
+        signal: ac.signal,
+        killTimeout: 5000,
+        ...piped,
+      });
+      await waitFor(() => exists(join(out, "up")));
+      ac.abort();
+      await assertRejects(() => p, DOMException);
+      assertEquals((await Deno.readTextFile(join(out, "sig"))).trim(), expected);
+    }
   },
 });
 
