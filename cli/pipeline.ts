@@ -12,6 +12,7 @@ import { SPAWN_SYMBOLS } from "../sys/spawn.ts";
 import type { Image } from "../image/types.ts";
 import { openImage, type OpenImageOptions, saveImage } from "../image/open.ts";
 import { ImageNotFoundError, ImageStore } from "../image/store.ts";
+import { parsePlatform, platformMatches, PlatformNotFoundError } from "../image/platform.ts";
 import type { SourceImage } from "../image/source.ts";
 import { CachingLayerResolver } from "../overlay/resolver.ts";
 import { TempWork } from "../overlay/lock.ts";
@@ -108,10 +109,17 @@ export async function openForCli(
   } catch (e) {
     // A name pulled from a layout or archive that is gone since: the store
     // still has its manifest and config, and the layer cache its layers.
-    if (pull === "always") throw e;
+    // Not when the source answered that it has no image for the platform
+    // asked for, nor when the stored image is for another one: a name
+    // pulled for linux/arm/v6 must not run when linux/s390x is asked for.
+    if (pull === "always" || e instanceof PlatformNotFoundError) throw e;
     const store = await ImageStore.create(ctx.cacheRoot);
     const rec = await store.resolve(ref).catch(() => undefined);
     if (!rec) throw e;
+    if (
+      options.platform &&
+      !platformMatches(parsePlatform(options.platform), parsePlatform(rec.platform), true)
+    ) throw e;
     ctx.out.note(`${ref}: source unavailable (${(e as Error).message}); using the stored image`);
     return await store.open(rec.name, { signal: ctx.signal });
   }
