@@ -70,7 +70,17 @@ async function exportImage(ctx: Context, image: Image, dir: string): Promise<voi
   try {
     const merged = join(work.path, "merged");
     await Deno.mkdir(merged);
-    const m = new OverlayMount({ mountpoint: merged, lower: paths, readonly: true });
+    let lower = paths;
+    if (lower.length === 0) {
+      // An image with no layers (valid: the spec only says layers SHOULD
+      // have one) is an empty root, as umoci unpacks it; overlayfs needs a
+      // lower directory, so it gets an empty one (as bootstrapBundle does).
+      const empty = join(work.path, "empty");
+      await Deno.mkdir(empty);
+      await Deno.chmod(empty, 0o755);
+      lower = [empty];
+    }
+    const m = new OverlayMount({ mountpoint: merged, lower, readonly: true });
     await m.mount(ctx.signal);
     // Copied under a hidden sibling name and renamed into place at the end
     // (rename(2) replaces an empty directory), so a failed or interrupted

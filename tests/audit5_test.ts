@@ -5,11 +5,11 @@
  *
  * @module
  */
-import { assertEquals, assertStringIncludes } from "@std/assert";
+import { assert, assertEquals, assertStringIncludes } from "@std/assert";
 import { join } from "@std/path";
 import { writeOciLayout } from "../image/build.ts";
 import { TarWriter } from "../layer/tar_writer.ts";
-import { isRoot, runCli, tempDir } from "./_helpers.ts";
+import { isRoot, mountsBelow, runCli, tempDir } from "./_helpers.ts";
 
 const tinyTar = () => new TarWriter().file("hello.txt", "hi\n").bytes();
 
@@ -57,5 +57,26 @@ Deno.test({
       assertStringIncludes(e.stderr, `No manifest for platform ${platform}`);
       assertEquals(e.stderr.trim().split("\n").length, 1, e.stderr);
     }
+  },
+});
+Deno.test({
+  name: "export: an image with no layers exports an empty root directory",
+  ignore: !isRoot,
+  async fn() {
+    await using tmp = await tempDir();
+    const dir = join(String(tmp), "layout");
+    const [w] = await writeOciLayout(dir, [{ tag: "v1", images: [{ layers: [] }] }]);
+    assertEquals(w.images[0].layers.length, 0);
+    const cache = join(String(tmp), "cache");
+    const out = join(String(tmp), "out");
+    const r = await runCli(["export", "-q", "--cache", cache, `oci:${dir}:v1`, out]);
+    assertEquals(r.code, 0, r.stderr);
+    assertEquals(r.stderr, "");
+    const st = await Deno.lstat(out);
+    assert(st.isDirectory);
+    assertEquals(st.mode! & 0o7777, 0o755);
+    assertEquals([...Deno.readDirSync(out)], []);
+    assertEquals(await mountsBelow(String(tmp)), []);
+    assertEquals([...Deno.readDirSync(join(cache, "tmp"))], []);
   },
 });
