@@ -352,6 +352,7 @@ export async function buildImage(
     throw new ManifestError(what, `schemaVersion ${manifest.schemaVersion}, expected 2`);
   }
   const configDesc = checkDescriptor(manifest.config, what);
+  checkImageConfigType(manifest, configDesc, what);
   if (!Array.isArray(manifest.layers)) throw new ManifestError(what, "no layers array");
   const layerDescs = manifest.layers.map((d) => checkDescriptor(d, what));
   const cwhat = `config ${configDesc.digest} of ${source.name}`;
@@ -389,6 +390,30 @@ export async function buildImage(
     name: source.name,
     indexDigest: options.indexDigest,
   });
+}
+
+const CONFIG_TYPES = new Set<string>([MediaType.OciConfig, MediaType.DockerConfig]);
+
+/**
+ * Refuses a manifest whose config is not an image config: an OCI artifact
+ * (a Helm chart, a signature, an SBOM, a WASM module) stored in a registry
+ * or layout like an image. Its "layers" are no filesystem, and its config
+ * no container defaults; containers/image (podman, skopeo) refuses the same
+ * ("unsupported image-specific operation on artifact"), and the artifact's
+ * type is named (`artifactType`, else the config's media type). Either
+ * config type goes with either manifest type, as containerd reads them.
+ */
+function checkImageConfigType(manifest: ImageManifest, config: Descriptor, what: string): void {
+  if (CONFIG_TYPES.has(config.mediaType)) return;
+  const artifactType: unknown = manifest.artifactType;
+  const kind = typeof artifactType === "string" && artifactType
+    ? `${JSON.stringify(artifactType)} (config media type ${JSON.stringify(config.mediaType)})`
+    : JSON.stringify(config.mediaType);
+  throw new ManifestError(
+    what,
+    `it is not a container image but an OCI artifact of type ${kind}; ` +
+      `strata runs images whose config is ${MediaType.OciConfig} or ${MediaType.DockerConfig}`,
+  );
 }
 
 /**

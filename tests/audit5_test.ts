@@ -7,9 +7,35 @@
  */
 import { assert, assertEquals, assertStringIncludes } from "@std/assert";
 import { join } from "@std/path";
+import { digestOf } from "../image/blob.ts";
 import { writeOciLayout } from "../image/build.ts";
 import { TarWriter } from "../layer/tar_writer.ts";
 import { isRoot, mountsBelow, runCli, tempDir } from "./_helpers.ts";
+
+const enc = (v: unknown) => new TextEncoder().encode(JSON.stringify(v));
+
+async function putBlob(dir: string, bytes: Uint8Array): Promise<{ digest: string; size: number }> {
+  const digest = digestOf(bytes);
+  await Deno.writeFile(join(dir, "blobs", "sha256", digest.slice(7)), bytes);
+  return { digest, size: bytes.length };
+}
+
+/** Points the layout's index.json at one manifest, tagged `v1`. */
+async function tagManifest(dir: string, manifest: Record<string, unknown>): Promise<string> {
+  const d = await putBlob(dir, enc(manifest));
+  await Deno.writeTextFile(
+    join(dir, "index.json"),
+    JSON.stringify({
+      schemaVersion: 2,
+      manifests: [{
+        mediaType: "application/vnd.oci.image.manifest.v1+json",
+        ...d,
+        annotations: { "org.opencontainers.image.ref.name": "v1" },
+      }],
+    }),
+  );
+  return `oci:${dir}:v1`;
+}
 
 const tinyTar = () => new TarWriter().file("hello.txt", "hi\n").bytes();
 
@@ -78,5 +104,43 @@ Deno.test({
     assertEquals([...Deno.readDirSync(out)], []);
     assertEquals(await mountsBelow(String(tmp)), []);
     assertEquals([...Deno.readDirSync(join(cache, "tmp"))], []);
+  },
+});
+Deno.test({
+  name: "pull: an OCI artifact (config not an image config) is refused as not an image",
+  async fn() {
+    await using tmp = await tempDir();
+    const cache = join(String(tmp), "cache");
+    const cases: [string, string, Record<string, unknown>][] = [
+      // A Helm chart as `helm push` writes it.
+      ["helm", "application/vnd.cncf.helm.config.v1+json", { name: "x", version: "1.0.0" }],
+      // A signature or SBOM: the empty config, artifactType naming the kind.
+      ["sig", "application/vnd.oci.empty.v1+json", {}],
+    ];
+    for (const [name, configType, configDoc] of cases) {
+      const dir = join(String(tmp), name);
+      await writeOciLayout(dir, [{ tag: "v1", images: [{ layers: [{ tar: tinyTar() }] }] }]);
+      const config = await putBlob(dir, enc(configDoc));
+      const payload = await putBlob(dir, enc({ payload: name }));
+      const manifest: Record<string, unknown> = {
+        schemaVersion: 2,
+        mediaType: "application/vnd.oci.image.manifest.v1+json",
+        config: { mediaType: configType, ...config },
+        layers: [{ mediaType: `application/vnd.example.${name}.layer`, ...payload }],
+      };
+      if (name === "sig") manifest.artifactType = "application/vnd.dev.sigstore.bundle.v0.3+json";
+      const ref = await tagManifest(dir, manifest);
+      for (const cmd of ["pull", "run"]) {
+        const r = await runCli([cmd, "--cache", cache, ref]);
+        assertEquals(r.code, cmd === "run" ? 125 : 1, r.stderr);
+        const lines = r.stderr.trim().split("\n");
+        assertEquals(lines.length, 1, r.stderr);
+        assertStringIncludes(lines[0], "not a container image");
+        assertStringIncludes(
+          lines[0],
+          name === "sig" ? "application/vnd.dev.sigstore.bundle.v0.3+json" : configType,
+        );
+      }
+    }
   },
 });
