@@ -136,6 +136,28 @@ export interface LayerProgress {
   failed(): void;
 }
 
+// C0 controls but tab and newline, DEL and the C1 controls.
+// deno-lint-ignore no-control-regex
+const CONTROLS = /[\x00-\x08\x0b-\x1f\x7f-\x9f]/g;
+
+/**
+ * Shows the control characters of `text` (C0 but newline and tab, DEL, C1)
+ * as `\xNN`. Notes and errors carry strings an image's author chose (tag
+ * names and platforms from an index, a registry's error text): written raw,
+ * an escape sequence would drive the user's terminal (retitle it, move the
+ * cursor, hide or fake lines) and a carriage return would overwrite the
+ * `strata:` line.
+ *
+ * @example Usage
+ * ```ts
+ * import { escapeControls } from "./output.ts";
+ * console.assert(escapeControls("a\x1b[2Jb") === "a\\x1b[2Jb");
+ * ```
+ */
+export function escapeControls(text: string): string {
+  return text.replace(CONTROLS, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`);
+}
+
 /**
  * The CLI's output: results to stdout, notes and progress to stderr in the
  * chosen {@linkcode OutputMode}.
@@ -190,6 +212,7 @@ export class Output {
   note(text: string): void {
     if (this.mode === "quiet") return;
     this.#clear();
+    text = escapeControls(text);
     this.#sinks.stderr(text.endsWith("\n") ? text : text + "\n");
     this.#redraw(true);
   }
@@ -203,6 +226,7 @@ export class Output {
   /** Writes an error line (stderr), whatever the mode. */
   error(text: string): void {
     this.#clear();
+    text = escapeControls(text);
     this.#sinks.stderr(text.endsWith("\n") ? text : text + "\n");
   }
 

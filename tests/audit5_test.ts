@@ -144,3 +144,21 @@ Deno.test({
     }
   },
 });
+Deno.test({
+  name: "errors: control characters from an image's index are escaped, the error stays one line",
+  async fn() {
+    await using tmp = await tempDir();
+    const dir = join(String(tmp), "layout");
+    await writeOciLayout(dir, [
+      { tag: "a\x1b]0;owned\x07\r\nstrata: fake", images: [{ layers: [{ tar: tinyTar() }] }] },
+      { tag: "b\x9b31m", images: [{ layers: [{ tar: tinyTar() }], config: { Env: ["X=1"] } }] },
+    ]);
+    const r = await runCli(["pull", "--cache", join(String(tmp), "cache"), `oci:${dir}`]);
+    assertEquals(r.code, 1, r.stderr);
+    assertEquals(r.stderr.trim().split("\n").length, 1, r.stderr);
+    // deno-lint-ignore no-control-regex
+    assert(!/[\x00-\x08\x0b-\x1f\x7f\x80-\x9f]/.test(r.stderr), JSON.stringify(r.stderr));
+    assertStringIncludes(r.stderr, "a\\x1b]0;owned\\x07");
+    assertStringIncludes(r.stderr, "b\\x9b31m");
+  },
+});
