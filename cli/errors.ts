@@ -110,16 +110,9 @@ export function permissionHint(e: unknown): string | undefined {
   return undefined;
 }
 
-/** Collapses a message onto one line. */
+/** Collapses a message onto one line (its control characters are escaped by `Output`). */
 export function oneLine(s: string): string {
-  // Messages quote what images hold (file names, config values): a control
-  // character there (an escape sequence, a carriage return) is shown as
-  // \xNN, never sent to the terminal.
-  return s.replace(/\s*\n\s*/g, "; ").trim().replace(
-    // deno-lint-ignore no-control-regex -- the control characters are what is escaped
-    /[\x00-\x08\x0b-\x1f\x7f-\x9f]/g,
-    (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`,
-  );
+  return s.replace(/\s*\n\s*/g, "; ").trim();
 }
 
 /**

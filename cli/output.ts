@@ -9,7 +9,6 @@
  *
  * @module
  */
-import { oneLine } from "./errors.ts";
 
 const encoder = new TextEncoder();
 
@@ -219,8 +218,7 @@ export class Output {
 
   /** Writes a warning (stderr) prefixed `strata: warning:`; silent with `--quiet`. */
   warn(text: string): void {
-    // Warnings quote images too (a skipped device's name): controls escaped.
-    this.note(`strata: warning: ${oneLine(text)}`);
+    this.note(`strata: warning: ${text}`);
   }
 
   /** Writes an error line (stderr), whatever the mode. */

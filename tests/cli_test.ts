@@ -94,10 +94,14 @@ Deno.test("errors: one line, permission hints, exit codes", () => {
   assertEquals(describeError(nested), "resolve layer sha256:ab: apply failed; because:; disk full");
   assertEquals(errorLine("pull x", new Error("boom")), "strata: pull x: boom");
   // What an image holds is quoted escaped: no escape sequence or CR reaches the terminal.
-  const hostile = new Error(`entry "a\x1b]0;pwned\x07\rb\u009b2J" is bad`);
+  let err = "";
+  const o = new Output("plain", { stdout: () => {}, stderr: (t) => err += t });
+  o.error(errorLine("pull x", new Error(`entry "a\x1b]0;pwned\x07\rb\u009b2J" is bad`)));
+  o.warn("skipping device \x1b[31mred");
   assertEquals(
-    errorLine("pull x", hostile),
-    'strata: pull x: entry "a\\x1b]0;pwned\\x07\\x0db\\x9b2J" is bad',
+    err,
+    'strata: pull x: entry "a\\x1b]0;pwned\\x07\\x0db\\x9b2J" is bad\n' +
+      "strata: warning: skipping device \\x1b[31mred\n",
   );
   const nc = new Deno.errors.NotCapable(
     'Requires run access to "runc", run again with the --allow-run flag',
