@@ -87,8 +87,24 @@ export function formatPlatform(p: Platform | undefined): string {
   return `${p.os}/${p.architecture}${p.variant ? `/${p.variant}` : ""}`;
 }
 
-// Variants a platform implies when none is written (containerd's normalisation).
-const DEFAULT_VARIANT: Record<string, string> = { arm64: "v8", arm: "v7" };
+// Variants a platform implies when none is written (containerd's normalisation:
+// amd64 is amd64/v1, arm64 is arm64/v8).
+const DEFAULT_VARIANT: Record<string, string> = { amd64: "v1", arm64: "v8", arm: "v7" };
+
+// The oldest variant each architecture's older variants run down to: a
+// linux/amd64/v3 machine runs v2 and v1 images, linux/arm/v7 runs v6 and v5
+// (containerd's platform vector, in which the nearest comes first).
+const LOWEST_VARIANT: Record<string, number> = { amd64: 1, arm: 5 };
+
+/** The variants `want` also runs, best first: amd64/v3 gives v2, v1. */
+function olderVariants(want: Platform): string[] {
+  const lowest = LOWEST_VARIANT[want.architecture];
+  const n = /^v(\d+)$/.exec(variantOf(want) ?? "")?.[1];
+  if (lowest === undefined || n === undefined) return [];
+  const out: string[] = [];
+  for (let v = Number(n) - 1; v >= lowest; v--) out.push(`v${v}`);
+  return out;
+}
 
 function variantOf(p: Platform): string | undefined {
   return p.variant ?? DEFAULT_VARIANT[p.architecture];
@@ -113,7 +129,9 @@ export function platformMatches(
 /**
  * Chooses the index entry for `want`, or throws {@linkcode PlatformNotFoundError}
  * listing what the index has. An index whose only entry has no platform yields
- * that entry.
+ * that entry. Without an exact match, an older variant the wanted one runs is
+ * taken, nearest first (amd64/v3 takes v2, then v1, which plain amd64 is;
+ * arm/v7 takes v6, then v5), as containerd does; never a newer one.
  *
  * @example Usage
  * ```ts
@@ -133,6 +151,10 @@ export function choosePlatform(
   const found = manifests.find((d) => platformMatches(want, d.platform)) ??
     manifests.find((d) => platformMatches(want, d.platform, true));
   if (found) return found;
+  for (const variant of olderVariants(want)) {
+    const older = manifests.find((d) => platformMatches({ ...want, variant }, d.platform));
+    if (older) return older;
+  }
   if (manifests.length === 1 && !manifests[0].platform) return manifests[0];
   throw new PlatformNotFoundError(
     formatPlatform(want),

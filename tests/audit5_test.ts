@@ -162,3 +162,45 @@ Deno.test({
     assertStringIncludes(r.stderr, "b\\x9b31m");
   },
 });
+
+Deno.test("platform: amd64 is amd64/v1, and a variant runs the older ones, never a newer one", async () => {
+  const { choosePlatform, parsePlatform, PlatformNotFoundError } = await import(
+    "../image/platform.ts"
+  );
+  const index = (...platforms: string[]) =>
+    platforms.map((p, i) => ({
+      mediaType: "application/vnd.oci.image.manifest.v1+json",
+      digest: `sha256:${String(i).repeat(64)}`,
+      size: 1,
+      platform: parsePlatform(p),
+    }));
+  const pick = (want: string, ...have: string[]) => {
+    const d = choosePlatform(index(...have), parsePlatform(want), "an image");
+    return have[Number(d.digest.slice(7, 8))];
+  };
+  assertEquals(pick("linux/amd64/v1", "linux/arm64", "linux/amd64"), "linux/amd64");
+  assertEquals(pick("linux/amd64", "linux/amd64/v1"), "linux/amd64/v1");
+  // A v2 machine cannot run v3 code; plain amd64 (v1) it can.
+  assertEquals(pick("linux/amd64/v2", "linux/amd64/v3", "linux/amd64"), "linux/amd64");
+  assertEquals(pick("linux/amd64/v3", "linux/arm64", "linux/amd64/v2"), "linux/amd64/v2");
+  assertEquals(
+    pick("linux/amd64/v4", "linux/amd64", "linux/amd64/v2", "linux/amd64/v3"),
+    "linux/amd64/v3",
+  );
+  assertEquals(pick("linux/arm/v7", "linux/arm/v5", "linux/arm/v6"), "linux/arm/v6");
+  assertEquals(pick("linux/arm64", "linux/arm64/v8", "linux/amd64"), "linux/arm64/v8");
+  for (
+    const [want, ...have] of [["linux/arm/v5", "linux/arm/v6", "linux/arm/v7"], [
+      "linux/amd64/v2",
+      "linux/amd64/v3",
+    ]]
+  ) {
+    let err: unknown;
+    try {
+      pick(want, ...have);
+    } catch (e) {
+      err = e;
+    }
+    assert(err instanceof PlatformNotFoundError, `${want} from ${have}: ${err}`);
+  }
+});
