@@ -138,6 +138,34 @@ function setValue(
 }
 
 /**
+ * ` (did you mean 'pull'?)` when one of `known` is within two edits of
+ * `word` (a typo), else nothing.
+ */
+function didYouMean(word: string, known: readonly string[], prefix: string): string {
+  let best: string | undefined;
+  let bestDistance = 3;
+  for (const k of known) {
+    const d = editDistance(word, k);
+    if (d < bestDistance) [best, bestDistance] = [k, d];
+  }
+  return best ? ` (did you mean '${prefix}${best}'?)` : "";
+}
+
+/** Levenshtein distance (short words only: command and option names). */
+function editDistance(a: string, b: string): number {
+  if (Math.abs(a.length - b.length) > 2 || a.length > 64) return 99;
+  let row = Array.from({ length: b.length + 1 }, (_, i) => i);
+  for (let i = 1; i <= a.length; i++) {
+    const next = [i];
+    for (let j = 1; j <= b.length; j++) {
+      next[j] = Math.min(next[j - 1] + 1, row[j] + 1, row[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+    }
+    row = next;
+  }
+  return row[b.length];
+}
+
+/**
  * Parses `args` (without the program name) against the command table.
  *
  * @param args The arguments, as in `Deno.args`.
@@ -172,7 +200,11 @@ export function parseArgs(
     // Returns true when the rest of the line is the verbatim argv.
     if (!command) {
       command = commands.find((c) => c.name === arg);
-      if (!command) throw new UsageError(`unknown command '${arg}'`);
+      if (!command) {
+        throw new UsageError(
+          `unknown command '${arg}'${didYouMean(arg, commands.map((c) => c.name), "")}`,
+        );
+      }
       specs = [...command.options, ...globals];
       return false;
     }
@@ -206,7 +238,9 @@ export function parseArgs(
       const spec = findLong(specs, name);
       if (!spec) {
         throw new UsageError(
-          `unknown option --${name}${cmdName ? ` for ${cmdName}` : ""}`,
+          `unknown option --${name}${cmdName ? ` for ${cmdName}` : ""}${
+            didYouMean(name, specs.map((s) => s.name), "--")
+          }`,
           cmdName,
         );
       }

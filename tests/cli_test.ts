@@ -72,6 +72,12 @@ Deno.test("parser: clear usage errors", () => {
   const e = assertThrows(() => parse("run", "--foo", "img"), UsageError);
   assertEquals(e.message, "unknown option --foo for run; see strata run --help");
   assertThrows(() => parse("frobnicate"), UsageError, "unknown command 'frobnicate'");
+  assertThrows(() => parse("pul", "x"), UsageError, "unknown command 'pul' (did you mean 'pull'?)");
+  assertThrows(
+    () => parse("run", "--netwrok", "host", "img"),
+    UsageError,
+    "unknown option --netwrok for run (did you mean '--network'?)",
+  );
   assertThrows(() => parse("pull"), UsageError, "pull needs IMAGE");
   assertThrows(() => parse("export", "img"), UsageError, "export needs DIR");
   assertThrows(() => parse("pull", "a", "b"), UsageError, "unexpected argument 'b' for pull");
