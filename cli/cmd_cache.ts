@@ -10,7 +10,7 @@ import { reclaimTemp } from "../overlay/lock.ts";
 import { chainKey } from "../overlay/resolver.ts";
 import type { Context } from "./context.ts";
 import { CliError } from "./errors.ts";
-import { formatBytes, shortDigest } from "./output.ts";
+import { escapeControls, formatBytes, shortDigest } from "./output.ts";
 import { enterNamespace } from "./pipeline.ts";
 import {
   cachedLayers,
@@ -106,7 +106,7 @@ export async function lsCommand(ctx: Context): Promise<number> {
   for (const i of report.images) {
     const cached = i.layers.filter((l) => l.cached).length;
     rows.push([
-      i.name,
+      escapeControls(i.name), // a table for people (--json keeps the bytes)
       shortDigest(i.digest),
       cached === i.layers.length ? String(i.layers.length) : `${cached}/${i.layers.length} cached`,
       formatBytes(i.size),
