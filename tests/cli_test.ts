@@ -327,6 +327,18 @@ Deno.test("cli: ls --json, rm and prune", async () => {
   assertMatch(text.stdout, /^NAME\s+DIGEST\s+LAYERS\s+SIZE\s+EXTRACTED\n/);
   assertStringIncludes(text.stdout, img.ref);
   assertStringIncludes(text.stdout, "1 image, 3 layers (0 unreferenced)");
+  // A name with a control character: escaped in the table, as is in the JSON.
+  const odd = join(cache, "odd\x1b[2Jdir");
+  await Deno.mkdir(odd);
+  await sh("cp", ["-a", img.ref.slice("oci:".length).replace(/:[^:/]*$/, ""), join(odd, "l")]);
+  const oddRef = `oci:${odd}/l:${img.ref.split(":").at(-1)}`;
+  assertEquals((await strata(["pull", "-q", oddRef, "--cache", cache])).code, 0);
+  const oddText = await strata(["ls", "--cache", cache]);
+  assert(!oddText.stdout.includes("\x1b"), "no raw ESC in the table");
+  assertStringIncludes(oddText.stdout, "odd\\x1b[2Jdir");
+  const oddJson = JSON.parse((await strata(["ls", "--json", "--cache", cache])).stdout);
+  assert(oddJson.images.some((i: { name: string }) => i.name === oddRef), "JSON keeps the name");
+  assertEquals((await strata(["rm", oddRef, "--cache", cache])).code, 0);
 
   // prune keeps what an image references.
   const keep = await strata(["prune", "--cache", cache]);
