@@ -16,8 +16,10 @@ import { join } from "@std/path";
 import {
   AT,
   close,
+  dataSegments,
   fchmodat,
   fchownat,
+  ftruncate,
   linkat,
   makedev,
   mkdirat,
@@ -25,14 +27,15 @@ import {
   must,
   O,
   openat,
+  pwriteAll,
   read,
   readDir,
   readlinkat,
   S,
+  seekTo,
   type Stat,
   statx,
   symlinkat,
-  writeAll,
 } from "../sys/fs.ts";
 import { hasEscapes } from "../sys/name.ts";
 import { cstr, errno, ErrnoError, libc } from "../sys/libc.ts";
@@ -116,19 +119,37 @@ function listNames(dir: string): string[] {
 
 const copyBuf = new Uint8Array(1 << 20);
 
-/** Copies a file's content; Deno.copyFile (copy_file_range) unless a name is not UTF-8. */
-async function copyContent(from: string, to: string): Promise<void> {
-  if (!hasEscapes(from) && !hasEscapes(to)) return await Deno.copyFile(from, to);
+/**
+ * Copies a file's content of `size` bytes. A file with holes is copied by its
+ * data segments (`SEEK_DATA`/`SEEK_HOLE`) and truncated to its size, so the
+ * holes stay holes (as `cp --sparse=auto`); any other file with
+ * Deno.copyFile (copy_file_range) unless a name is not UTF-8.
+ */
+async function copyContent(from: string, to: string, size: number): Promise<void> {
   const src = must(openat(AT.FDCWD, from, O.RDONLY | O.NOFOLLOW | O.CLOEXEC, 0), "open", from);
   try {
+    const segs = size > 0 ? dataSegments(src, size) : [];
+    const sparse = typeof segs !== "number" &&
+      !(segs.length === 1 && segs[0][0] === 0 && segs[0][1] === size);
+    if (!sparse && !hasEscapes(from) && !hasEscapes(to)) return await Deno.copyFile(from, to);
     const flags = O.WRONLY | O.CREAT | O.EXCL | O.NOFOLLOW | O.CLOEXEC;
     const dst = must(openat(AT.FDCWD, to, flags, 0o600), "open", to);
     try {
-      for (;;) {
-        const n = must(read(src, copyBuf), "read", from);
-        if (n === 0) break;
-        must(writeAll(dst, copyBuf.subarray(0, n)), "write", to);
+      for (const [start, end] of sparse ? segs : [[0, Infinity]]) {
+        // SEEK_DATA and SEEK_HOLE moved the offset.
+        must(seekTo(src, start), "lseek", from);
+        for (let at = start; at < end;) {
+          const n = must(
+            read(src, copyBuf.subarray(0, Math.min(copyBuf.length, end - at))),
+            "read",
+            from,
+          );
+          if (n === 0) break;
+          must(pwriteAll(dst, copyBuf.subarray(0, n), at), "write", to);
+          at += n;
+        }
       }
+      if (sparse) must(ftruncate(dst, size), "ftruncate", to);
     } finally {
       close(dst);
     }
@@ -258,7 +279,7 @@ export async function copyTree(
           await walk(f, t);
           break;
         case S.IFREG:
-          await copyContent(f, t);
+          await copyContent(f, t, st.size);
           result.bytes += st.size;
           break;
         case S.IFLNK: {

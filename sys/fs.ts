@@ -493,6 +493,56 @@ export function ftruncate(fd: number, size: number): number {
   return ret(libc().ftruncate(fd, u64(size)));
 }
 
+const SEEK_SET = 0;
+const SEEK_DATA = 3;
+const SEEK_HOLE = 4;
+const ENXIO = 6;
+
+/**
+ * `lseek(2)` to `offset` from the start; returns the new offset or `-errno`.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { seekTo } from "./fs.ts";
+ * seekTo(3, 1 << 20);
+ * ```
+ */
+export function seekTo(fd: number, offset: number): number {
+  return ret(libc().lseek(fd, u64(offset), SEEK_SET));
+}
+
+/**
+ * The data segments (`[start, end)` byte ranges) of the regular file `fd` of
+ * `size` bytes, found with `SEEK_DATA`/`SEEK_HOLE` (which move the file
+ * offset): everything else reads as zeros and takes no space. A filesystem without hole support reports one
+ * segment, the whole file. Returns `-errno` on failure.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { dataSegments } from "./fs.ts";
+ * dataSegments(3, 1 << 40); // [[0, 4096], [1099511623680, 1099511627776]]
+ * ```
+ */
+export function dataSegments(fd: number, size: number): [number, number][] | number {
+  const c = libc();
+  const out: [number, number][] = [];
+  let pos = 0;
+  while (pos < size) {
+    const start = Number(c.lseek(fd, u64(pos), SEEK_DATA));
+    if (start < 0) {
+      const e = errno();
+      if (e === ENXIO) break; // only a hole up to the end
+      return -e;
+    }
+    if (start >= size) break;
+    const end = Number(c.lseek(fd, u64(start), SEEK_HOLE));
+    if (end < 0) return -errno();
+    out.push([start, Math.min(end, size)]);
+    pos = end;
+  }
+  return out;
+}
+
 /**
  * `fsetxattr(2)`; returns 0 or `-errno`.
  *

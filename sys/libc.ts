@@ -146,6 +146,7 @@ const symbols = {
   write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
   pwrite: { parameters: ["i32", "buffer", "usize", "i64"], result: "isize" },
   ftruncate: { parameters: ["i32", "i64"], result: "i32" },
+  lseek: { parameters: ["i32", "i64", "i32"], result: "i64" },
   mkdirat: { parameters: ["i32", "buffer", "u32"], result: "i32" },
   mknodat: { parameters: ["i32", "buffer", "u32", "u64"], result: "i32" },
   mkfifoat: { parameters: ["i32", "buffer", "u32"], result: "i32" },
