@@ -135,7 +135,10 @@ function recordTree(
           // buffer, not read. A file with more than HOLES_HASHED of holes is
           // hashed by its data segments (offset, length, bytes), `cs:`, so
           // a terabyte of holes is not hashed as zeros.
-          const segs = st.size > 0 ? dataSegments(fd, st.size) : [];
+          // Most files have no holes (their blocks cover their size): read
+          // whole, with no lseek; only the others are asked for their data.
+          const holey = st.size > 0 && st.blocks * 512 < st.size;
+          const segs = holey ? dataSegments(fd, st.size) : -1;
           const data = typeof segs === "number" ? [[0, Infinity] as [number, number]] : segs;
           const holes = typeof segs === "number"
             ? 0
@@ -151,7 +154,7 @@ function recordTree(
             if (sparse) h.update(`${start}+${end - start}:`);
             else zerosTo(start);
             // SEEK_DATA and SEEK_HOLE moved the file offset.
-            const r = seekTo(fd, start);
+            const r = holey ? seekTo(fd, start) : 0;
             if (r < 0) throw new ErrnoError("lseek", -r, `${dir}/${path}`);
             for (at = start; at < end;) {
               const n = read(fd, end - at < buf.length ? buf.subarray(0, end - at) : buf);

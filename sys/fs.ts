@@ -682,6 +682,8 @@ export interface Stat {
   nlink: number;
   /** Size in bytes. */
   size: number;
+  /** Space allocated, in 512-byte blocks (fewer than `size` needs: a file with holes). */
+  blocks: number;
   /** Inode number. */
   ino: bigint;
   /** Device of the file system, `major:minor`. */
@@ -726,6 +728,7 @@ export function statx(dirfd: number, name: string, flags: number): Stat | number
     mode: v.getUint16(28, true),
     ino: v.getBigUint64(32, true),
     size: Number(v.getBigUint64(40, true)),
+    blocks: Number(v.getBigUint64(48, true)),
     atime: Number(v.getBigInt64(64, true)) + v.getUint32(72, true) / 1e9,
     mtimeSec: Number(v.getBigInt64(112, true)),
     mtimeNsec: v.getUint32(120, true),
