@@ -203,3 +203,44 @@ export async function removeLayer(
     lock.release();
   }
 }
+
+/**
+ * Removes the lock files of layers that are not in the cache: an extraction
+ * that failed (say, ENOSPC) leaves its diff_id's lock, an inode that no later
+ * command would free. Each is unlinked under the lock, so an extraction
+ * running now keeps its own, and one waiting for it retries on a new file
+ * (see {@linkcode FileLock.acquire}). Returns the paths removed.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { reclaimLayerLocks } from "./cache_scan.ts";
+ * console.log(await reclaimLayerLocks("/var/lib/strata"));
+ * ```
+ */
+export async function reclaimLayerLocks(root: string): Promise<string[]> {
+  if (!(await exists(join(root, "locks"))) || !(await exists(join(root, "layers")))) return [];
+  // `sha256-<hex>` of every directory under layers/, `@<chain>` ones included.
+  const keys = () => {
+    const out = new Set<string>();
+    for (const e of Deno.readDirSync(join(root, "layers"))) out.add(e.name.split("@")[0]);
+    return out;
+  };
+  const cached = keys();
+  const removed: string[] = [];
+  for (const e of Deno.readDirSync(join(root, "locks"))) {
+    const m = /^(sha256-[0-9a-f]{64})\.lock$/.exec(e.name);
+    if (!m || cached.has(m[1])) continue;
+    const path = join(root, "locks", e.name);
+    const lock = FileLock.tryAcquire(path);
+    if (!lock) continue;
+    try {
+      // Published while we looked: keep its lock.
+      if (keys().has(m[1])) continue;
+      await Deno.remove(path).catch(() => {});
+      removed.push(path);
+    } finally {
+      lock.release();
+    }
+  }
+  return removed;
+}

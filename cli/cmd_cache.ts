@@ -17,6 +17,7 @@ import {
   diskUsage,
   exists,
   liveLayers,
+  reclaimLayerLocks,
   referencedLayers,
   removeLayer,
   storedImages,
@@ -200,6 +201,7 @@ export async function pruneCommand(ctx: Context): Promise<number> {
       ctx.out.note(`keeping ${shortDigest(layer.diffID)}: ${r}`);
     }
   }
+  await reclaimLayerLocks(root);
   const after = await diskUsage(root);
   ctx.out.note(
     `pruned ${removed} layer${removed === 1 ? "" : "s"}, ${temps.length} temp dir${
