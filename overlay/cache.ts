@@ -185,6 +185,22 @@ function mkdir700(path: string): void {
 }
 
 /**
+ * Why a cache on an overlayfs cannot work: overlayfs takes no upper directory
+ * (nor char 0/0 whiteouts) on overlayfs.
+ *
+ * @example Usage
+ * ```ts
+ * import { onOverlayfs } from "./cache.ts";
+ * console.log(onOverlayfs("/var/lib/strata"));
+ * ```
+ */
+export function onOverlayfs(root: string): string {
+  return `${root} is on an overlayfs (for example a container's root filesystem), and ` +
+    `overlayfs cannot use an upper directory on overlayfs: put the cache on another ` +
+    `filesystem (a volume, a bind mount or a tmpfs)`;
+}
+
+/**
  * Creates the cache layout (every directory 0700) and checks, or records,
  * `idmap.json`. A process whose mapping covers the recorded one (same host
  * ids for every recorded id) may use the cache, and records its own mapping

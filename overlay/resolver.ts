@@ -13,8 +13,9 @@ import type { Layer } from "../image/types.ts";
 // workdir overlay) loads when a layer is actually extracted: a warm run
 // resolves every layer with one stat and must not pay for ~150 KB of modules.
 import type { ApplyOptions, ApplyResult } from "../layer/applicator.ts";
-import { type IdMap, openCache } from "./cache.ts";
+import { type IdMap, onOverlayfs, openCache } from "./cache.ts";
 import { FileLock, reclaimTemp, TempWork } from "./lock.ts";
+import { mountOf } from "../sys/mount.ts";
 import type { NewOverlayMountFn } from "./workdir.ts";
 import type { ResolveAllOptions } from "./prefetch.ts";
 
@@ -252,6 +253,9 @@ export class CachingLayerResolver implements LayerResolver {
     options: CachingLayerResolverOptions = {},
   ): Promise<CachingLayerResolver> {
     const { idmap } = await openCache(root);
+    // Extraction there would publish layers until the first whiteout fails
+    // (EPERM, as if unprivileged), and no mount of them could work anyway.
+    if ((await mountOf(root)).fstype === "overlay") throw new Error(onOverlayfs(root));
     const r = new CachingLayerResolver(root, idmap, options);
     for (const path of await reclaimTemp(root)) options.onEvent?.({ type: "reclaimed", path });
     return r;

@@ -7,7 +7,7 @@
  */
 import { join } from "@std/path";
 import { chooseMountBackend, type MountBackendName, mountOf } from "../sys/mount.ts";
-import type { IdMap } from "./cache.ts";
+import { type IdMap, onOverlayfs } from "./cache.ts";
 import { namespaceInfo, type PrivilegeMode } from "./userns.ts";
 import { LayerWorkdir } from "./workdir.ts";
 
@@ -142,11 +142,7 @@ function kernelBefore(major: number, minor: number): boolean {
 function explain(e: unknown, root: string, mode: PrivilegeMode, fstype?: string): string {
   const msg = errorText(e);
   const code = (e as { code?: string }).code;
-  if (fstype === "overlay") {
-    return `${root} is on an overlayfs (for example a container's root filesystem), and ` +
-      `overlayfs cannot use an upper directory on overlayfs: put the cache on another ` +
-      `filesystem (a volume, a bind mount or a tmpfs) [${msg}]`;
-  }
+  if (fstype === "overlay") return `${onOverlayfs(root)} [${msg}]`;
   if (code === "EPERM" || code === "EACCES") {
     if (mode === "unprivileged") {
       return `mounting needs privilege: this process is neither root nor in a user namespace; ` +

@@ -73,3 +73,45 @@ Deno.test({
     assert(verified.stdout.includes("all intact") || verified.stderr.includes("all intact"));
   },
 });
+
+Deno.test({
+  name: "a cache on an overlayfs: pull refuses at once with one line, nothing extracted",
+  ignore: !isRoot,
+  async fn() {
+    await using tmp = await tempDir();
+    const [lower, upper, work, merged] = ["l", "u", "w", "m"].map((d) => join(String(tmp), d));
+    for (const d of [lower, upper, work, merged]) await Deno.mkdir(d);
+    await sh("mount", [
+      "-t",
+      "overlay",
+      "overlay",
+      "-o",
+      `lowerdir=${lower},upperdir=${upper},workdir=${work}`,
+      merged,
+    ]);
+    const cache = join(merged, "cache");
+    // A whiteout in the top layer: an extraction there fails only on it.
+    const base = new TarWriter().directory("./", { mode: 0o755 }).file("a", "a\n").bytes();
+    const top = new TarWriter().directory("./", { mode: 0o755 }).file(".wh.a", "").bytes();
+    const built = await buildOciLayout(join(String(tmp), "layout"), {
+      layers: [{ tar: base }, { tar: top }],
+    });
+    const sup = await runCli(["supported", "--cache", cache]);
+    assertEquals(sup.code, 1, sup.stdout + sup.stderr);
+    for (const cmd of ["pull", "run"]) {
+      const r = await runCli([
+        cmd,
+        "-q",
+        "--cache",
+        cache,
+        built.ref,
+        ...cmd === "run" ? ["true"] : [],
+      ]);
+      assertEquals(r.code, cmd === "run" ? 125 : 1, r.stderr);
+      const lines = r.stderr.trim().split("\n");
+      assertEquals(lines.length, 1, r.stderr);
+      assertMatch(lines[0], /is on an overlayfs/);
+      assertEquals([...Deno.readDirSync(join(cache, "layers"))], []);
+    }
+  },
+});
