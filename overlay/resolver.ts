@@ -230,6 +230,8 @@ export class CachingLayerResolver implements LayerResolver {
   readonly idmap: IdMap;
   #o: CachingLayerResolverOptions;
   #apply: ApplyLayerFn;
+  /** Whether the cache's filesystem can hold layers (checked before the first extraction). */
+  #fsChecked?: Promise<void>;
   #inflight = new Map<string, Promise<string>>();
 
   private constructor(root: string, idmap: IdMap, o: CachingLayerResolverOptions) {
@@ -253,9 +255,6 @@ export class CachingLayerResolver implements LayerResolver {
     options: CachingLayerResolverOptions = {},
   ): Promise<CachingLayerResolver> {
     const { idmap } = await openCache(root);
-    // Extraction there would publish layers until the first whiteout fails
-    // (EPERM, as if unprivileged), and no mount of them could work anyway.
-    if ((await mountOf(root)).fstype === "overlay") throw new Error(onOverlayfs(root));
     const r = new CachingLayerResolver(root, idmap, options);
     for (const path of await reclaimTemp(root)) options.onEvent?.({ type: "reclaimed", path });
     return r;
@@ -388,6 +387,14 @@ export class CachingLayerResolver implements LayerResolver {
   }
 
   async #extract(layer: Layer, parents: Layer[], signal?: AbortSignal): Promise<string> {
+    // Extraction on an overlayfs would publish layers until the first
+    // whiteout fails (EPERM, as if unprivileged), and no mount of them could
+    // work anyway. Checked before the first extraction, not when the cache
+    // opens: a warm run, which extracts nothing, does not read mountinfo.
+    this.#fsChecked ??= mountOf(this.root).then((m) => {
+      if (m.fstype === "overlay") throw new Error(onOverlayfs(this.root));
+    });
+    await this.#fsChecked;
     const key = layerKey(layer.diffID);
     const chained = chainKey(layer.diffID, parents);
     // Parents first, one at a time, before taking this layer's lock: a
