@@ -364,10 +364,11 @@ async function runtimeCmd(path: string, args: string[]): Promise<Deno.CommandOut
 }
 
 /** The last error-level message of a runc/crun JSON log. */
-async function lastLoggedError(log: string): Promise<string | undefined> {
+function lastLoggedError(log: string): string | undefined {
   let text = "";
   try {
-    text = await Deno.readTextFile(log);
+    // Synchronous: the bundle may be mounted in this thread's namespace only.
+    text = Deno.readTextFileSync(log);
   } catch {
     return undefined;
   }
@@ -464,7 +465,10 @@ export async function runContainer(bundle: Bundle, options: RunOptions = {}): Pr
     signal?.throwIfAborted();
     if (early) return { status: 128 + signalNumber(early), runtime: rt.path, id };
 
-    log = join(stateDir, `${id}.log`);
+    // In the bundle (its tmpfs): gone with the bundle's cleanup, and with its
+    // mount namespace or by `prune` when this process is killed; in the
+    // runtime's state directory a killed run left it there for good.
+    log = join(bundle.path, "runtime.log");
     const args = ["--root", stateDir, "--log", log, "--log-format", "json", "run", "--bundle"];
     args.push(bundle.path, id);
     const stdio = {
@@ -539,7 +543,7 @@ export async function runContainer(bundle: Bundle, options: RunOptions = {}): Pr
     }
     signal?.throwIfAborted();
     if (status !== 0) {
-      const err = await lastLoggedError(log);
+      const err = lastLoggedError(log);
       if (err) throw new RuntimeError(rt.name, err);
     }
     return { status, stdout, stderr, runtime: rt.path, id };
@@ -555,7 +559,7 @@ export async function runContainer(bundle: Bundle, options: RunOptions = {}): Pr
       if (rt && stateDir && accessible(join(stateDir, id), "exists")) {
         await runtimeCmd(rt.path, ["--root", stateDir, "delete", "--force", id]).catch(() => {});
       }
-      if (log) removeQuietly(log);
+      if (log && !(options.cleanup ?? true)) removeQuietly(log);
       if (options.cleanup ?? true) await bundle.cleanup();
     } catch (e) {
       // A cleanup failure surfaces unless the run already failed (that error

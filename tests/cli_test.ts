@@ -35,6 +35,7 @@ import {
   tempDir,
 } from "./_helpers.ts";
 import { Registry } from "./_registry.ts";
+import { defaultStateDir } from "../bundle/run.ts";
 
 const globals = [...GLOBAL_OPTIONS, ...TOP_OPTIONS];
 const parse = (...args: string[]) => parseArgs(args, COMMANDS, globals);
@@ -576,10 +577,15 @@ Deno.test({
 
     // kill -9: nothing can clean up. The container still runs (its runtime
     // holds the namespace); once it exits, the namespace and its mounts go.
+    const stateLogs = () =>
+      [...Deno.readDirSync(defaultStateDir("runc"))].filter((e) => e.name.endsWith(".log")).length;
+    const logsBefore = stateLogs();
     child.kill("SIGKILL");
     assertEquals((await child.status).signal, "SIGKILL");
     await finish();
     assertEquals(await mountsBelow(cache), []);
+    // The runtime's log was in the bundle's tmpfs: nothing left in its state dir.
+    assertEquals(stateLogs(), logsBefore, "no runtime log left behind");
     // The next run reclaims the dead bundle's directory and works as usual.
     const again = await strata(["run", ...c, "-q", img.ref, "echo", "again"]);
     assertEquals(again.code, 0, again.stderr);
