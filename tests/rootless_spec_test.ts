@@ -1,5 +1,5 @@
 /**
- * Fourth audit round: rootless runs, runtime specs from hostile image
+ * Rootless runs, runtime specs from hostile image
  * configs, signals through `strata run`. Each case runs the real CLI on a
  * busybox image built in code (`buildDemoImage` plus one extra layer).
  *

@@ -1,5 +1,5 @@
 /**
- * Seventh audit round: the cache on other filesystems (a small ext4 that runs
+ * The cache on other filesystems (a small ext4 that runs
  * out of inodes) and concurrent commands on one cache. Each case drives the
  * real CLI on layouts written in code.
  *

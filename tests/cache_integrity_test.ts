@@ -1,5 +1,5 @@
 /**
- * A third audit: archives, the cache's crash safety and integrity, a full
+ * Archives, the cache's crash safety and integrity, a full
  * disk, and the command line's answers to common mistakes. Every case runs
  * the CLI as a subprocess against a real cache and checks what is on disk
  * and the exit status.
@@ -108,8 +108,8 @@ function holdingRegistry(layers: Uint8Array[]) {
   };
 }
 
-Deno.test("audit3: prune during a pull keeps the layers the pull has extracted so far", async () => {
-  await using tmp = await tempDir("strata-audit3-");
+Deno.test("cache: prune during a pull keeps the layers the pull has extracted so far", async () => {
+  await using tmp = await tempDir("strata-cache-test-");
   const cache = join(String(tmp), "cache");
   const base = new TarWriter({ defaultMtime: 1 }).directory("etc/").file("etc/a", "a").bytes();
   // Writes below a directory of the lower layer: its extraction reads the lower.
@@ -150,10 +150,10 @@ async function busyboxLayout(dir: string): Promise<string> {
 
 Deno.test({
   name:
-    "audit3: run of a command not in the image exits 127, of one not executable 126 (docker, podman)",
+    "cache: run of a command not in the image exits 127, of one not executable 126 (docker, podman)",
   ignore: !isRoot,
   fn: async (t) => {
-    await using tmp = await tempDir("strata-audit3-");
+    await using tmp = await tempDir("strata-cache-test-");
     const cache = join(String(tmp), "cache");
     const ref = await busyboxLayout(join(String(tmp), "image"));
     for (
@@ -200,8 +200,8 @@ async function dockerArchiveWith(path: string, manifest: (e: Record<string, unkn
   return path;
 }
 
-Deno.test("audit3: docker-archive manifest.json entries of the wrong type are named, not a TypeError", async (t) => {
-  await using tmp = await tempDir("strata-audit3-");
+Deno.test("cache: docker-archive manifest.json entries of the wrong type are named, not a TypeError", async (t) => {
+  await using tmp = await tempDir("strata-cache-test-");
   const cache = join(String(tmp), "cache");
   const cases: [string, (e: Record<string, unknown>) => unknown, string, string[]][] = [
     ["a null entry", () => [null], "", ["manifest.json", "entry 0"]],
@@ -235,8 +235,8 @@ Deno.test("audit3: docker-archive manifest.json entries of the wrong type are na
 // ---------------------------------------------------------------------------
 // idmap.json
 
-Deno.test("audit3: an idmap.json of the wrong shape is named, not 'not iterable'", async (t) => {
-  await using tmp = await tempDir("strata-audit3-");
+Deno.test("cache: an idmap.json of the wrong shape is named, not 'not iterable'", async (t) => {
+  await using tmp = await tempDir("strata-cache-test-");
   const layout = await buildOciLayout(join(String(tmp), "image"), {
     layers: [{ tar: new TarWriter({ defaultMtime: 1 }).file("a", "a").bytes() }],
     tag: "v1",
@@ -261,10 +261,10 @@ Deno.test("audit3: an idmap.json of the wrong shape is named, not 'not iterable'
 });
 
 Deno.test({
-  name: "audit3: a disk too full for idmap.json leaves no temp file beside it",
+  name: "cache: a disk too full for idmap.json leaves no temp file beside it",
   ignore: !isRoot,
   fn: async () => {
-    await using tmp = await tempDir("strata-audit3-");
+    await using tmp = await tempDir("strata-cache-test-");
     const fs = join(String(tmp), "fs");
     await Deno.mkdir(fs);
     const m = await new Deno.Command("mount", {
@@ -291,8 +291,8 @@ Deno.test({
 // ---------------------------------------------------------------------------
 // Damaged image store records
 
-Deno.test("audit3: verify finds and removes a damaged image name record; ls and prune work again", async (t) => {
-  await using tmp = await tempDir("strata-audit3-");
+Deno.test("cache: verify finds and removes a damaged image name record; ls and prune work again", async (t) => {
+  await using tmp = await tempDir("strata-cache-test-");
   const layout = await buildOciLayout(join(String(tmp), "image"), {
     layers: [{ tar: new TarWriter({ defaultMtime: 1 }).file("a", "a").bytes() }],
     tag: "v1",
@@ -339,8 +339,8 @@ Deno.test("audit3: verify finds and removes a damaged image name record; ls and 
 // ---------------------------------------------------------------------------
 // A compressed archive's decompressed copy after kill -9
 
-Deno.test("audit3: a compressed archive's decompressed copy is reclaimed after kill -9", async () => {
-  await using tmp = await tempDir("strata-audit3-");
+Deno.test("cache: a compressed archive's decompressed copy is reclaimed after kill -9", async () => {
+  await using tmp = await tempDir("strata-cache-test-");
   const dir = String(tmp);
   const cache = join(dir, "cache");
   const tmpdir = join(dir, "tmpdir");
@@ -395,8 +395,8 @@ Deno.test("audit3: a compressed archive's decompressed copy is reclaimed after k
 // ---------------------------------------------------------------------------
 // --cache naming a file
 
-Deno.test("audit3: --cache naming a file says it is not a directory", async () => {
-  await using tmp = await tempDir("strata-audit3-");
+Deno.test("cache: --cache naming a file says it is not a directory", async () => {
+  await using tmp = await tempDir("strata-cache-test-");
   const file = join(String(tmp), "file");
   await Deno.writeTextFile(file, "x");
   for (
@@ -414,10 +414,10 @@ Deno.test("audit3: --cache naming a file says it is not a directory", async () =
 });
 
 Deno.test({
-  name: "audit3: another user's cache is named as such, not as an EACCES deep inside it",
+  name: "cache: another user's cache is named as such, not as an EACCES deep inside it",
   ignore: !isRoot,
   async fn() {
-    await using tmp = await tempDir("strata-audit3-");
+    await using tmp = await tempDir("strata-cache-test-");
     const cache = join(String(tmp), "root-cache");
     await Deno.mkdir(cache, { mode: 0o700 }); // root's, as /var/lib/strata
     for (const args of [["ls"], ["pull", "oci:/nonexistent:v1"]]) {

@@ -1,5 +1,5 @@
 /**
- * Fifth audit round: image kinds and the OCI image spec's less common parts
+ * Image kinds and the OCI image spec's less common parts
  * (zero layers, artifacts, multi-platform indexes) and the commands other
  * than `run`. Each case drives the real CLI on layouts written in code.
  *

@@ -51,7 +51,7 @@ async function pull(dir: string, ref: string, ...flags: string[]) {
 // image to one client and an index to another. containerd refuses it
 // ("expected manifest but found index"), as does a document that has both
 // an index's manifests and a manifest's layers or config.
-Deno.test("registry audit: a manifest served as an index (or the reverse) is refused", async (t) => {
+Deno.test("hostile registry: a manifest served as an index (or the reverse) is refused", async (t) => {
   await using reg = new FakeRegistry();
   const img = image(reg);
   const platform = { os: "linux", architecture: "amd64" };
@@ -129,7 +129,7 @@ Deno.test("registry audit: a manifest served as an index (or the reverse) is ref
 // access_token) fit for an Authorization header: `null` was a TypeError
 // ("Cannot read properties of null"), a CR/LF in the token an invalid
 // header retried four times, an object sent as "Bearer [object Object]".
-Deno.test("registry audit: a token server's odd answers are one clear authentication error", async (t) => {
+Deno.test("hostile registry: a token server's odd answers are one clear authentication error", async (t) => {
   await using reg = new FakeRegistry();
   await using auth = new FakeRegistry();
   image(reg);
@@ -184,7 +184,7 @@ Deno.test("registry audit: a token server's odd answers are one clear authentica
 // connection): asked again, as a failed request is; when it keeps breaking
 // off, one line that names the manifest (it was Deno's bare "error reading a
 // body from connection").
-Deno.test("registry audit: a manifest cut short is asked again, then named", async (t) => {
+Deno.test("hostile registry: a manifest cut short is asked again, then named", async (t) => {
   await using reg = new FakeRegistry();
   const img = image(reg);
   const manifest = enc.encode(img.manifest);

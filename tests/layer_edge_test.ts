@@ -53,7 +53,7 @@ const impliedOverWhiteout = () =>
     .file(".wh.x", "")
     .file("x/sub/y", "y");
 
-Deno.test("audit: a whiteout, then a file below the same name without its directory entry (direct)", async () => {
+Deno.test("layer edge: a whiteout, then a file below the same name without its directory entry (direct)", async () => {
   await using d_ = await tempDir();
   const d = String(d_);
   const lower = join(d, "lower"), direct = join(d, "direct");
@@ -70,7 +70,7 @@ Deno.test("audit: a whiteout, then a file below the same name without its direct
 });
 
 Deno.test({
-  name: "audit: a whiteout, then an implied directory: merged mode gives direct mode's layer",
+  name: "layer edge: a whiteout, then an implied directory: merged mode gives direct mode's layer",
   ignore: !isRoot,
   fn: async () => {
     await using d_ = await tempDir();
@@ -123,7 +123,8 @@ const hiddenLower = () =>
     .file("x", "lower x");
 
 Deno.test({
-  name: "audit: an implied directory over a whited-out or opaque lower one takes no lower metadata",
+  name:
+    "layer edge: an implied directory over a whited-out or opaque lower one takes no lower metadata",
   ignore: !isRoot,
   fn: async () => {
     await using d_ = await tempDir();
@@ -149,7 +150,7 @@ Deno.test({
   },
 });
 
-Deno.test("audit: a hardlink to what this layer whited out or hid is refused, never resurrected", async (t) => {
+Deno.test("layer edge: a hardlink to what this layer whited out or hid is refused, never resurrected", async (t) => {
   await using d_ = await tempDir();
   const d = String(d_);
   const lower = join(d, "lower");
@@ -194,7 +195,7 @@ function existsL(p: string): boolean {
   return lstatOrUndefined(p) !== undefined;
 }
 
-Deno.test("audit: an owner beyond 32 bits is a damaged tar naming the entry, not an FFI error", async (t) => {
+Deno.test("layer edge: an owner beyond 32 bits is a damaged tar naming the entry, not an FFI error", async (t) => {
   await using d_ = await tempDir();
   const d = String(d_);
   const cases: [string, TarWriter][] = [
@@ -225,7 +226,7 @@ Deno.test("audit: an owner beyond 32 bits is a damaged tar naming the entry, not
   });
 });
 
-Deno.test("audit: container defaults of the wrong JSON type are an invalid config, not characters", async (t) => {
+Deno.test("layer edge: container defaults of the wrong JSON type are an invalid config, not characters", async (t) => {
   await using d_ = await tempDir();
   const d = String(d_);
   const tar = new TarWriter().file("a", "1").bytes();
@@ -278,7 +279,7 @@ Deno.test("audit: container defaults of the wrong JSON type are an invalid confi
   });
 });
 
-Deno.test("audit: a sparse file past the file system's size limit fails with a named errno", async () => {
+Deno.test("layer edge: a sparse file past the file system's size limit fails with a named errno", async () => {
   await using d_ = await tempDir();
   const root = String(d_);
   // A hole of 4 PB: ext4 refuses it (EFBIG), tmpfs takes it without using space.
@@ -310,7 +311,8 @@ const copiedUpLower = () =>
     .file("x", "lower x");
 
 Deno.test({
-  name: "audit: a hardlink's copied-up target goes when a later whiteout or opaque marker hides it",
+  name:
+    "layer edge: a hardlink's copied-up target goes when a later whiteout or opaque marker hides it",
   ignore: !isRoot,
   fn: async (t) => {
     await using d_ = await tempDir();
@@ -402,7 +404,7 @@ Deno.test({
 // before, between and after them (zstd:chunked keeps its table of contents
 // in one). Deno's node:zlib decoder drops the rest of a write once a frame
 // ends in it, so each case is also given to it in one piece.
-Deno.test("audit: zstd layers with several frames and skippable frames read as `zstd -d` reads them", async (t) => {
+Deno.test("layer edge: zstd layers with several frames and skippable frames read as `zstd -d` reads them", async (t) => {
   const { zstdCompressSync } = await import("node:zlib");
   await using d_ = await tempDir();
   const dir = String(d_);

@@ -1,5 +1,5 @@
 /**
- * Sixth audit round: scale and exotic content (huge sparse files, very large
+ * Scale and exotic content (huge sparse files, very large
  * directories, names that are not UTF-8) and the cache on other filesystems.
  * Each case drives the real CLI on layouts written in code.
  *
