@@ -102,11 +102,12 @@ function covers(current: IdRange[], recorded: IdRange[]): boolean {
  *
  * @example Usage
  * ```ts
- * import { idMapCompatible } from "./cache.ts";
- * const rootOnly = { uid: [[0, 1001, 1]], gid: [[0, 1001, 1]] } as const;
- * const withSub = { uid: [[0, 1001, 1], [1, 100000, 65536]], gid: [[0, 1001, 1], [1, 100000, 65536]] } as const;
- * console.log(idMapCompatible(structuredClone(rootOnly), structuredClone(withSub))); // true
- * console.log(idMapCompatible(structuredClone(withSub), structuredClone(rootOnly))); // false
+ * import { type IdMap, idMapCompatible } from "./cache.ts";
+ * const rootOnly: IdMap = { uid: [[0, 1001, 1]], gid: [[0, 1001, 1]] };
+ * const sub: IdMap["uid"] = [[0, 1001, 1], [1, 100000, 65536]];
+ * const withSub: IdMap = { uid: sub, gid: sub };
+ * console.log(idMapCompatible(rootOnly, withSub)); // true
+ * console.log(idMapCompatible(withSub, rootOnly)); // false
  * ```
  */
 export function idMapCompatible(recorded: IdMap, current: IdMap): boolean {
