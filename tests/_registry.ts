@@ -210,9 +210,10 @@ export class CuttingProxy implements AsyncDisposable {
           }
         }
         if (downstream && this.cuts === 0 && passed + n > this.#cutAfter) {
+          // Counted before the write: a concurrent download must not cut too.
+          this.cuts++;
           chunk = chunk.subarray(0, this.#cutAfter - passed);
           await to.write(chunk);
-          this.cuts++;
           break;
         }
         passed += n;
