@@ -8,7 +8,7 @@
 import { supportedReason } from "../overlay/supported.ts";
 import { namespaceInfo } from "../overlay/userns.ts";
 import type { Context } from "./context.ts";
-import { describeError } from "./errors.ts";
+import { describeError, permissionHint } from "./errors.ts";
 import { enterNamespace } from "./pipeline.ts";
 
 /**
@@ -28,7 +28,11 @@ export async function supportedCommand(ctx: Context): Promise<number> {
   } catch (e) {
     if (why) {
       ctx.out.result(`supported: no\ncache: ${ctx.cacheRoot}\nreason: ${describeError(e)}`);
+      return 1;
     }
+    // Not a "no": strata could not look. Said (with the flag to add), not
+    // left to a silent exit 1 that reads as "not supported".
+    if (permissionHint(e)) throw e;
     return 1;
   }
   const r = await supportedReason(ctx.cacheRoot);

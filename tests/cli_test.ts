@@ -831,6 +831,12 @@ Deno.test("cli: a missing Deno permission names the flag to add", async () => {
   });
   assertEquals(r.code, 1);
   assertOneErrorLine(r, "run deno with --allow-ffi");
+  // `supported` is a silent yes/no, but "could not look" is not a "no": it says so.
+  const sup = await strata(["supported", "--cache", cache], {
+    flags: ["--allow-read", "--allow-write", "--allow-env", "--allow-run", "--allow-ffi"],
+  });
+  assertEquals(sup.code, 1);
+  assertOneErrorLine(sup, "run deno with --allow-sys");
   // With the named permissions (no -A) the same pull works.
   const ok = await strata(["pull", img.ref, "--cache", cache], {
     flags: [
