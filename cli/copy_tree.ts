@@ -125,10 +125,13 @@ const copyBuf = new Uint8Array(1 << 20);
  * holes stay holes (as `cp --sparse=auto`); any other file with
  * Deno.copyFile (copy_file_range) unless a name is not UTF-8.
  */
-async function copyContent(from: string, to: string, size: number): Promise<void> {
+async function copyContent(from: string, to: string, st: Stat): Promise<void> {
+  const size = st.size;
   const src = must(openat(AT.FDCWD, from, O.RDONLY | O.NOFOLLOW | O.CLOEXEC, 0), "open", from);
   try {
-    const segs = size > 0 ? dataSegments(src, size) : [];
+    // Only a file whose blocks do not cover its size can have holes: the
+    // others are not asked for their segments (two lseek calls apiece).
+    const segs = size > 0 && st.blocks * 512 < size ? dataSegments(src, size) : -1;
     const sparse = typeof segs !== "number" &&
       !(segs.length === 1 && segs[0][0] === 0 && segs[0][1] === size);
     if (!sparse && !hasEscapes(from) && !hasEscapes(to)) return await Deno.copyFile(from, to);
@@ -279,7 +282,7 @@ export async function copyTree(
           await walk(f, t);
           break;
         case S.IFREG:
-          await copyContent(f, t, st.size);
+          await copyContent(f, t, st);
           result.bytes += st.size;
           break;
         case S.IFLNK: {

@@ -878,23 +878,3 @@ export function accessible(path: string, mode: "exists" | "executable" = "exists
     throw e;
   }
 }
-
-/**
- * The synchronous {@linkcode exists}: for one check on a latency-sensitive
- * path, where a thread-pool round trip costs more than the call.
- *
- * @example Usage
- * ```ts
- * import { existsSync } from "./fs.ts";
- * console.log(existsSync("/")); // true
- * ```
- */
-export function existsSync(path: string): boolean {
-  try {
-    Deno.lstatSync(path);
-    return true;
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return false;
-    throw e;
-  }
-}
