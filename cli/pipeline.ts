@@ -6,7 +6,7 @@
  *
  * @module
  */
-import { basename, join } from "@std/path";
+import { join } from "@std/path";
 import { bindLibc } from "../sys/libc.ts";
 import { SPAWN_SYMBOLS } from "../sys/spawn.ts";
 import type { Image } from "../image/types.ts";
@@ -56,16 +56,7 @@ export function openOptions(ctx: Context): OpenImageOptions {
         await Deno.mkdir(join(ctx.cacheRoot, d), { recursive: true, mode: 0o700 });
       }
       const work = await TempWork.create(ctx.cacheRoot);
-      const lock = join(ctx.cacheRoot, "locks", `tmp-${basename(work.path)}.lock`);
-      return {
-        path: work.path,
-        remove: () => work.remove(),
-        // At exit: the directory, then its lock file (as TempWork.remove).
-        removeSync: () => {
-          Deno.removeSync(work.path, { recursive: true });
-          Deno.removeSync(lock);
-        },
-      };
+      return { path: work.path, remove: () => work.remove(), removeSync: () => work.removeSync() };
     },
   };
 }

@@ -165,6 +165,22 @@ export class TempWork {
     await Deno.remove(this.#lock.path).catch(() => {});
     this.#lock.release();
   }
+
+  /**
+   * Removes the directory, then its lock, synchronously (from an `unload`
+   * handler, where nothing asynchronous runs); nothing must be mounted below.
+   */
+  removeSync(): void {
+    try {
+      Deno.removeSync(this.path, { recursive: true });
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+    }
+    try {
+      Deno.removeSync(this.#lock.path);
+    } catch { /* gone already */ }
+    this.#lock.release();
+  }
 }
 
 /**
