@@ -141,10 +141,21 @@ export function chainID(diffIDs: readonly string[]): string {
   if (diffIDs.length === 0) throw new TypeError("chainID of no layers");
   let id = diffIDs[0];
   for (let i = 1; i < diffIDs.length; i++) {
-    id = "sha256:" + sha256Hex(`${id} ${diffIDs[i]}`);
+    // Each step hashed once per process: the chain of layer n repeats the
+    // steps of layers 2..n-1, which a run resolving every layer just did.
+    const input = `${id} ${diffIDs[i]}`;
+    let next = chainSteps.get(input);
+    if (next === undefined) {
+      next = "sha256:" + sha256Hex(input);
+      if (chainSteps.size >= 4096) chainSteps.clear();
+      chainSteps.set(input, next);
+    }
+    id = next;
   }
   return id;
 }
+
+const chainSteps = new Map<string, string>();
 
 /**
  * The directory name in `layers/` of a layer whose tree depends on its
