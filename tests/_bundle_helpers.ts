@@ -191,7 +191,7 @@ export async function runSnippetAsUser(
     "run",
     "-A",
     "--quiet",
-    "--no-lock",
+    "--frozen",
     `--config=${config}`,
     file,
   ], { env: options.env });

@@ -580,7 +580,7 @@ Deno.test({
         denoPath,
         "run",
         "-A",
-        "--no-lock",
+        "--frozen",
         script,
         tar,
         root,

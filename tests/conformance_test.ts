@@ -212,7 +212,7 @@ async function rootlessRecords(
     denoPath,
     "run",
     "-A",
-    "--no-lock",
+    "--frozen",
     "--no-config",
     `--import-map=${script}.imports.json`,
     script,

@@ -1425,7 +1425,7 @@ Deno.test("damaged registry: lies, failures and loops", async (t) => {
  * damage it.
  */
 function sandboxedStrata(base: string, args: string[]): Promise<RunResult> {
-  return runCli(args, { sandbox: base, denoFlags: ["--no-lock"] });
+  return runCli(args, { sandbox: base, denoFlags: ["--frozen"] });
 }
 
 Deno.test("damaged: hostile layer names pulled through the CLI stay inside the layer", async () => {

@@ -287,7 +287,7 @@ async function sandboxed(mode: "direct" | "merged", base: string): Promise<Outco
     "run",
     "-A",
     "--no-check",
-    "--no-lock",
+    "--frozen",
     import.meta.filename!,
     "--child",
     mode,

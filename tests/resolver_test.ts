@@ -198,7 +198,7 @@ function spawnScript(script: string, args: string[]): Deno.ChildProcess {
     args: [
       "run",
       "-A",
-      "--no-lock",
+      "--frozen",
       "--no-config",
       `--import-map=${script}.imports.json`,
       script,

@@ -78,7 +78,7 @@ const denoArgs = (script: string, args: string[]) => [
   Deno.execPath(),
   "run",
   "-A",
-  "--no-lock",
+  "--frozen",
   "--no-config",
   `--import-map=${script}.imports.json`,
   script,

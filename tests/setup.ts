@@ -56,7 +56,26 @@ async function apt(args: string[]): Promise<boolean> {
   return r.success;
 }
 
+/**
+ * Fetches every module the import map and the tests name (npm packages
+ * included) into the Deno cache now, while it is writable: hostile-input
+ * tests start Deno inside a sandbox where every mount but their own
+ * directory is read-only, and a Deno started there with a cold cache fails
+ * to create its npm cache directories.
+ */
+async function cacheDependencies(): Promise<boolean> {
+  const r = await new Deno.Command(Deno.execPath(), {
+    args: ["install", "--quiet"],
+    cwd: new URL("..", import.meta.url).pathname,
+    stdout: "null",
+    stderr: "inherit",
+  }).output();
+  if (!r.success) console.error("strata: `deno install` (the import map's packages) failed");
+  return r.success;
+}
+
 async function main(): Promise<number> {
+  if (!(await cacheDependencies())) return 1;
   const missing = [
     ...new Set(Object.entries(PACKAGES).filter(([cmd]) => !onPath(cmd)).map(([, p]) => p)),
   ];
