@@ -12,7 +12,10 @@
  *    in fs/fsopen.c), and a longer path (a chain-keyed layer is
  *    `<root>/layers/sha256-<64 hex>@<64 hex>/fs`: 146 characters plus the
  *    root) is named through a short symlink in a link directory that is the
- *    calling thread's working directory for the call.
+ *    calling thread's working directory for the call. So are all the lower
+ *    layers when their full paths would make the overlay's line in
+ *    `/proc/self/mountinfo` (which shows each layer as given) longer than
+ *    runc can read (Go's 64 KiB line limit): 500 chain-keyed layers are.
  * 2. `mount2`: classic `mount(2)`/`umount2(2)` through FFI. Options must fit in
  *    one page (4 KiB), so a long `lowerdir=` list (and, under a very long
  *    root, the upper and work directories) is written with short relative
@@ -218,6 +221,37 @@ function tmpfsData(o: TmpfsMountOptions): string[] {
   return opts;
 }
 
+/**
+ * The most bytes of layer paths an overlay may show in `/proc/self/mountinfo`
+ * (overlayfs shows each layer as it was given: a path, or the real path of a
+ * file descriptor). Go's `bufio.Scanner` gives up on a line of 64 KiB, and
+ * runc reads mountinfo so (moby/sys/mountinfo): 500 chain-keyed layers by
+ * full path, ~180 KB, failed with "runc run failed: bufio.Scanner: token too
+ * long". The rest of the line (mountpoint, upper and work directories, other
+ * options) gets the remaining 8 KiB.
+ */
+const MOUNTINFO_BUDGET = 56 * 1024;
+
+/**
+ * Tells whether `dirs` (option, path), as overlayfs shows them in mountinfo
+ * (`key=path,`, with space, tab, newline, backslash and comma escaped as
+ * `\ooo`), fit in {@linkcode MOUNTINFO_BUDGET}.
+ */
+function mountinfoFits(dirs: readonly [key: string, path: string][]): boolean {
+  let n = 0;
+  for (const [key, path] of dirs) {
+    n += key.length + 2 + path.length * 3; // UTF-8 at most triples a UTF-16 length
+    if (n > MOUNTINFO_BUDGET) break;
+  }
+  if (n <= MOUNTINFO_BUDGET) return true;
+  n = 0;
+  for (const [key, path] of dirs) {
+    n += key.length + 2 + cstr(path).length - 1;
+    n += 3 * (path.match(/[ \t\n\\,]/g)?.length ?? 0);
+  }
+  return n <= MOUNTINFO_BUDGET;
+}
+
 /** A short name in a link directory for a directory whose path is too long to pass. */
 interface Link {
   /** The symlink's name (relative to the link directory). */
@@ -419,7 +453,12 @@ class FsopenBackend implements MountBackend {
     const flags = (ctx: number) => {
       if (o.userxattr ?? true) setString(ctx, "userxattr", null);
     };
-    if (this.naming === "fd") {
+    const byFd = this.naming === "fd";
+    // Each lower by its full path would give the overlay a line in
+    // mountinfo too long to read for Go programs (runc among them): then
+    // every lower gets a short link name, and mountinfo shows those.
+    const short = !mountinfoFits(dirs);
+    if (byFd && !short) {
       this.#mount("overlay", target, attrs, (ctx) => {
         for (const [key, path] of dirs) setDirFd(ctx, key, path);
         flags(ctx);
@@ -429,15 +468,20 @@ class FsopenBackend implements MountBackend {
     // Strings: a path of 256 bytes or more is named by a short link,
     // relative to the link directory made this thread's working directory.
     const links: Link[] = [];
-    const values = dirs.map(([key, path]): [string, string, string] => {
-      if (shorterThan(path, FSCONFIG_STRING_MAX)) return [key, path, path];
+    const values = dirs.map(([key, path]): [string, string | undefined, string] => {
+      const lower = key === "lowerdir+";
+      if (byFd && !lower) return [key, undefined, path]; // by fd after all
+      if (!(short && lower) && shorterThan(path, FSCONFIG_STRING_MAX)) return [key, path, path];
       const name = links.length.toString(36);
       links.push({ name, target: path });
       return [key, name, path];
     });
     const mount = (at: string) =>
       this.#mount("overlay", at, attrs, (ctx) => {
-        for (const [key, value, path] of values) setString(ctx, key, value, path);
+        for (const [key, value, path] of values) {
+          if (value === undefined) setDirFd(ctx, key, path);
+          else setString(ctx, key, value, path);
+        }
         flags(ctx);
       });
     if (links.length === 0) mount(target);
@@ -718,7 +762,10 @@ class OnePageFirstBackend implements MountBackend {
 /** Parses `STRATA_MOUNT_BACKEND`: `fsopen`, `fsopen:fd`, `fsopen:path`, `mount2` or `command`. */
 function forcedBackend(value: string): MountBackend {
   const [name, naming] = value.split(":", 2);
-  if (naming !== undefined && (name !== "fsopen" || (naming !== "fd" && naming !== "path"))) {
+  const known = naming === undefined
+    ? name === "fsopen" || name === "mount2" || name === "command"
+    : name === "fsopen" && (naming === "fd" || naming === "path");
+  if (!known) {
     throw new TypeError(
       `Unknown mount backend ${JSON.stringify(value)} in STRATA_MOUNT_BACKEND ` +
         "(fsopen, fsopen:fd, fsopen:path, mount2 or command)",
