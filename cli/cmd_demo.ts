@@ -13,7 +13,7 @@ import { CachingBundler } from "../bundle/bundler.ts";
 import { withUser } from "../bundle/options.ts";
 import { runContainer } from "../bundle/run.ts";
 import type { SpecOption } from "../bundle/spec.ts";
-import { namespaceInfo } from "../overlay/userns.ts";
+import { namespaceInfo, subordinateIds } from "../overlay/userns.ts";
 import type { Context } from "./context.ts";
 import { CliError } from "./errors.ts";
 import { formatMs, shortDigest } from "./output.ts";
@@ -106,8 +106,8 @@ export async function demoCommand(ctx: Context): Promise<number> {
     const ns = await namespaceInfo();
     if (ns.collapsed) {
       out.note(
-        "only root is mapped in this user namespace (no /etc/subuid range): running as root " +
-          "instead of the image's `app` user",
+        "only root is mapped in this user namespace: running as root instead of the image's " +
+          `\`app\` user (${(await subordinateIds()).reason})`,
       );
       options.push(withUser("0:0"));
     }

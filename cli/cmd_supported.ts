@@ -1,12 +1,13 @@
 /**
  * `strata supported [--why]`: exit 0 when the cache directory supports the
- * overlay store, 1 when not; `--why` prints the mode, the id mapping, the
- * mount backend and the reason (on stdout: it is the result asked for).
+ * overlay store, 1 when not; `--why` prints the mode, the id mapping (and,
+ * not as root, whether subordinate ids are mapped, or why not), the mount
+ * backend and the reason (on stdout: it is the result asked for).
  *
  * @module
  */
 import { supportedReason } from "../overlay/supported.ts";
-import { namespaceInfo } from "../overlay/userns.ts";
+import { namespaceInfo, subordinateIds } from "../overlay/userns.ts";
 import type { Context } from "./context.ts";
 import { describeError, permissionHint } from "./errors.ts";
 import { enterNamespace } from "./pipeline.ts";
@@ -42,6 +43,8 @@ export async function supportedCommand(ctx: Context): Promise<number> {
       `supported: ${r.supported ? "yes" : "no"}`,
       `cache: ${ctx.cacheRoot}${r.fstype ? ` (${r.fstype})` : ""}`,
       `mode: ${info.summary}`,
+      // Not root: whether image files keep their owners, and if not, why.
+      ...(info.mode === "root" ? [] : [`subordinate ids: ${(await subordinateIds()).reason}`]),
       `mount backend: ${r.backend.name} (${r.backend.reason})`,
       `reason: ${r.reason}`,
     ];

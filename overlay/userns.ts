@@ -6,7 +6,7 @@
  *
  * @module
  */
-import { currentIdMap, formatRanges, type IdRange, isIdentityMap } from "./cache.ts";
+import { currentIdMap, formatRanges, type IdMap, type IdRange, isIdentityMap } from "./cache.ts";
 import { readProcLink, readProcText } from "../sys/proc.ts";
 import { cstr, ffiAvailable, libc } from "../sys/libc.ts";
 
@@ -172,6 +172,179 @@ async function subIds(uid: number): Promise<SubIds> {
   return { user, uids: await count("/etc/subuid"), gids: await count("/etc/subgid") };
 }
 
+/**
+ * Set by {@linkcode ensureUserNamespace} in the environment of a child it
+ * had to start with only root mapped although the user's ranges and helpers
+ * looked fine: what `unshare --map-auto` said when it failed, so the child's
+ * warning (and `strata supported --why`) can show it.
+ */
+export const SUBIDS_FAILED_ENV = "STRATA_SUBIDS_FAILED";
+
+/**
+ * Where this user stands with subordinate ids: `root` (real root needs
+ * none), `mapped` (this user namespace maps them), `ready` (not in a user
+ * namespace yet; they can be mapped), or why only root can be mapped:
+ * `no-ranges` (nothing in /etc/subuid or /etc/subgid for the user),
+ * `no-helpers` (ranges, but no `newuidmap`/`newgidmap` on PATH: Debian's
+ * `uidmap` package is missing), `helpers-unusable` (found, but neither setuid
+ * root nor given file capabilities), `helpers-failed` (they ran and failed).
+ */
+export type SubIdState =
+  | "root"
+  | "mapped"
+  | "ready"
+  | "no-ranges"
+  | "no-helpers"
+  | "helpers-unusable"
+  | "helpers-failed";
+
+/** What {@linkcode subordinateIds} found. */
+export interface SubIdStatus {
+  /** Where the user stands; see {@linkcode SubIdState}. */
+  state: SubIdState;
+  /** The user (by name, else uid) outside any user namespace. */
+  user: string;
+  /** Subordinate uids /etc/subuid gives the user. */
+  uids: number;
+  /** Subordinate gids /etc/subgid gives the user. */
+  gids: number;
+  /** `newuidmap` found on PATH, if it was. */
+  newuidmap?: string;
+  /** `newgidmap` found on PATH, if it was. */
+  newgidmap?: string;
+  /** The cause, and the fix where there is one, in a sentence. */
+  reason: string;
+}
+
+/** The first `dir/cmd` on `PATH` that exists (symlinks followed), as `execvp` finds it. */
+async function findOnPath(cmd: string): Promise<string | undefined> {
+  for (const dir of (Deno.env.get("PATH") ?? "/usr/bin:/bin").split(":")) {
+    const path = `${dir || "."}/${cmd}`;
+    try {
+      if ((await Deno.stat(path)).isFile) return path;
+    } catch {
+      // not here
+    }
+  }
+  return undefined;
+}
+
+/**
+ * Tells whether `helper` can raise its privileges to write another user's id
+ * map, as far as can be told: setuid root (Debian), or with file
+ * capabilities (`security.capability`, as Fedora ships them). In a user
+ * namespace that does not map host root, a root-owned file shows the
+ * overflow uid: a setuid file whose owner is not mapped here counts as root's.
+ */
+async function helperUsable(helper: string, map: IdMap): Promise<boolean> {
+  try {
+    const st = await Deno.stat(helper);
+    const mapped = (id: number) => map.uid.some(([inside, , n]) => inside <= id && id < inside + n);
+    const rootOwned = st.uid === 0 || (!isIdentityMap(map) && !mapped(st.uid ?? 0));
+    if (((st.mode ?? 0) & 0o4000) !== 0 && rootOwned) return true;
+    if (!ffiAvailable()) return true; // cannot look for capabilities: let it try
+    const real = await Deno.realPath(helper);
+    return Number(libc().lgetxattr(cstr(real), cstr("security.capability"), null, 0n)) > 0;
+  } catch {
+    return true; // cannot tell: let it try
+  }
+}
+
+/**
+ * Tells where this user stands with subordinate ids, and why: the ranges
+ * /etc/subuid and /etc/subgid give the user, whether `newuidmap` and
+ * `newgidmap` (which write them into a user namespace's maps; Debian's
+ * `uidmap` package) are on PATH and can raise their privileges, and, inside
+ * a namespace {@linkcode ensureUserNamespace} made, what mapping them said
+ * when it failed. Inside a user namespace the user is the one its root is
+ * outside. Reads a few files; runs nothing.
+ *
+ * @example Usage
+ * ```ts
+ * import { subordinateIds } from "./userns.ts";
+ * const s = await subordinateIds();
+ * console.log(s.state, s.reason); // for example "no-helpers" and "… apt-get install uidmap"
+ * ```
+ */
+export async function subordinateIds(): Promise<SubIdStatus> {
+  const map = currentIdMap();
+  const identity = isIdentityMap(map);
+  const own = Deno.uid() ?? -1;
+  const uid = identity ? own : (map.uid.find((r) => r[0] === 0)?.[1] ?? own);
+  const ids = await subIds(uid);
+  const [newuidmap, newgidmap] = await Promise.all([
+    findOnPath("newuidmap"),
+    findOnPath("newgidmap"),
+  ]);
+  const status = (state: SubIdState, reason: string): SubIdStatus => ({
+    state,
+    ...ids,
+    newuidmap,
+    newgidmap,
+    reason,
+  });
+  const who = ids.user || `uid ${uid}`;
+  if (identity && uid === 0) return status("root", "root needs no subordinate ids");
+  const mapped = map.uid.reduce((n, r) => n + r[2], 0);
+  if (!identity && mapped > 1) {
+    return status(
+      "mapped",
+      `${mapped} uids mapped (${who}'s /etc/subuid and /etc/subgid ranges, through newuidmap)`,
+    );
+  }
+  if (ids.uids === 0 || ids.gids === 0) {
+    const missing = ids.uids === 0 && ids.gids === 0
+      ? "no /etc/subuid and /etc/subgid ranges"
+      : ids.uids === 0
+      ? "no /etc/subuid range (only /etc/subgid)"
+      : "no /etc/subgid range (only /etc/subuid)";
+    return status(
+      "no-ranges",
+      `${missing} for ${who}; to keep image files' owners, add them: ` +
+        `usermod --add-subuids 100000-165535 --add-subgids 100000-165535 ${who}`,
+    );
+  }
+  if (!newuidmap || !newgidmap) {
+    const names = !newuidmap && !newgidmap
+      ? "newuidmap and newgidmap, which map them, are"
+      : !newuidmap
+      ? "newuidmap, which maps them, is"
+      : "newgidmap, which maps them, is";
+    return status(
+      "no-helpers",
+      `${who} has /etc/subuid and /etc/subgid ranges, but ${names} not installed ` +
+        "(not on PATH); install them: apt-get install uidmap",
+    );
+  }
+  const failed = identity ? undefined : Deno.env.get(SUBIDS_FAILED_ENV);
+  if (failed !== undefined) {
+    return status(
+      "helpers-failed",
+      `${who} has /etc/subuid and /etc/subgid ranges and newuidmap and newgidmap, but mapping ` +
+        `them failed: ${failed}`,
+    );
+  }
+  const unusable = [newuidmap, newgidmap];
+  const usable = await Promise.all(unusable.map((h) => helperUsable(h, map)));
+  const bad = unusable.filter((_, i) => !usable[i]);
+  if (bad.length > 0) {
+    return status(
+      "helpers-unusable",
+      `${who} has /etc/subuid and /etc/subgid ranges, but ${bad.join(" and ")} ` +
+        `${bad.length > 1 ? "are" : "is"} neither setuid root nor given file capabilities, ` +
+        "so cannot map them; reinstall: apt-get install --reinstall uidmap",
+    );
+  }
+  if (!identity) {
+    return status(
+      "ready",
+      `${who}'s /etc/subuid and /etc/subgid ranges could be mapped, but this user namespace ` +
+        "was made mapping only root (unshare --map-root-user --map-auto maps them)",
+    );
+  }
+  return status("ready", `${who}'s /etc/subuid and /etc/subgid ranges can be mapped`);
+}
+
 const CLONE_NEWNS = 0x00020000;
 const MS_REC = 0x4000;
 const MS_PRIVATE = 1 << 18;
@@ -275,7 +448,9 @@ export function enterThreadMountNamespace(): boolean {
   return true;
 }
 
-async function tryUnshare(args: string[]): Promise<{ ok: boolean; stderr: string }> {
+async function tryUnshare(
+  args: string[],
+): Promise<{ ok: boolean; code: number; stderr: string }> {
   try {
     const out = await new Deno.Command("unshare", {
       args: [...args, "--", "true"],
@@ -283,22 +458,11 @@ async function tryUnshare(args: string[]): Promise<{ ok: boolean; stderr: string
       stdout: "null",
       stderr: "piped",
     }).output();
-    return { ok: out.success, stderr: new TextDecoder().decode(out.stderr).trim() };
+    const stderr = new TextDecoder().decode(out.stderr).trim().replace(/\s*\n\s*/g, "; ");
+    return { ok: out.success, code: out.code, stderr };
   } catch (e) {
-    return { ok: false, stderr: (e as Error).message };
+    return { ok: false, code: -1, stderr: (e as Error).message };
   }
-}
-
-async function haveCommand(cmd: string): Promise<boolean> {
-  for (const dir of (Deno.env.get("PATH") ?? "/usr/bin:/bin").split(":")) {
-    try {
-      await Deno.stat(`${dir}/${cmd}`);
-      return true;
-    } catch {
-      // not here
-    }
-  }
-  return false;
 }
 
 const FORWARDED: Deno.Signal[] = ["SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2"];
@@ -353,8 +517,13 @@ function execInPlace(file: string, argv: string[], env: Record<string, string>):
  * child instead kept a second Deno process alive for the whole command and
  * cost its start and its exit a few milliseconds each.
  */
-function reexec(unshareArgs: string[], argv: string[], mark = "1"): Promise<never> {
-  return replaceProcess("unshare", [...unshareArgs, "--", ...argv], { [USERNS_ENV]: mark });
+function reexec(
+  unshareArgs: string[],
+  argv: string[],
+  mark = "1",
+  env: Record<string, string> = {},
+): Promise<never> {
+  return replaceProcess("unshare", [...unshareArgs, "--", ...argv], { ...env, [USERNS_ENV]: mark });
 }
 
 /**
@@ -465,11 +634,10 @@ export async function ensureUserNamespace(options: EnsureUserNamespaceOptions = 
   if (info.reexecuted || info.mode === "userns") {
     if (info.collapsed && !options.quiet && !warned) {
       warned = true;
-      const { user } = await subIds(-1);
+      const { reason } = await subordinateIds();
       warn(
-        `strata: warning: only root is mapped in this user namespace (no /etc/subuid and /etc/subgid ranges${
-          user ? ` for ${user}` : ""
-        }): files owned by other users in images will be owned by root`,
+        `strata: warning: only root is mapped in this user namespace, so files owned by ` +
+          `other users in images will be owned by root: ${reason}`,
       );
     }
     return;
@@ -501,12 +669,15 @@ export async function ensureUserNamespace(options: EnsureUserNamespaceOptions = 
         "kernel.apparmor_restrict_unprivileged_userns=0), or run as root",
     );
   }
-  const ids = await subIds(info.uid);
-  if (ids.uids > 0 && ids.gids > 0 && await haveCommand("newuidmap")) {
+  // Only root is mapped unless the ranges and helpers are there and work;
+  // the child says why (once), from what is found here and what failed.
+  const env: Record<string, string> = {};
+  if ((await subordinateIds()).state === "ready") {
     const auto = ["--user", "--map-root-user", "--map-auto", "--mount", "--propagation", "private"];
     const r = await tryUnshare(auto);
     if (r.ok) return await reexec(auto, argv);
-    warn(`strata: warning: cannot map the subordinate ids of ${ids.user} (${r.stderr})`);
+    const said = r.stderr || `exited ${r.code}, saying nothing`;
+    env[SUBIDS_FAILED_ENV] = `unshare ${auto.join(" ")}: ${said}`;
   }
-  return await reexec(base, argv);
+  return await reexec(base, argv, "1", env);
 }

@@ -3,24 +3,41 @@
  * backends share one interface and are picked at run time:
  *
  * 1. `fsopen`: the new mount API (`fsopen`/`fsconfig`/`fsmount`/`move_mount`)
- *    through Deno FFI. overlayfs takes one lower layer per
- *    `fsconfig(FSCONFIG_SET_STRING, "lowerdir+", path)` call (Linux 6.8+), so
- *    the one-page limit of mount options never applies, whatever the number
- *    of layers or the length of their paths.
+ *    through Deno FFI. overlayfs takes one lower layer per `"lowerdir+"`
+ *    call (Linux 6.8+), so the one-page limit of mount options never applies.
+ *    Each layer (and the upper and work directories) is handed over as an
+ *    `O_PATH` file descriptor (`FSCONFIG_SET_FD`, Linux 6.13+), so no path
+ *    string reaches the kernel at all; where the kernel takes only strings,
+ *    `fsconfig` copies each with a 256-byte limit (`strndup_user(value, 256)`
+ *    in fs/fsopen.c), and a longer path (a chain-keyed layer is
+ *    `<root>/layers/sha256-<64 hex>@<64 hex>/fs`: 146 characters plus the
+ *    root) is named through a short symlink in a link directory that is the
+ *    calling thread's working directory for the call. So are all the lower
+ *    layers when their full paths would make the overlay's line in
+ *    `/proc/self/mountinfo` (which shows each layer as given) longer than
+ *    runc can read (Go's 64 KiB line limit): 500 chain-keyed layers are.
  * 2. `mount2`: classic `mount(2)`/`umount2(2)` through FFI. Options must fit in
- *    one page (4 KiB), so a long `lowerdir=` list is written with short
- *    relative names of symlinks (like Docker's overlay2 `l/` directory) that
- *    are resolved against a *thread-local* working directory: the calling
- *    thread first un-shares its `fs_struct` (`unshare(CLONE_FS)`), so no other
- *    thread of the process ever sees the working directory move.
+ *    one page (4 KiB), so a long `lowerdir=` list (and, under a very long
+ *    root, the upper and work directories) is written with short relative
+ *    names of symlinks (like Docker's overlay2 `l/` directory) that are
+ *    resolved against a *thread-local* working directory: the calling thread
+ *    first un-shares its `fs_struct` (`unshare(CLONE_FS)`), so no other thread
+ *    of the process ever sees the working directory move.
  * 3. `command`: `mount(8)`/`umount(8)` through `Deno.Command`, for programs run
  *    without `--allow-ffi`. Long lists use the same symlinks, with the child's
- *    own working directory.
+ *    own working directory, and `LIBMOUNT_FORCE_MOUNT2=always`: libmount 2.39+
+ *    would otherwise hand the whole `lowerdir=` list to `fsconfig` as one
+ *    string, and fail past 255 bytes (util-linux issue 2287).
  *
  * With FFI the chosen backend mounts whatever fits in one page of options
  * (every tmpfs, overlays of a few dozen layers) with one `mount(2)` call, as
- * containerd does, and turns to `fsopen` (or `mount2`'s symlinks on an older
+ * containerd does (the data page is parsed inside the kernel: no 256-byte
+ * limit there), and turns to `fsopen` (or `mount2`'s symlinks on an older
  * kernel) only for longer lower lists.
+ *
+ * Every path still has to be one the kernel can name: shorter than
+ * `PATH_MAX` (4096 bytes, the terminating NUL included), the mountpoint and
+ * each layer alike; a longer one fails with `ENAMETOOLONG`, named in the error.
  *
  * Lower directories are always given bottom first (image order); each backend
  * stacks them so that the LAST one is on top.
@@ -112,6 +129,7 @@ export const MAX_LOWER_LAYERS = 500;
 const FSOPEN_CLOEXEC = 1;
 const FSCONFIG_SET_FLAG = 0;
 const FSCONFIG_SET_STRING = 1;
+const FSCONFIG_SET_FD = 5;
 const FSCONFIG_CMD_CREATE = 6;
 const FSMOUNT_CLOEXEC = 1;
 const MOUNT_ATTR_RDONLY = 1;
@@ -122,11 +140,30 @@ const O_DIRECTORY = 0o200000;
 const O_CLOEXEC = 0o2000000;
 const O_PATH = 0o10000000;
 const CLONE_FS = 0x200;
+const EPERM = 1;
 const EBUSY = 16;
 const EINVAL = 22;
 const ENOENT = 2;
 /** Options longer than this go through short symlink names (the limit is one 4 KiB page). */
 const OPTION_BUDGET = 3800;
+/**
+ * `fsconfig(FSCONFIG_SET_STRING)` copies its value with `strndup_user(value,
+ * 256)` (fs/fsopen.c): a value must be shorter than this, in bytes.
+ */
+const FSCONFIG_STRING_MAX = 256;
+/** The longest path the kernel takes as a string, NUL included (`PATH_MAX`). */
+const PATH_MAX = 4096;
+
+/**
+ * Tells whether `s`, as the bytes the kernel gets, is shorter than `limit`
+ * bytes: the length alone decides almost always; only a string between a
+ * third of the limit and the limit is encoded to count.
+ */
+function shorterThan(s: string, limit: number): boolean {
+  if (s.length * 3 < limit) return true;
+  if (s.length >= limit) return false;
+  return cstr(s).length - 1 < limit;
+}
 
 function validateOverlay(target: string, o: OverlayMountOptions): void {
   if (o.lower.length === 0) {
@@ -148,6 +185,28 @@ function validateOverlay(target: string, o: OverlayMountOptions): void {
       `Cannot mount an overlay on ${target}: upper and work directories go together`,
     );
   }
+  checkPathMax(target, "mountpoint");
+  for (const l of o.lower) checkPathMax(l, "lower directory", target);
+  if (o.upper !== undefined) checkPathMax(o.upper, "upper directory", target);
+  if (o.work !== undefined) checkPathMax(o.work, "work directory", target);
+}
+
+/** A path cut to 200 characters for a message. */
+function clip(path: string): string {
+  return path.length > 200 ? `${path.slice(0, 200)}…` : path;
+}
+
+/**
+ * Refuses, by name, a path the kernel cannot take as a string (`PATH_MAX`,
+ * 4096 bytes with the NUL): the mountpoint always reaches it as one, and so
+ * does every layer, if only to be opened for `FSCONFIG_SET_FD`.
+ */
+function checkPathMax(path: string, what: string, target = path): void {
+  if (shorterThan(path, PATH_MAX)) return;
+  throw new RangeError(
+    `Cannot mount on ${clip(target)}: the ${what} ${clip(path)} is ${cstr(path).length - 1} ` +
+      `bytes long, and the kernel takes paths shorter than ${PATH_MAX} bytes (PATH_MAX)`,
+  );
 }
 
 /** Escapes a path for a `lowerdir=`/`upperdir=` option string. */
@@ -163,34 +222,107 @@ function tmpfsData(o: TmpfsMountOptions): string[] {
 }
 
 /**
- * Builds the option string of an overlay; when the list is too long for one
- * page, `lowerdir=` names short symlinks that `shortDir` will hold (relative
- * to it, so the caller must resolve them with `shortDir` as working directory).
+ * The most bytes of layer paths an overlay may show in `/proc/self/mountinfo`
+ * (overlayfs shows each layer as it was given: a path, or the real path of a
+ * file descriptor). Go's `bufio.Scanner` gives up on a line of 64 KiB, and
+ * runc reads mountinfo so (moby/sys/mountinfo): 500 chain-keyed layers by
+ * full path, ~180 KB, failed with "runc run failed: bufio.Scanner: token too
+ * long". The rest of the line (mountpoint, upper and work directories, other
+ * options) gets the remaining 8 KiB.
  */
-function overlayData(
-  o: OverlayMountOptions,
-): { data: string; links?: { name: string; target: string }[] } {
+const MOUNTINFO_BUDGET = 56 * 1024;
+
+/**
+ * Tells whether `dirs` (option, path), as overlayfs shows them in mountinfo
+ * (`key=path,`, with space, tab, newline, backslash and comma escaped as
+ * `\ooo`), fit in {@linkcode MOUNTINFO_BUDGET}.
+ */
+function mountinfoFits(dirs: readonly [key: string, path: string][]): boolean {
+  let n = 0;
+  for (const [key, path] of dirs) {
+    n += key.length + 2 + path.length * 3; // UTF-8 at most triples a UTF-16 length
+    if (n > MOUNTINFO_BUDGET) break;
+  }
+  if (n <= MOUNTINFO_BUDGET) return true;
+  n = 0;
+  for (const [key, path] of dirs) {
+    n += key.length + 2 + cstr(path).length - 1;
+    n += 3 * (path.match(/[ \t\n\\,]/g)?.length ?? 0);
+  }
+  return n <= MOUNTINFO_BUDGET;
+}
+
+/** A short name in a link directory for a directory whose path is too long to pass. */
+interface Link {
+  /** The symlink's name (relative to the link directory). */
+  name: string;
+  /** The directory it points at. */
+  target: string;
+}
+
+/**
+ * Builds the option string of an overlay; when it is too long for one page,
+ * `lowerdir=` names short symlinks (base-36 indexes: at most two characters
+ * for 500 layers), and so do `upperdir=` and `workdir=` (`U`, `W`) when the
+ * page is still too small for them (a root of ~1.8 KB): the names are
+ * relative, so the caller must mount with the link directory as working
+ * directory.
+ */
+function overlayData(o: OverlayMountOptions): { data: string; links?: Link[] } {
   const topFirst = [...o.lower].reverse();
-  const rest: string[] = [];
-  if (o.upper !== undefined) rest.push(`upperdir=${escapeOption(o.upper)}`);
-  if (o.work !== undefined) rest.push(`workdir=${escapeOption(o.work)}`);
-  if (o.userxattr ?? true) rest.push("userxattr");
-  const plain = [`lowerdir=${topFirst.map(escapeOption).join(":")}`, ...rest].join(",");
-  if (plain.length <= OPTION_BUDGET) return { data: plain };
-  // Short names: base-36 indexes, at most 2 characters for 500 layers.
-  const links = topFirst.map((target, i) => ({ name: i.toString(36), target }));
-  const data = [`lowerdir=${links.map((l) => l.name).join(":")}`, ...rest].join(",");
-  if (data.length > OPTION_BUDGET) {
+  const tail = (upper?: string, work?: string) => {
+    const opts: string[] = [];
+    if (upper !== undefined) opts.push(`upperdir=${escapeOption(upper)}`);
+    if (work !== undefined) opts.push(`workdir=${escapeOption(work)}`);
+    if (o.userxattr ?? true) opts.push("userxattr");
+    return opts;
+  };
+  const plain = [`lowerdir=${topFirst.map(escapeOption).join(":")}`, ...tail(o.upper, o.work)]
+    .join(",");
+  if (shorterThan(plain, OPTION_BUDGET + 1)) return { data: plain };
+  const links: Link[] = topFirst.map((target, i) => ({ name: i.toString(36), target }));
+  const lowerdir = `lowerdir=${links.map((l) => l.name).join(":")}`;
+  let data = [lowerdir, ...tail(o.upper, o.work)].join(",");
+  if (!shorterThan(data, OPTION_BUDGET + 1) && o.upper !== undefined && o.work !== undefined) {
+    links.push({ name: "U", target: o.upper }, { name: "W", target: o.work });
+    data = [lowerdir, ...tail("U", "W")].join(",");
+  }
+  if (!shorterThan(data, OPTION_BUDGET + 1)) {
     throw new RangeError(`overlay options too long even with short names (${data.length} bytes)`);
   }
   return { data, links };
 }
 
-/** Makes a directory of symlinks named `links[i].name`; returns its path. */
-function makeLinkDir(links: { name: string; target: string }[]): string {
+/** `path` made absolute against this process' working directory. */
+function absolute(path: string): string {
+  return path.startsWith("/") ? path : join(Deno.cwd(), path);
+}
+
+/**
+ * Makes a directory of symlinks named `links[i].name` (in the temp
+ * directory: its own path stays short whatever the cache root), runs `fn`
+ * with its path, and removes it. Targets are made absolute first: they are
+ * resolved from the link directory, not from here.
+ */
+function withLinkDir<T>(links: Link[], fn: (dir: string) => T): T {
   const dir = Deno.makeTempDirSync({ prefix: "strata-l-" });
-  for (const l of links) Deno.symlinkSync(l.target, join(dir, l.name));
-  return dir;
+  try {
+    for (const l of links) Deno.symlinkSync(absolute(l.target), join(dir, l.name));
+    return fn(dir);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+}
+
+/** {@linkcode withLinkDir} for a function that returns a promise. */
+async function withLinkDirAsync<T>(links: Link[], fn: (dir: string) => Promise<T>): Promise<T> {
+  const dir = await Deno.makeTempDir({ prefix: "strata-l-" });
+  try {
+    for (const l of links) await Deno.symlink(absolute(l.target), join(dir, l.name));
+    return await fn(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 }
 
 /** Reads the messages the kernel queued on an fs context (`e overlayfs: ...`). */
@@ -205,8 +337,14 @@ function fsContextLog(fd: number): string {
   return lines.join("; ");
 }
 
-function fsFail(fd: number, syscall: string, path?: string): never {
-  const e = errno();
+/**
+ * Throws for a failed `fsconfig`/`fsmount` on context `fd`, with the kernel's
+ * log. `e` is errno, read by the caller straight after the call, before any
+ * string is built: with the message built first, a full test run here once
+ * reported EAGAIN for a missing layer (ENOENT), errno reset by whatever ran
+ * on this thread in between.
+ */
+function fsFail(fd: number, e: number, syscall: string, path?: string): never {
   const log = fsContextLog(fd);
   throw new MountError(syscall, e, path, log);
 }
@@ -223,34 +361,79 @@ function umountFfi(target: string): boolean {
   throw new MountError("umount2", e, target);
 }
 
+/**
+ * How the new mount API is told which directory a layer (or the upper or
+ * work directory) is: `fd`, an `O_PATH` file descriptor
+ * (`FSCONFIG_SET_FD`, which overlayfs takes since Linux 6.13); `path`, its
+ * path as a string (`FSCONFIG_SET_STRING`, Linux 6.8+), shorter than 256
+ * bytes or else through a short symlink.
+ */
+export type LayerNaming = "fd" | "path";
+
+/** Sets a flag (`value` null) or a string option on an fs context. */
+function setString(ctx: number, key: string, value: string | null, path?: string): void {
+  const c = libc();
+  const r = value === null
+    ? c.fsconfig(ctx, FSCONFIG_SET_FLAG, cstr(key), null, 0)
+    : c.fsconfig(ctx, FSCONFIG_SET_STRING, cstr(key), cstr(value), 0);
+  if (r < 0) fsFail(ctx, errno(), `fsconfig(${key})`, path ?? value ?? undefined);
+}
+
+/**
+ * Hands `path` to an fs context as an `O_PATH` directory descriptor, closed
+ * again at once: overlayfs takes its own reference to the directory.
+ */
+function setDirFd(ctx: number, key: string, path: string): void {
+  const c = libc();
+  const dir = c.open(cstr(path), O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
+  if (dir < 0) {
+    const e = errno(); // first: a message built before it could reset errno
+    throw new MountError(`open(${key})`, e, path);
+  }
+  try {
+    if (c.fsconfig(ctx, FSCONFIG_SET_FD, cstr(key), null, dir) < 0) {
+      fsFail(ctx, errno(), `fsconfig(${key})`, path);
+    }
+  } finally {
+    c.close(dir);
+  }
+}
+
 /** The new mount API: one `fsconfig` call per lower layer, no page limit. */
 class FsopenBackend implements MountBackend {
   readonly name = "fsopen" as const;
+  #naming?: LayerNaming;
 
-  #mount(
-    fstype: string,
-    target: string,
-    config: [key: string, value: string | null][],
-    attrs: number,
-  ): void {
+  /** `naming` undefined: asked of the kernel on the first overlay (once per process). */
+  constructor(naming?: LayerNaming) {
+    this.#naming = naming;
+  }
+
+  /** How directories are handed to overlayfs. */
+  get naming(): LayerNaming {
+    return this.#naming ??= layerNaming();
+  }
+
+  #mount(fstype: string, target: string, attrs: number, configure: (ctx: number) => void): void {
     const c = libc();
     const fd = c.fsopen(cstr(fstype), FSOPEN_CLOEXEC);
-    if (fd < 0) throw new MountError(`fsopen(${fstype})`, errno(), target);
+    if (fd < 0) {
+      const e = errno();
+      throw new MountError(`fsopen(${fstype})`, e, target);
+    }
     try {
-      for (const [key, value] of config) {
-        const r = value === null
-          ? c.fsconfig(fd, FSCONFIG_SET_FLAG, cstr(key), null, 0)
-          : c.fsconfig(fd, FSCONFIG_SET_STRING, cstr(key), cstr(value), 0);
-        if (r < 0) fsFail(fd, `fsconfig(${key})`, value ?? target);
-      }
+      configure(fd);
       if (c.fsconfig(fd, FSCONFIG_CMD_CREATE, null, null, 0) < 0) {
-        fsFail(fd, `fsconfig(create ${fstype})`, target);
+        fsFail(fd, errno(), `fsconfig(create ${fstype})`, target);
       }
       const mfd = c.fsmount(fd, FSMOUNT_CLOEXEC, attrs);
-      if (mfd < 0) fsFail(fd, "fsmount", target);
+      if (mfd < 0) fsFail(fd, errno(), "fsmount", target);
       try {
         const r = c.move_mount(mfd, cstr(""), AT_FDCWD, cstr(target), MOVE_MOUNT_F_EMPTY_PATH);
-        if (r < 0) throw new MountError("move_mount", errno(), target);
+        if (r < 0) {
+          const e = errno();
+          throw new MountError("move_mount", e, target);
+        }
       } finally {
         c.close(mfd);
       }
@@ -261,22 +444,61 @@ class FsopenBackend implements MountBackend {
 
   mountOverlay(target: string, o: OverlayMountOptions): Promise<void> {
     validateOverlay(target, o);
-    const config: [string, string | null][] = [];
     // "lowerdir+" appends below the layers given so far: top first.
-    for (let i = o.lower.length - 1; i >= 0; i--) config.push(["lowerdir+", o.lower[i]]);
-    if (o.upper !== undefined) config.push(["upperdir", o.upper]);
-    if (o.work !== undefined) config.push(["workdir", o.work]);
-    if (o.userxattr ?? true) config.push(["userxattr", null]);
-    this.#mount("overlay", target, config, o.readonly ? MOUNT_ATTR_RDONLY : 0);
+    const dirs: [key: string, path: string][] = [];
+    for (let i = o.lower.length - 1; i >= 0; i--) dirs.push(["lowerdir+", o.lower[i]]);
+    if (o.upper !== undefined) dirs.push(["upperdir", o.upper]);
+    if (o.work !== undefined) dirs.push(["workdir", o.work]);
+    const attrs = o.readonly ? MOUNT_ATTR_RDONLY : 0;
+    const flags = (ctx: number) => {
+      if (o.userxattr ?? true) setString(ctx, "userxattr", null);
+    };
+    const byFd = this.naming === "fd";
+    // Each lower by its full path would give the overlay a line in
+    // mountinfo too long to read for Go programs (runc among them): then
+    // every lower gets a short link name, and mountinfo shows those.
+    const short = !mountinfoFits(dirs);
+    if (byFd && !short) {
+      this.#mount("overlay", target, attrs, (ctx) => {
+        for (const [key, path] of dirs) setDirFd(ctx, key, path);
+        flags(ctx);
+      });
+      return Promise.resolve();
+    }
+    // Strings: a path of 256 bytes or more is named by a short link,
+    // relative to the link directory made this thread's working directory.
+    const links: Link[] = [];
+    const values = dirs.map(([key, path]): [string, string | undefined, string] => {
+      const lower = key === "lowerdir+";
+      if (byFd && !lower) return [key, undefined, path]; // by fd after all
+      if (!(short && lower) && shorterThan(path, FSCONFIG_STRING_MAX)) return [key, path, path];
+      const name = links.length.toString(36);
+      links.push({ name, target: path });
+      return [key, name, path];
+    });
+    const mount = (at: string) =>
+      this.#mount("overlay", at, attrs, (ctx) => {
+        for (const [key, value, path] of values) {
+          if (value === undefined) setDirFd(ctx, key, path);
+          else setString(ctx, key, value, path);
+        }
+        flags(ctx);
+      });
+    if (links.length === 0) mount(target);
+    else {
+      const at = absolute(target);
+      withLinkDir(links, (dir) => inThreadCwd(dir, () => mount(at)));
+    }
     return Promise.resolve();
   }
 
   mountTmpfs(target: string, o: TmpfsMountOptions = {}): Promise<void> {
-    const config = tmpfsData(o).map((kv): [string, string] => {
-      const i = kv.indexOf("=");
-      return [kv.slice(0, i), kv.slice(i + 1)];
+    this.#mount("tmpfs", target, 0, (ctx) => {
+      for (const kv of tmpfsData(o)) {
+        const i = kv.indexOf("=");
+        setString(ctx, kv.slice(0, i), kv.slice(i + 1), target);
+      }
     });
-    this.#mount("tmpfs", target, config, 0);
     return Promise.resolve();
   }
 
@@ -321,7 +543,10 @@ class Mount2Backend implements MountBackend {
 
   #mount(source: string, fstype: string, target: string, flags: number, data: string): void {
     const r = libc().mount(cstr(source), cstr(target), cstr(fstype), BigInt(flags), cstr(data));
-    if (r < 0) throw new MountError(`mount(${fstype})`, errno(), target);
+    if (r < 0) {
+      const e = errno();
+      throw new MountError(`mount(${fstype})`, e, target);
+    }
   }
 
   mountOverlay(target: string, o: OverlayMountOptions): Promise<void> {
@@ -332,13 +557,12 @@ class Mount2Backend implements MountBackend {
       this.#mount("overlay", "overlay", target, flags, data);
       return Promise.resolve();
     }
-    const dir = makeLinkDir(links);
-    try {
-      // The target is absolute, the lowers are relative to the link dir.
-      inThreadCwd(dir, () => this.#mount("overlay", "overlay", target, flags, data));
-    } finally {
-      Deno.removeSync(dir, { recursive: true });
-    }
+    // The target is absolute, the layers are relative to the link dir.
+    const at = absolute(target);
+    withLinkDir(
+      links,
+      (dir) => inThreadCwd(dir, () => this.#mount("overlay", "overlay", at, flags, data)),
+    );
     return Promise.resolve();
   }
 
@@ -358,6 +582,7 @@ const errnoByText: [RegExp, number][] = [
   [/busy/i, 16],
   [/not mounted|not a mount ?point/i, 22],
   [/unknown filesystem|no such device/i, 19],
+  [/name too long/i, 36],
 ];
 
 function guessErrno(stderr: string): number {
@@ -373,6 +598,10 @@ class CommandBackend implements MountBackend {
     const out = await new Deno.Command(args[0], {
       args: args.slice(1),
       cwd,
+      // libmount 2.39+ would give the options to fsconfig(2) one string
+      // each, `lowerdir=` whole, and fail past 255 bytes; mount(2) takes a
+      // page. (2.38 always uses mount(2) and ignores this.)
+      env: { LIBMOUNT_FORCE_MOUNT2: "always" },
       stdin: "null",
       stdout: "null",
       stderr: "piped",
@@ -387,14 +616,12 @@ class CommandBackend implements MountBackend {
     validateOverlay(target, o);
     const { data, links } = overlayData(o);
     const args = ["mount", "-t", "overlay", "-o", data, ...(o.readonly ? ["-r"] : [])];
-    args.push("overlay", target);
-    if (!links) return await this.#run(args, "mount(8) overlay", target);
-    const dir = makeLinkDir(links);
-    try {
-      await this.#run(args, "mount(8) overlay", target, dir);
-    } finally {
-      await Deno.remove(dir, { recursive: true });
-    }
+    if (!links) return await this.#run([...args, "overlay", target], "mount(8) overlay", target);
+    const at = absolute(target);
+    await withLinkDirAsync(
+      links,
+      (dir) => this.#run([...args, "overlay", at], "mount(8) overlay", target, dir),
+    );
   }
 
   async mountTmpfs(target: string, o: TmpfsMountOptions = {}): Promise<void> {
@@ -426,19 +653,35 @@ export interface MountBackendChoice {
   reason: string;
 }
 
+/** Options of {@linkcode mountBackend}. */
+export interface MountBackendOptions {
+  /**
+   * For `fsopen`: how layers are handed to overlayfs. Default: as file
+   * descriptors where the kernel takes them (asked once per process), else
+   * as paths.
+   */
+  naming?: LayerNaming;
+}
+
 /**
- * Returns the backend of that name (no probing).
+ * Returns the backend of that name (no probing; for `fsopen`, whether the
+ * kernel takes layers as file descriptors is asked on its first overlay,
+ * unless `options.naming` says).
  *
  * @example Usage
  * ```ts
  * import { mountBackend } from "./mount.ts";
  * console.log(mountBackend("command").name); // "command"
+ * console.log(mountBackend("fsopen", { naming: "path" }).name); // "fsopen"
  * ```
  */
-export function mountBackend(name: MountBackendName): MountBackend {
+export function mountBackend(
+  name: MountBackendName,
+  options: MountBackendOptions = {},
+): MountBackend {
   switch (name) {
     case "fsopen":
-      return new FsopenBackend();
+      return new FsopenBackend(options.naming);
     case "mount2":
       return new Mount2Backend();
     case "command":
@@ -516,10 +759,25 @@ class OnePageFirstBackend implements MountBackend {
   }
 }
 
+/** Parses `STRATA_MOUNT_BACKEND`: `fsopen`, `fsopen:fd`, `fsopen:path`, `mount2` or `command`. */
+function forcedBackend(value: string): MountBackend {
+  const [name, naming] = value.split(":", 2);
+  const known = naming === undefined
+    ? name === "fsopen" || name === "mount2" || name === "command"
+    : name === "fsopen" && (naming === "fd" || naming === "path");
+  if (!known) {
+    throw new TypeError(
+      `Unknown mount backend ${JSON.stringify(value)} in STRATA_MOUNT_BACKEND ` +
+        "(fsopen, fsopen:fd, fsopen:path, mount2 or command)",
+    );
+  }
+  return mountBackend(name as MountBackendName, { naming: naming as LayerNaming | undefined });
+}
+
 function probe(): MountBackendChoice {
   const forced = Deno.env.get("STRATA_MOUNT_BACKEND");
   if (forced) {
-    const backend = mountBackend(forced as MountBackendName);
+    const backend = forcedBackend(forced);
     return { backend, name: backend.name, reason: `STRATA_MOUNT_BACKEND=${forced} asks for it` };
   }
   if (!ffiAvailable()) {
@@ -542,6 +800,43 @@ function probe(): MountBackendChoice {
   };
 }
 
+/** What the kernel said about `FSCONFIG_SET_FD` for "lowerdir+" (asked once per process). */
+let namingAnswer: LayerNaming | undefined;
+
+/**
+ * Asks overlayfs whether it takes a layer as a file descriptor: one
+ * `FSCONFIG_SET_FD` of `/` on an fs context that is dropped again. Kernels
+ * before 6.13 refuse it with EINVAL (the option is a string there). Where no
+ * fs context can be made yet (no mount privilege), the kernel version tells.
+ */
+function layerNaming(ctx?: number): LayerNaming {
+  if (namingAnswer !== undefined) return namingAnswer;
+  const c = libc();
+  const own = ctx === undefined ? c.fsopen(cstr("overlay"), FSOPEN_CLOEXEC) : ctx;
+  if (own < 0) return kernelAtLeast(6, 13) ? "fd" : "path";
+  try {
+    const root = c.open(cstr("/"), O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
+    if (root < 0) return "path";
+    try {
+      const r = c.fsconfig(own, FSCONFIG_SET_FD, cstr("lowerdir+"), null, root);
+      return namingAnswer = r === 0 ? "fd" : "path";
+    } finally {
+      c.close(root);
+    }
+  } finally {
+    if (ctx === undefined) c.close(own);
+  }
+}
+
+const NAMING_REASON: Record<LayerNaming, string> = {
+  fd: "each layer, upper and work directory handed over as an O_PATH file descriptor " +
+    "(FSCONFIG_SET_FD, Linux 6.13+): no path string reaches the kernel, so no limit on path " +
+    "length or layer count below 500 layers",
+  path: "layers handed over as path strings (this kernel takes no file descriptor for them, " +
+    "Linux < 6.13); a path of 256 bytes or more, past fsconfig's string limit, through a short " +
+    "symlink",
+};
+
 /** Which way long overlays are mounted: the new mount API when the kernel takes `lowerdir+`. */
 function probeNewApi(): MountBackendChoice {
   const c = libc();
@@ -549,12 +844,13 @@ function probeNewApi(): MountBackendChoice {
   if (fd < 0) {
     const e = errno();
     const why = new ErrnoError("fsopen(overlay)", e).message;
-    if (e === 1 && kernelAtLeast(6, 8)) {
+    if (e === EPERM && kernelAtLeast(6, 8)) {
+      const naming = layerNaming();
       return {
-        backend: new FsopenBackend(),
+        backend: new FsopenBackend(naming),
         name: "fsopen",
-        reason: `new mount API on Linux ${Deno.osRelease()} (>= 6.8); probing it said ${why}: ` +
-          "no mount privilege here yet (run as root or inside a user namespace)",
+        reason: `new mount API on Linux ${Deno.osRelease()} (>= 6.8), ${NAMING_REASON[naming]}; ` +
+          `probing it said ${why}: no mount privilege here yet (run as root or inside a user namespace)`,
       };
     }
     return {
@@ -564,6 +860,14 @@ function probeNewApi(): MountBackendChoice {
     };
   }
   try {
+    if (layerNaming(fd) === "fd") {
+      return {
+        backend: new FsopenBackend("fd"),
+        name: "fsopen",
+        reason:
+          `new mount API (Linux ${Deno.osRelease()}): one "lowerdir+" per layer, ${NAMING_REASON.fd}`,
+      };
+    }
     const r = c.fsconfig(fd, FSCONFIG_SET_STRING, cstr("lowerdir+"), cstr("/"), 0);
     if (r < 0) {
       const e = errno();
@@ -579,10 +883,10 @@ function probeNewApi(): MountBackendChoice {
     c.close(fd);
   }
   return {
-    backend: new FsopenBackend(),
+    backend: new FsopenBackend("path"),
     name: "fsopen",
-    reason: `new mount API: fsopen("overlay") works and overlayfs takes one "lowerdir+" per ` +
-      `layer (Linux ${Deno.osRelease()}), so no limit on layer count or path length below 500 layers`,
+    reason:
+      `new mount API (Linux ${Deno.osRelease()}): one "lowerdir+" per layer, ${NAMING_REASON.path}`,
   };
 }
 
@@ -590,8 +894,10 @@ let chosen: MountBackendChoice | undefined;
 
 /**
  * Picks the mount backend once per process: the new mount API when `fsopen`
- * works and overlayfs takes `lowerdir+`, else classic `mount(2)`, else (no
- * FFI permission) `mount(8)`. `STRATA_MOUNT_BACKEND` forces one. With FFI,
+ * works and overlayfs takes `lowerdir+` (each layer as a file descriptor
+ * where the kernel takes one, else as a path), else classic `mount(2)`, else
+ * (no FFI permission) `mount(8)`. `STRATA_MOUNT_BACKEND` forces one
+ * (`fsopen`, `fsopen:fd`, `fsopen:path`, `mount2`, `command`). With FFI,
  * what fits in one page of mount options is mounted with `mount(2)` whatever
  * the choice, and the kernel is probed for the new API only when a longer
  * overlay comes (or `name` or `reason` is read).

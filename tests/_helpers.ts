@@ -57,6 +57,23 @@ export async function unmountBelow(path: string): Promise<void> {
   }
 }
 
+/**
+ * A directory path of exactly `length` characters below `dir` (components of
+ * at most 200 characters: a name is at most 255 bytes), for cache roots long
+ * enough to cross the kernel's limits (fsconfig's 256-byte strings, the
+ * 4 KiB mount options page, PATH_MAX). Nothing is created.
+ */
+export function longPath(dir: string, length: number): string {
+  let p = dir;
+  while (p.length < length) {
+    const left = length - p.length;
+    // "/" and at least one character each time; never leave a single one over.
+    const n = left - 1 <= 200 ? left - 1 : left - 201 === 1 ? 199 : 200;
+    p += "/" + "p".repeat(n);
+  }
+  return p;
+}
+
 /** The bytes of `parts`, one after another, in a new array. */
 export function concat(...parts: Uint8Array[]): Uint8Array {
   const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));

@@ -1,7 +1,7 @@
 /**
  * CachingLayerResolver, for real: extraction once, cached resolves, the two
  * modes giving one tree, concurrency within and across processes, kill -9 in
- * the middle of an extraction, 130 layers under a long cache path.
+ * the middle of an extraction, 130 layers under a 210-character cache path.
  */
 import { join } from "@std/path";
 import {
@@ -19,7 +19,7 @@ import {
 import { treeRecord } from "../layer/record.ts";
 import { mountsBelow } from "../sys/mount.ts";
 import { filesLayer, type MemoryLayer, memoryLayer, sampleImage, snapshotTree } from "./_layers.ts";
-import { isRoot, repoRoot, tempDir, withOverlayView } from "./_helpers.ts";
+import { isRoot, longPath, repoRoot, tempDir, withOverlayView } from "./_helpers.ts";
 
 /** Resolves every layer of an image in order; returns the lower dirs, bottom first. */
 async function resolveAll(r: CachingLayerResolver, layers: MemoryLayer[]): Promise<string[]> {
@@ -140,19 +140,21 @@ Deno.test({
 });
 
 Deno.test({
-  name: "resolve: 130 layers under a 150-character cache path, mounted in order",
+  name: "resolve: 130 layers under a 210-character cache path (each layer path > 256 bytes), " +
+    "mounted in order",
   ignore: !isRoot,
   async fn() {
     await using tmp = await tempDir();
     const dir = String(tmp);
-    const root = join(dir, "c".repeat(150 - dir.length - 1));
-    assertEquals(root.length, 150);
+    const root = longPath(dir, 210);
     const r = await CachingLayerResolver.create(root);
     const layers = Array.from(
       { length: 130 },
       (_, i) => filesLayer({ f: String(i), [`g${i}`]: "" }, "none"),
     );
     const lowers = await resolveAll(r, layers);
+    // Past fsconfig's 256-byte string limit: mounted by file descriptor.
+    assert(lowers.every((l) => new TextEncoder().encode(l).length > 256), lowers[0]);
     await withOverlayView(dir, lowers, async (view) => {
       assertEquals(await Deno.readTextFile(join(view, "f")), "129");
       assertEquals((await Array.fromAsync(Deno.readDir(view))).length, 131);

@@ -11,6 +11,7 @@ import { CachingLayerResolver } from "../overlay/resolver.ts";
 import { mountsBelow } from "../sys/mount.ts";
 import { sampleImage, snapshotTree } from "./_layers.ts";
 import {
+  denoPath,
   ensureTestUser,
   isRoot,
   repoRoot,
@@ -193,7 +194,8 @@ Deno.test({
     assert(res.info.collapsed);
     const warnings = r.stderr.split("\n").filter((l) => l.includes("only root is mapped"));
     assertEquals(warnings.length, 1, r.stderr);
-    assertStringIncludes(warnings[0], NOSUB_USER);
+    assertStringIncludes(warnings[0], `no /etc/subuid and /etc/subgid ranges for ${NOSUB_USER}`);
+    assertStringIncludes(warnings[0], "usermod --add-subuids");
     assertEquals(res.tree!["data/f4"].uid, 0, "uid 1000 collapsed to root");
     assertEquals(res.tree!["data/f4"].content, "data 4\n");
     assertEquals(await mountsBelow(dir), []);
@@ -320,5 +322,96 @@ Deno.test({
     await child.stderr.cancel();
     assertStringIncludes(text, "got SIGTERM");
     assertEquals(status.code, 9, "the child's exit status");
+  },
+});
+
+/**
+ * A PATH that gives every command of /usr/bin and /usr/sbin, with
+ * `newuidmap`/`newgidmap` as `helpers` says: `hidden` (missing, as without
+ * Debian's uidmap package; `gid` hides only newgidmap), `unusable` (copies
+ * that are not setuid), `failing` (setuid-root copies of `false`). The
+ * package itself stays installed: other tests run at the same time.
+ */
+async function helperPath(
+  dir: string,
+  helpers: "hidden" | "gid" | "unusable" | "failing",
+): Promise<string> {
+  const bin = join(dir, `bin-${helpers}`);
+  await Deno.mkdir(bin, { mode: 0o755 });
+  const hide = helpers === "gid" ? ["newgidmap"] : ["newuidmap", "newgidmap"];
+  for (const from of ["/usr/sbin", "/usr/bin"]) {
+    for await (const e of Deno.readDir(from)) {
+      if (hide.includes(e.name)) continue;
+      await Deno.symlink(join(from, e.name), join(bin, e.name)).catch((err) => {
+        if (!(err instanceof Deno.errors.AlreadyExists)) throw err;
+      });
+    }
+  }
+  for (const name of helpers === "unusable" || helpers === "failing" ? hide : []) {
+    await Deno.copyFile(helpers === "failing" ? "/bin/false" : `/usr/bin/${name}`, join(bin, name));
+    await Deno.chmod(join(bin, name), helpers === "failing" ? 0o4755 : 0o755);
+  }
+  return bin;
+}
+
+Deno.test({
+  name: "rootless with subordinate ranges but no usable newuidmap/newgidmap: the warning and " +
+    "supported --why name the real cause and the fix",
+  ignore: !isRoot,
+  async fn() {
+    const { uid, gid } = await ensureTestUser();
+    await using tmp = await tempDir();
+    const dir = String(tmp);
+    const home = await userDir(dir, "home", uid, gid);
+    const cases: [Parameters<typeof helperPath>[1], string[]][] = [
+      ["hidden", [
+        `${TEST_USER} has /etc/subuid and /etc/subgid ranges, but newuidmap and newgidmap`,
+        "not installed",
+        "apt-get install uidmap",
+      ]],
+      ["gid", ["but newgidmap, which maps them, is not installed", "apt-get install uidmap"]],
+      ["unusable", [
+        "bin-unusable/newuidmap and",
+        "bin-unusable/newgidmap are neither setuid root nor given file capabilities",
+        "apt-get install --reinstall uidmap",
+      ]],
+      ["failing", [
+        "and newuidmap and newgidmap, but mapping them failed: unshare",
+        "--map-auto",
+        "exited 1",
+      ]],
+    ];
+    for (const [helpers, says] of cases) {
+      const bin = await helperPath(dir, helpers);
+      const r = await runAsUser(
+        [denoPath, "run", "-A", join(repoRoot, "cli.ts"), "supported", "--why", "--cache", home],
+        { env: { PATH: bin } },
+      );
+      assertEquals(r.code, 0, `${helpers}: ${r.stderr}`);
+      // Owners collapse (only root mapped), said once, with the cause.
+      assertStringIncludes(r.stdout, `mapping uids [0 ${uid} 1]`);
+      const warnings = r.stderr.split("\n").filter((l) => l.includes("only root is mapped"));
+      assertEquals(warnings.length, 1, `${helpers}: ${r.stderr}`);
+      const why = r.stdout.split("\n").find((l) => l.startsWith("subordinate ids: "));
+      for (const text of [warnings[0], why ?? ""]) {
+        for (const s of says) assertStringIncludes(text, s, `${helpers}: ${text}`);
+        assert(!text.includes("no /etc/subuid and /etc/subgid ranges"), text);
+      }
+    }
+    // The real helpers, for contrast: every subordinate id mapped, no warning.
+    const ok = await runAsUser([
+      denoPath,
+      "run",
+      "-A",
+      join(repoRoot, "cli.ts"),
+      "supported",
+      "--why",
+      "--cache",
+      home,
+    ]);
+    assertEquals(ok.code, 0, ok.stderr);
+    assert(!ok.stderr.includes("only root is mapped"), ok.stderr);
+    assertStringIncludes(ok.stdout, "subordinate ids: 65536 uids mapped");
+    assertEquals(await mountsBelow(dir), []);
   },
 });
