@@ -22,6 +22,7 @@ import { commandHelp, parseArgs, type ParsedArgs, UsageError } from "./cli/args.
 import { COMMANDS, GLOBAL_OPTIONS, TOP_OPTIONS, topHelp } from "./cli/spec.ts";
 import { debugReport, errorLine, exitCodeFor } from "./cli/errors.ts";
 import { detectMode, Output, type OutputSinks, processSinks } from "./cli/output.ts";
+import { defaultCacheRoot } from "./overlay/cache_root.ts";
 
 export type { OutputSinks };
 import type { Context } from "./cli/context.ts";
@@ -31,19 +32,39 @@ export const VERSION: string = denoJson.version;
 
 type Handler = (ctx: Context) => Promise<number>;
 
+/**
+ * Loads `cli/cmd_NAME.ts`, the part of the command line `NAME` needs. A
+ * literal `import("./cli/cmd_run.ts")` would make Deno read, hash and
+ * resolve that module and everything it imports when the program starts,
+ * whichever command runs (~4 ms for strata's ~60 modules); a specifier
+ * built from a template with a fixed file-name prefix is resolved only when
+ * the import runs, and `deno bundle` still finds every match (esbuild expands
+ * it to `cli/cmd_*.ts`).
+ */
+function load<T>(name: string): Promise<T> {
+  return import(`./cli/cmd_${name}.ts`);
+}
+
+type CommandModule = Record<string, Handler>;
+
 // Commands load on demand: `strata --help` and `strata ls` do not pay for the
 // mount and runtime code, and a command whose part fails to load says so alone.
-const handlers: Record<string, () => Promise<Handler>> = {
-  supported: async () => (await import("./cli/cmd_supported.ts")).supportedCommand,
-  pull: async () => (await import("./cli/cmd_pull.ts")).pullCommand,
-  run: async () => (await import("./cli/cmd_run.ts")).runCommand,
-  export: async () => (await import("./cli/cmd_export.ts")).exportCommand,
-  ls: async () => (await import("./cli/cmd_cache.ts")).lsCommand,
-  rm: async () => (await import("./cli/cmd_cache.ts")).rmCommand,
-  prune: async () => (await import("./cli/cmd_cache.ts")).pruneCommand,
-  verify: async () => (await import("./cli/cmd_verify.ts")).verifyCommand,
-  demo: async () => (await import("./cli/cmd_demo.ts")).demoCommand,
+const handlers: Record<string, [module: string, name: string]> = {
+  supported: ["supported", "supportedCommand"],
+  pull: ["pull", "pullCommand"],
+  run: ["run", "runCommand"],
+  export: ["export", "exportCommand"],
+  ls: ["cache", "lsCommand"],
+  rm: ["cache", "rmCommand"],
+  prune: ["cache", "pruneCommand"],
+  verify: ["verify", "verifyCommand"],
+  demo: ["demo", "demoCommand"],
 };
+
+async function loadHandler(command: string): Promise<Handler> {
+  const [module, name] = handlers[command];
+  return (await load<CommandModule>(module))[name];
+}
 
 /**
  * Commands whose first step is entering the user/mount namespace (which, as
@@ -54,15 +75,7 @@ const handlers: Record<string, () => Promise<Handler>> = {
  */
 const ENTER_FIRST = new Set(["run", "pull", "demo", "export"]);
 
-async function enterNamespaceEarly(out: Output): Promise<void> {
-  const { ensureUserNamespace } = await import("./overlay/userns.ts");
-  try {
-    await ensureUserNamespace({ quiet: out.mode === "quiet", warn: (m) => out.note(m) });
-  } catch {
-    // No namespace can be made: the command loads and enters it again, so
-    // its usage errors still come first and the failure is reported as usual.
-  }
-}
+type Reexec = typeof import("./cli/cmd_reexec.ts");
 
 /**
  * Root runs a cached image without re-executing itself (cli/pipeline.ts
@@ -73,32 +86,6 @@ function isRoot(): boolean {
     return Deno.uid() === 0;
   } catch {
     return false;
-  }
-}
-
-/** Marks the run started by {@linkcode rerunForCertificate}, with the host it is for. */
-const TLS_RERUN_ENV = "STRATA_TLS_RERUN";
-
-/**
- * `--tls-verify=false` and a registry whose certificate cannot be verified:
- * Deno's fetch can skip the check only for the whole process, so the
- * command runs again (same pid, same arguments) with
- * `--unsafely-ignore-certificate-errors=HOST` (Deno then says "DANGER: TLS
- * certificate validation is disabled for: HOST"), as skopeo skips it. The
- * failure happens at the first request, before anything is written. Returns
- * when that cannot be done (already done once, or not run as `deno run`).
- */
-async function rerunForCertificate(e: unknown): Promise<void> {
-  if ((e as Error)?.name !== "UnverifiedCertificateError") return;
-  const host = (e as { hostname?: string }).hostname;
-  try {
-    if (!host || Deno.env.get(TLS_RERUN_ENV) !== undefined) return;
-    const { rerunWithDenoFlags } = await import("./overlay/userns.ts");
-    await rerunWithDenoFlags([`--unsafely-ignore-certificate-errors=${host}`], {
-      [TLS_RERUN_ENV]: host,
-    });
-  } catch {
-    // cannot run again (no --allow-env, --allow-run): the error line says what to do
   }
 }
 
@@ -229,14 +216,13 @@ export async function main(args: string[], options: MainOptions = {}): Promise<n
     }
     if (o.version) throw new UsageError(`unknown option --version for ${spec.name}`, spec.name);
     if (ENTER_FIRST.has(spec.name) && !(spec.name === "run" && isRoot())) {
-      await enterNamespaceEarly(out);
+      await (await load<Reexec>("reexec")).enterNamespaceEarly(out);
     }
-    const handler = await handlers[spec.name]();
+    const handler = await loadHandler(spec.name);
     const signals = options.signal ? undefined : installSignals(controller);
     // `run` releases the signals early (to runContainer); the finally removes them.
     options.signal?.addEventListener("abort", () => controller.abort(options.signal!.reason));
     try {
-      const { defaultCacheRoot } = await import("./overlay/cache.ts");
       const cacheRoot = (o.cache as string | undefined) ?? defaultCacheRoot();
       root = cacheRoot;
       return await handler({
@@ -252,7 +238,9 @@ export async function main(args: string[], options: MainOptions = {}): Promise<n
     }
   } catch (e) {
     out.endLayers();
-    if (!options.sinks && parsed?.options["tls-verify"] === false) await rerunForCertificate(e);
+    if (!options.sinks && parsed?.options["tls-verify"] === false) {
+      await (await load<Reexec>("reexec")).rerunForCertificate(e);
+    }
     if (controller.signal.aborted && !debug) {
       // Ctrl-C: the command stopped and cleaned up; say so plainly, exit as shells do.
       out.error(`strata: ${what(parsed)}: interrupted`);

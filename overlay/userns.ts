@@ -6,7 +6,7 @@
  *
  * @module
  */
-import { currentIdMap, formatRanges, type IdMap, type IdRange, isIdentityMap } from "./cache.ts";
+import { currentIdMap, formatRanges, type IdMap, type IdRange, isIdentityMap } from "./idmap.ts";
 import { readProcLink, readProcText } from "../sys/proc.ts";
 import { cstr, ffiAvailable, libc } from "../sys/libc.ts";
 
