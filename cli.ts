@@ -89,6 +89,20 @@ function isRoot(): boolean {
   }
 }
 
+type WarmRun = typeof import("./cli/cmd_run_warm.ts");
+
+/**
+ * `run`: the short way first (cli/cmd_run_warm.ts: an image whose run record
+ * still holds, in this process), else the long way, which as a user first
+ * re-executes into a user namespace, before its modules load.
+ */
+async function runHandler(ctx: Context): Promise<number> {
+  const status = await (await load<WarmRun>("run_warm")).warmRun(ctx);
+  if (status !== undefined) return status;
+  if (!isRoot()) await (await load<Reexec>("reexec")).enterNamespaceEarly(ctx.out);
+  return await (await loadHandler("run"))(ctx);
+}
+
 /** Options of {@linkcode main}. */
 export interface MainOptions {
   /** Where output goes (default: the process's stdout and stderr). */
@@ -215,10 +229,10 @@ export async function main(args: string[], options: MainOptions = {}): Promise<n
       return 0;
     }
     if (o.version) throw new UsageError(`unknown option --version for ${spec.name}`, spec.name);
-    if (ENTER_FIRST.has(spec.name) && !(spec.name === "run" && isRoot())) {
+    if (ENTER_FIRST.has(spec.name) && spec.name !== "run") {
       await (await load<Reexec>("reexec")).enterNamespaceEarly(out);
     }
-    const handler = await loadHandler(spec.name);
+    const handler = spec.name === "run" ? runHandler : await loadHandler(spec.name);
     const signals = options.signal ? undefined : installSignals(controller);
     // `run` releases the signals early (to runContainer); the finally removes them.
     options.signal?.addEventListener("abort", () => controller.abort(options.signal!.reason));

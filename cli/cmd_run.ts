@@ -25,7 +25,28 @@ import {
   withTerminal,
   withUser,
 } from "../bundle/options.ts";
-import { runContainer, selectRuntime } from "../bundle/run.ts";
+import {
+  defaultStateDir,
+  findRuntime,
+  type RuntimeChoice,
+  runContainer,
+  selectRuntime,
+} from "../bundle/run.ts";
+import { inUserNamespace, outsideUid } from "../bundle/host.ts";
+import {
+  codeIdentity,
+  hostKey,
+  RUN_RECORD_FORMAT,
+  type RunRecord,
+  runRecordPath,
+  writeRunRecord,
+} from "../bundle/run_record.ts";
+import { runTemplate } from "../bundle/run_template.ts";
+import type { CachedBundle } from "../bundle/bundler.ts";
+import { parseRef } from "../image/ref.ts";
+import { canonicalName, ImageStore } from "../image/store.ts";
+import { OciLayoutSource, selectFromIndex } from "../image/layout.ts";
+import { chainKey, layerKey } from "../overlay/resolver.ts";
 import { SpecError, type SpecOption } from "../bundle/spec.ts";
 import type { SourceImage } from "../image/source.ts";
 import type { CachingLayerResolver } from "../overlay/resolver.ts";
@@ -212,6 +233,11 @@ export async function runCommand(ctx: Context): Promise<number> {
     });
     const id = `strata-${crypto.randomUUID().replaceAll("-", "").slice(0, 12)}`;
     const bundle = await bundler.bundle(image, id, ...specOptions, ctx.signal);
+    // Before the container can change the rootfs the record's spec is built from.
+    if (choosing) {
+      const rt = await choosing;
+      if (rt) await recordRun(ctx, ref, image, bundle, rt).catch(() => {});
+    }
     // From here runContainer owns Ctrl-C: it forwards it to the container and
     // cleans up the bundle whatever happens.
     ctx.releaseSignals();
@@ -222,4 +248,76 @@ export async function runCommand(ctx: Context): Promise<number> {
     // (its probe container and directory would be left behind).
     await choosing;
   }
+}
+
+/**
+ * Writes the run record for `ref` (bundle/run_record.ts), so that the next
+ * `strata run` of it takes the short way (cmd_run_warm.ts): for an OCI
+ * layout or a pulled registry name, run without `--platform`, while the
+ * bundle's rootfs is fresh (the record's spec looks the image's user up in
+ * it). A run whose record would say what this one's says writes it again all
+ * the same: it costs this (long) run a millisecond.
+ */
+async function recordRun(
+  ctx: Context,
+  ref: string,
+  image: SourceImage,
+  bundle: CachedBundle,
+  rt: RuntimeChoice,
+): Promise<void> {
+  if (ctx.options.platform !== undefined) return;
+  const path = runRecordPath(ctx.cacheRoot, ref);
+  if (path === undefined) return;
+  const parsed = parseRef(ref);
+  if (parsed.transport !== "oci" && parsed.transport !== "docker") return;
+  if (parsed.transport === "docker" && /^[a-z0-9]+:[0-9a-f]{32,}$/i.test(ref)) return;
+  if (inUserNamespace()) return; // rootless: not yet
+  let lookup = image.digest;
+  let lookupSize = image.manifestBytes.length;
+  let lookupMediaType = image.manifest.mediaType ?? "";
+  if (parsed.transport === "oci") {
+    // The entry of index.json the tag selects, as the layout gives it.
+    const source = new OciLayoutSource(parsed.path, image.name);
+    const entry = selectFromIndex(await source.readIndex(), parsed.tag, source.name);
+    if (entry.digest !== (image.indexDigest ?? image.digest)) return;
+    lookup = entry.digest;
+    lookupSize = entry.size;
+    lookupMediaType = entry.mediaType;
+  }
+  const template = await runTemplate(image.config, bundle.rootfs, image.name ?? image.digest);
+  if (!template) return;
+  const store = await ImageStore.create(ctx.cacheRoot);
+  const name = canonicalName(ref);
+  let crun: { path: string; mtime: number } | null | undefined;
+  if (rt.name === "runc") {
+    const found = findRuntime("crun");
+    crun = found ? { path: found, mtime: Deno.statSync(found).mtime?.getTime() ?? 0 } : null;
+  }
+  const record: RunRecord = {
+    format: RUN_RECORD_FORMAT,
+    ref,
+    name,
+    refFile: await store.refFile(name),
+    lookup,
+    lookupSize,
+    lookupMediaType,
+    digest: image.digest,
+    layers: image.layers.map((l, i) => ({
+      diffID: l.diffID,
+      dirs: [layerKey(l.diffID), chainKey(l.diffID, image.layers.slice(0, i))],
+    })),
+    entrypoint: template.entrypoint,
+    ...(template.stopSignal ? { stopSignal: template.stopSignal } : {}),
+    spec: template.spec as unknown as Record<string, unknown>,
+    runtime: {
+      name: rt.name,
+      path: rt.path,
+      ...(rt.reason ? { reason: rt.reason } : {}),
+      ...(crun !== undefined ? { crun } : {}),
+    },
+    stateDir: defaultStateDir(rt.name),
+    host: hostKey("root", outsideUid()),
+    code: codeIdentity(),
+  };
+  writeRunRecord(path, record);
 }
