@@ -30,6 +30,13 @@ export const GLOBAL_OPTIONS: readonly OptionSpec[] = [
     help: "=false: allow plain HTTP and unverified TLS (a local registry)",
   },
   {
+    name: "registries-conf",
+    type: "string",
+    value: "FILE",
+    help: "containers-registries.conf(5) to use (default $CONTAINERS_REGISTRIES_CONF, " +
+      "~/.config/containers/registries.conf, /etc/containers/registries.conf)",
+  },
+  {
     name: "creds",
     type: "string",
     value: "USER:PASS",
