@@ -142,7 +142,7 @@ async function openShortName(ref: string, options: OpenImageOptions): Promise<So
     import("./short_name.ts"),
   ]);
   const { chooseCandidates, resolutionNote, resolveShortName } = short;
-  const conf = await loadRegistriesConf(options);
+  const conf = await loadRegistriesConf({ ...options, cacheDir: options.cacheRoot });
   const resolution = resolveShortName(conf, ref);
   const store = options.cacheRoot ? await ImageStore.create(options.cacheRoot) : undefined;
   const pull = options.pull ?? "missing";
@@ -209,7 +209,10 @@ export async function storedName(
     import("./registries_conf.ts"),
     import("./short_name.ts"),
   ]);
-  const resolution = resolveShortName(await loadRegistriesConf(options), ref);
+  const resolution = resolveShortName(
+    await loadRegistriesConf({ ...options, cacheDir: cacheRoot }),
+    ref,
+  );
   const store = await ImageStore.create(cacheRoot);
   for (const candidate of resolution.candidates) {
     const rec = await storedRecord(store, candidate, undefined);
@@ -245,7 +248,7 @@ export async function saveImage(cacheRoot: string, ref: string, image: SourceIma
  * ```
  */
 export function openRef(parsed: ImageRef, options: OpenImageOptions = {}): Promise<SourceImage> {
-  const o: RegistryOptions & ArchiveOptions = { ...options };
+  const o: RegistryOptions & ArchiveOptions = { cacheDir: options.cacheRoot, ...options };
   switch (parsed.transport) {
     // The registry client and the archive readers load on demand: a run from
     // a layout or from the store (offline) never needs them.

@@ -154,6 +154,13 @@ export interface RegistriesConfOptions {
    * else the system's and the user's `registries.conf.d`).
    */
   registriesConfDir?: string;
+  /**
+   * A directory to keep the merged configuration in, as JSON
+   * (`registries-conf.json`; the CLI uses its cache root): the next process
+   * reads that instead of loading the TOML parser and parsing every file,
+   * while the files are the same (names, inodes, sizes, times).
+   */
+  cacheDir?: string;
 }
 
 /** The files {@linkcode loadRegistriesConf} would read. */
@@ -261,12 +268,51 @@ function readConf(file: string): string | undefined {
 
 let cached: { key: string; conf: RegistriesConf | undefined } | undefined;
 
+/** The JSON form {@linkcode RegistriesConfOptions.cacheDir} holds. */
+interface CachedConf {
+  version: 1;
+  key: string;
+  conf: Omit<RegistriesConf, "aliases"> & { aliases: [string, ShortNameAlias][] } | null;
+}
+const CACHE_FILE = "registries-conf.json";
+
+function readCache(dir: string, key: string): { conf: RegistriesConf | undefined } | undefined {
+  try {
+    const c = JSON.parse(Deno.readTextFileSync(join(dir, CACHE_FILE))) as CachedConf;
+    if (c?.version !== 1 || c.key !== key) return undefined;
+    if (c.conf === null) return { conf: undefined };
+    return { conf: { ...c.conf, aliases: new Map(c.conf.aliases) } };
+  } catch {
+    return undefined; // none yet, or unreadable: parse the files
+  }
+}
+
+function writeCache(dir: string, key: string, conf: RegistriesConf | undefined): void {
+  const c: CachedConf = {
+    version: 1,
+    key,
+    conf: conf ? { ...conf, aliases: [...conf.aliases] } : null,
+  };
+  const file = join(dir, CACHE_FILE);
+  const tmp = `${file}.tmp-${crypto.randomUUID()}`;
+  try {
+    Deno.writeTextFileSync(tmp, JSON.stringify(c), { mode: 0o600 });
+    Deno.renameSync(tmp, file);
+  } catch {
+    try {
+      Deno.removeSync(tmp);
+    } catch { /* never written */ }
+    // A read-only cache, or none yet: parsed again next time.
+  }
+}
+
 /**
  * Reads and merges the registries.conf files (see the module doc). Returns
  * undefined when there is none at all (then strata behaves as it always
  * did: short names are Docker Hub's, every name is pulled from its own
- * registry). The result is kept for the process while the files stay as
- * they are (same names, sizes and modification times).
+ * registry). The result is kept for the process, and in
+ * {@linkcode RegistriesConfOptions.cacheDir} when given, while the files stay
+ * as they are.
  *
  * @throws {RegistriesConfError} for a file that cannot be read or used, or a
  * named main file that does not exist.
@@ -287,16 +333,39 @@ export async function loadRegistriesConf(
   if (options.registriesConf === false) return undefined;
   const sources = registriesConfSources(options);
   const files = [sources.main, ...sources.dirs.flatMap(dropIns)];
-  // What the files are now: a changed one is read again.
+  // What the files are now: a changed one (even replaced by a rename) is read again.
+  let present = 0;
   const key = files.map((f) => {
     try {
       const st = Deno.statSync(f);
-      return `${f}\0${st.size}\0${st.mtime?.getTime()}`;
+      present++;
+      return [f, st.dev, st.ino, st.size, st.mtime?.getTime(), st.ctime?.getTime()].join("\0");
     } catch {
       return `${f}\0-`;
     }
   }).join("\n");
+  if (present === 0 && sources.explicit) {
+    throw new RegistriesConfError(
+      sources.main,
+      "no such file (it was named by --registries-conf or $CONTAINERS_REGISTRIES_CONF)",
+    );
+  }
   if (cached?.key === key) return cached.conf;
+  const kept = options.cacheDir ? readCache(options.cacheDir, key) : undefined;
+  if (kept) {
+    cached = { key, conf: kept.conf };
+    return kept.conf;
+  }
+  const result = present ? await parseFiles(sources, files) : undefined;
+  cached = { key, conf: result };
+  if (options.cacheDir) writeCache(options.cacheDir, key, result);
+  return result;
+}
+
+async function parseFiles(
+  sources: RegistriesConfSources,
+  files: string[],
+): Promise<RegistriesConf | undefined> {
   let conf: Partial | undefined;
   const text = readConf(sources.main);
   if (text === undefined && sources.explicit) {
@@ -320,9 +389,7 @@ export async function loadRegistriesConf(
     const part = parseFile(parse, t, f, true);
     conf = conf ? merge(conf, part) : part;
   }
-  const result = conf ? finish(conf, sources.main) : undefined;
-  cached = { key, conf: result };
-  return result;
+  return conf ? finish(conf, sources.main) : undefined;
 }
 
 /**

@@ -27,7 +27,7 @@ import {
 } from "../image/registries_conf.ts";
 import { parseRegistryRef, registryRefString } from "../image/ref.ts";
 import { chooseCandidates, resolveShortName, ShortNameError } from "../image/short_name.ts";
-import { tempDir } from "./_helpers.ts";
+import { denoPath, repoRoot, run, tempDir } from "./_helpers.ts";
 
 const DIGEST = `sha256:${"ab".repeat(32)}`;
 
@@ -505,4 +505,50 @@ Deno.test("short names: an alias, else the search list in order; tags and digest
   );
   const err = assertThrows(() => resolveShortName(none, "busybox"), ShortNameError);
   assertStringIncludes(err.message, "no unqualified-search-registries in /etc/r.conf");
+});
+
+Deno.test("registries.conf: the parsed configuration is kept in the cache while the files stay the same", async () => {
+  await using tmp = await tempDir();
+  const dir = String(tmp);
+  const main = join(dir, "registries.conf");
+  const d = join(dir, "d");
+  await Deno.mkdir(d);
+  const cacheDir = join(dir, "cache");
+  await Deno.mkdir(cacheDir);
+  const opts = { registriesConf: main, registriesConfDir: d, cacheDir };
+  await Deno.writeTextFile(main, 'unqualified-search-registries = ["one.example.com"]\n');
+  assertEquals((await loadRegistriesConf(opts))?.unqualifiedSearchRegistries, ["one.example.com"]);
+  const kept = JSON.parse(await Deno.readTextFile(join(cacheDir, "registries-conf.json")));
+  assertEquals(kept.conf.unqualifiedSearchRegistries, ["one.example.com"]);
+  // A new process reads the kept copy instead of the files (edited here to tell them apart).
+  kept.conf.unqualifiedSearchRegistries = ["from-the-cache.example.com"];
+  await Deno.writeTextFile(join(cacheDir, "registries-conf.json"), JSON.stringify(kept));
+  const inAnotherProcess = async () => {
+    const code = `const { loadRegistriesConf } = await import(${
+      JSON.stringify(new URL("../image/registries_conf.ts", import.meta.url).href)
+    }); console.log((await loadRegistriesConf(${
+      JSON.stringify(opts)
+    }))?.unqualifiedSearchRegistries.join());`;
+    const r = await run(denoPath, ["eval", "--config", `${repoRoot}/deno.json`, code]);
+    assertEquals(r.code, 0, r.stderr);
+    return r.stdout.trim();
+  };
+  assertEquals(await inAnotherProcess(), "from-the-cache.example.com");
+  // Any change to a file (an edit, a new drop-in) is read again.
+  await Deno.writeTextFile(main, 'unqualified-search-registries = ["two.example.com"]\n');
+  assertEquals((await loadRegistriesConf(opts))?.unqualifiedSearchRegistries, ["two.example.com"]);
+  await Deno.writeTextFile(main, 'unqualified-search-registries = ["2.example.com"]\n');
+  assertEquals(await inAnotherProcess(), "2.example.com");
+  await Deno.writeTextFile(
+    join(d, "10.conf"),
+    'unqualified-search-registries = ["three.example.com"]\n',
+  );
+  assertEquals((await loadRegistriesConf(opts))?.unqualifiedSearchRegistries, [
+    "three.example.com",
+  ]);
+  // A bad file is never kept: it fails every time.
+  await Deno.writeTextFile(join(d, "20.conf"), "short-name-mode = 1\n");
+  for (let i = 0; i < 2; i++) {
+    await assertRejects(() => loadRegistriesConf(opts), RegistriesConfError, "20.conf:1");
+  }
 });
