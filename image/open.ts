@@ -75,6 +75,13 @@ const resolvedNames = new WeakMap<SourceImage, string>();
  * manifest, index and config is verified against the digest naming it;
  * layers verify as they are read ({@linkcode Layer.uncompressed}).
  *
+ * Registry pulls follow containers-registries.conf(5) (mirrors, remapped
+ * locations, `blocked`, `insecure`; see image/registries_conf.ts), and a bare
+ * short name (`busybox`, `team/app:1`) is resolved through its aliases and
+ * `unqualified-search-registries` (image/short_name.ts), looked up in the
+ * store by what it resolves to and saved under that; `registriesConf: false`
+ * reads no registries.conf (then `busybox` is Docker Hub's).
+ *
  * @example Usage
  * ```ts ignore
  * import { openImage } from "./open.ts";
