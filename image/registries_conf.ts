@@ -504,10 +504,14 @@ function parseFile(parse: Parse, text: string, file: string, dropIn: boolean): P
   try {
     doc = parse(text, { maxDepth: 64 });
   } catch (e) {
-    const err = e as Error & { line?: number };
-    // smol-toml's message carries a code excerpt after a blank line: the first line is the problem.
+    const err = e as Error & { line?: number; column?: number };
+    // smol-toml's message carries a code excerpt after a blank line: the first line is the
+    // problem. The cause says it alone too (the CLI prints each cause's message once).
     const problem = err.message.split("\n")[0].replace(/^Invalid TOML document: /, "");
-    throw new RegistriesConfError(file, `not valid TOML: ${problem}`, err.line, { cause: e });
+    const at = err.column ? ` (column ${err.column})` : "";
+    throw new RegistriesConfError(file, `not valid TOML: ${problem}${at}`, err.line, {
+      cause: new SyntaxError(problem),
+    });
   }
   const fail = (path: Path, problem: string): never => {
     throw new RegistriesConfError(file, problem, lineOf(text, path));

@@ -1025,8 +1025,8 @@ export class PullSourcesError extends RegistryError {
   /** Builds the error for pulling `ref`. */
   constructor(ref: string, attempts: { where: string; error: unknown }[]) {
     super(
-      `pull ${ref}`,
-      `every source failed: ${attempts.map((a) => `${a.where}: ${errorText(a.error)}`).join("; ")}`,
+      `no source has ${ref}`,
+      attempts.map((a) => `${a.where}: ${errorText(a.error)}`).join("; "),
       undefined,
       { cause: attempts.at(-1)?.error },
     );
