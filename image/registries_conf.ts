@@ -266,6 +266,25 @@ function readConf(file: string): string | undefined {
   }
 }
 
+/**
+ * smol-toml's module: `toml.ts` beside this file; in the bundled CLI (this
+ * code is then in a `.js` chunk at the top of the output directory), its own
+ * bundle, `image/toml.js`. Named by a URL computed at run time, not a literal
+ * `import("smol-toml")`: Deno looks at literal dynamic imports when it
+ * prepares the program, and for a user who cannot lock the checkout's
+ * `node_modules` (the unprivileged user running root's checkout) it then asked
+ * the npm registry about the package on every other start, saying
+ * "Download https://registry.npmjs.org/smol-toml" on stderr, even for
+ * commands that never read a registries.conf.
+ */
+const TOML_URL = import.meta.url.endsWith(".ts")
+  ? new URL("./toml.ts", import.meta.url)
+  : new URL("./image/toml.js", import.meta.url);
+
+function loadToml(): Promise<{ parse: Parse }> {
+  return import(TOML_URL.href);
+}
+
 let cached: { key: string; conf: RegistriesConf | undefined } | undefined;
 
 /** The JSON form {@linkcode RegistriesConfOptions.cacheDir} holds. */
@@ -374,7 +393,7 @@ async function parseFiles(
       "no such file (it was named by --registries-conf or $CONTAINERS_REGISTRIES_CONF)",
     );
   }
-  const { parse } = await import("smol-toml").catch((e) => {
+  const { parse } = await loadToml().catch((e) => {
     throw new RegistriesConfError(
       files[0],
       `cannot load the TOML parser: ${(e as Error).message}`,
@@ -410,7 +429,7 @@ export async function parseRegistriesConf(
   file: string,
   options: { dropIn?: boolean } = {},
 ): Promise<RegistriesConf> {
-  const { parse } = await import("smol-toml");
+  const { parse } = await loadToml();
   return finish(parseFile(parse, text, file, options.dropIn ?? false), file);
 }
 
