@@ -12,7 +12,7 @@
 import { assert, assertEquals, assertMatch, assertStringIncludes } from "@std/assert";
 import { join } from "@std/path";
 import { buildDemoImage, DEMO_EXPECTED } from "../cli/demo_image.ts";
-import { runCli, type RunResult, tempDir } from "./_helpers.ts";
+import { denoPath, repoRoot, runCli, type RunResult, tempDir } from "./_helpers.ts";
 import { Registry } from "./_registry.ts";
 
 function assertOneErrorLine(r: RunResult, ...includes: string[]): string {
@@ -346,6 +346,23 @@ insecure = true
   assertOneErrorLine(await cli("pull", "team/app:v1"), "ambiguous", "no terminal", conf);
   // An alias is never ambiguous.
   assertEquals((await cli("pull", "fleetapp:v1")).code, 0);
+  // On a terminal (script(1) gives it one), enforcing asks which one is meant.
+  const line = [denoPath, "run", "-A", `${repoRoot}/cli.ts`, "pull", "--cache", join(dir, "tty")];
+  const child = new Deno.Command("script", {
+    args: ["-qec", [...line, "--registries-conf", conf, "team/app:v1"].join(" "), "/dev/null"],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const input = child.stdin.getWriter();
+  await input.write(new TextEncoder().encode("2\n")); // held by the terminal until read
+  await input.close();
+  const asked = await child.output();
+  const screen = new TextDecoder().decode(asked.stdout);
+  assertEquals(asked.code, 0, screen);
+  assertStringIncludes(screen, `1) ${empty.host}/team/app:v1`);
+  assertStringIncludes(screen, `2) ${reg.host}/team/app:v1`);
+  assertStringIncludes(screen, `resolved "team/app:v1" to "${reg.host}/team/app:v1"`);
 });
 
 Deno.test("registries.conf: a malformed file is named with its line and nothing falls back", async () => {
