@@ -252,7 +252,7 @@ export async function main(args: string[], options: MainOptions = {}): Promise<n
     }
   } catch (e) {
     out.endLayers();
-    if (!options.sinks && parsed?.options["tls-verify"] === false) {
+    if (!options.sinks && (e as Error)?.name === "UnverifiedCertificateError") {
       await (await load<Reexec>("reexec")).rerunForCertificate(e);
     }
     if (controller.signal.aborted && !debug) {

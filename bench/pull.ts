@@ -41,7 +41,7 @@ import { gzipSync } from "node:zlib";
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 /** Writes an OCI layout whose layers are existing gzip blobs (copied, not recompressed). */
-async function buildLayout(dir: string, layers: LayerFixture[]): Promise<void> {
+export async function buildLayout(dir: string, layers: LayerFixture[]): Promise<void> {
   const blobs = join(dir, "blobs", "sha256");
   await Deno.mkdir(blobs, { recursive: true });
   const put = async (bytes: Uint8Array) => {
@@ -82,7 +82,8 @@ async function buildLayout(dir: string, layers: LayerFixture[]): Promise<void> {
   );
 }
 
-async function smallLayer(dir: string, name: string): Promise<LayerFixture> {
+/** A gzip layer of 200 small text files under `etc/NAME/`. */
+export async function smallLayer(dir: string, name: string): Promise<LayerFixture> {
   const w = new TarWriter({ defaultMtime: 1700000000 });
   for (let i = 0; i < 200; i++) w.file(`etc/${name}/f${i}`, `${name} ${i}\n`.repeat(50));
   const tar = w.bytes();

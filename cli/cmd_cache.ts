@@ -5,6 +5,7 @@
  */
 import { join } from "@std/path";
 import { ImageNotFoundError, ImageStore } from "../image/store.ts";
+import { storedName } from "../image/open.ts";
 import { reclaimStaleBundles } from "../bundle/bundler.ts";
 import { reclaimTemp } from "../overlay/lock.ts";
 import { chainKey } from "../overlay/resolver.ts";
@@ -145,9 +146,14 @@ export async function rmCommand(ctx: Context): Promise<number> {
     throw new CliError(`rm ${ref}`, `no image ${ref} in the cache ${ctx.cacheRoot}`);
   }
   const store = await ImageStore.create(ctx.cacheRoot);
+  // A short name means what registries.conf makes of it, as for `run`.
+  const name = await storedName(ctx.cacheRoot, ref, {
+    registriesConf: ctx.options["registries-conf"] as string | undefined,
+  });
   let names: string[];
   try {
-    names = await store.remove(ref);
+    if (name === undefined) throw new ImageNotFoundError(ref, store.dir);
+    names = await store.remove(name);
   } catch (e) {
     if (e instanceof ImageNotFoundError) {
       throw new CliError(`rm ${ref}`, `no image ${ref} in the cache ${ctx.cacheRoot}`);

@@ -34,13 +34,16 @@ export async function enterNamespaceEarly(out: Output): Promise<void> {
 const TLS_RERUN_ENV = "STRATA_TLS_RERUN";
 
 /**
- * `--tls-verify=false` and a registry whose certificate cannot be verified:
- * Deno's fetch can skip the check only for the whole process, so the
- * command runs again (same pid, same arguments) with
+ * TLS verification off for a registry (`--tls-verify=false`, or `insecure =
+ * true` in registries.conf) whose certificate cannot be verified: Deno's
+ * fetch can skip the check only for the whole process, so the command runs
+ * again (same pid, same arguments) with
  * `--unsafely-ignore-certificate-errors=HOST` (Deno then says "DANGER: TLS
  * certificate validation is disabled for: HOST"), as skopeo skips it. The
- * failure happens at the first request, before anything is written. Returns
- * when that cannot be done (already done once, or not run as `deno run`).
+ * failure happens at the first request to that host, before anything is
+ * written; a second such host (a mirror, then its registry) adds its own
+ * flag in one more run. Returns when that cannot be done (already done for
+ * the host, or not run as `deno run`).
  *
  * @example Usage
  * ```ts ignore
@@ -51,9 +54,10 @@ export async function rerunForCertificate(e: unknown): Promise<void> {
   if ((e as Error)?.name !== "UnverifiedCertificateError") return;
   const host = (e as { hostname?: string }).hostname;
   try {
-    if (!host || Deno.env.get(TLS_RERUN_ENV) !== undefined) return;
+    const done = Deno.env.get(TLS_RERUN_ENV)?.split(",") ?? [];
+    if (!host || done.includes(host)) return;
     await rerunWithDenoFlags([`--unsafely-ignore-certificate-errors=${host}`], {
-      [TLS_RERUN_ENV]: host,
+      [TLS_RERUN_ENV]: [...done, host].join(","),
     });
   } catch {
     // cannot run again (no --allow-env, --allow-run): the error line says what to do

@@ -43,7 +43,7 @@ import {
 } from "../bundle/run_record.ts";
 import { runTemplate } from "../bundle/run_template.ts";
 import type { CachedBundle } from "../bundle/bundler.ts";
-import { parseRef } from "../image/ref.ts";
+import { isShortName, parseRef } from "../image/ref.ts";
 import { canonicalName, ImageStore } from "../image/store.ts";
 import { OciLayoutSource, selectFromIndex } from "../image/layout.ts";
 import { chainKey, layerKey } from "../overlay/resolver.ts";
@@ -270,7 +270,11 @@ async function recordRun(
   if (path === undefined) return;
   const parsed = parseRef(ref);
   if (parsed.transport !== "oci" && parsed.transport !== "docker") return;
-  if (parsed.transport === "docker" && /^[a-z0-9]+:[0-9a-f]{32,}$/i.test(ref)) return;
+  // A short name means what registries.conf makes of it, and a digest the
+  // first name holding it: both are looked up the long way.
+  if (parsed.transport === "docker" && (isShortName(ref) || /^[a-z0-9]+:[0-9a-f]{32,}$/i.test(ref))) {
+    return;
+  }
   if (inUserNamespace()) return; // rootless: not yet
   let lookup = image.digest;
   let lookupSize = image.manifestBytes.length;

@@ -31,8 +31,11 @@ export interface Context {
 export interface ImageSourceOptions {
   /** `--platform` as given. */
   platform?: string;
-  /** False with `--tls-verify=false`. */
-  tlsVerify: boolean;
+  /**
+   * False with `--tls-verify=false`, true with `--tls-verify`; unset
+   * otherwise (then registries.conf's `insecure` decides, host by host).
+   */
+  tlsVerify?: boolean;
   /** `--creds USER:PASS` split. */
   creds?: { username: string; password: string };
 }
@@ -49,7 +52,8 @@ export interface ImageSourceOptions {
  * ```
  */
 export function imageSourceOptions(options: OptionValues, command?: string): ImageSourceOptions {
-  const out: ImageSourceOptions = { tlsVerify: options["tls-verify"] !== false };
+  const out: ImageSourceOptions = {};
+  if (typeof options["tls-verify"] === "boolean") out.tlsVerify = options["tls-verify"];
   const creds = options.creds as string | undefined;
   if (creds !== undefined) {
     const i = creds.indexOf(":");

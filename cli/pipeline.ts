@@ -12,6 +12,7 @@ import { SPAWN_SYMBOLS } from "../sys/spawn.ts";
 import type { Image } from "../image/types.ts";
 import { openImage, type OpenImageOptions, saveImage } from "../image/open.ts";
 import { ImageNotFoundError, ImageStore } from "../image/store.ts";
+import { parseRef } from "../image/ref.ts";
 import { parsePlatform, platformMatches, PlatformNotFoundError } from "../image/platform.ts";
 import type { SourceImage } from "../image/source.ts";
 import { CachingLayerResolver } from "../overlay/resolver.ts";
@@ -19,6 +20,7 @@ import { TempWork } from "../overlay/lock.ts";
 import { ensureUserNamespace, enterThreadMountNamespace, USERNS_ENV } from "../overlay/userns.ts";
 import type { Context } from "./context.ts";
 import { imageSourceOptions } from "./context.ts";
+import { UsageError } from "./args.ts";
 import { formatMs } from "./output.ts";
 import { claimContainer } from "../bundle/bundler.ts";
 
@@ -46,8 +48,12 @@ export function openOptions(ctx: Context): OpenImageOptions {
     platform: s.platform,
     tlsVerify: s.tlsVerify,
     creds: s.creds ? `${s.creds.username}:${s.creds.password}` : undefined,
+    registriesConf: ctx.options["registries-conf"] as string | undefined,
     cacheRoot: ctx.cacheRoot,
     signal: ctx.signal,
+    onNote: (m) => ctx.out.note(m),
+    onWarning: (m) => ctx.out.warn(m),
+    chooseShortName: terminalChooser(),
     // A compressed archive's decompressed copy goes to a work directory of
     // the cache, which the next command reclaims if this one is killed
     // (in $TMPDIR nothing would). The cache may be new: make its dirs first.
@@ -58,6 +64,42 @@ export function openOptions(ctx: Context): OpenImageOptions {
       const work = await TempWork.create(ctx.cacheRoot);
       return { path: work.path, remove: () => work.remove(), removeSync: () => work.removeSync() };
     },
+  };
+}
+
+/**
+ * An ambiguous short name's prompt, as podman's: only when stdin and stdout
+ * are both terminals (a script never waits on it). The candidates are
+ * numbered on stderr and the answer is read from stdin.
+ */
+function terminalChooser(): OpenImageOptions["chooseShortName"] {
+  let tty = false;
+  try {
+    tty = Deno.stdin.isTerminal() && Deno.stdout.isTerminal();
+  } catch {
+    tty = false;
+  }
+  if (!tty) return undefined;
+  return async (name, candidates) => {
+    const lines = candidates.map((c, i) => `  ${i + 1}) ${c}`).join("\n");
+    const ask =
+      `? short name "${name}" could be one of:\n${lines}\n? choose 1-${candidates.length}: `;
+    await Deno.stderr.write(new TextEncoder().encode(ask));
+    const buf = new Uint8Array(256);
+    let answer = "";
+    while (!answer.includes("\n")) {
+      const n = await Deno.stdin.read(buf);
+      if (n === null) break;
+      answer += new TextDecoder().decode(buf.subarray(0, n));
+      if (answer.length > 64) break;
+    }
+    const i = Number(answer.trim()) - 1;
+    if (!Number.isInteger(i) || i < 0 || i >= candidates.length) {
+      throw new UsageError(
+        `no image chosen for short name "${name}" (answered '${answer.trim()}')`,
+      );
+    }
+    return candidates[i];
   };
 }
 
@@ -103,7 +145,10 @@ export async function openForCli(
     // Not when the source answered that it has no image for the platform
     // asked for, nor when the stored image is for another one: a name
     // pulled for linux/arm/v6 must not run when linux/s390x is asked for.
+    // Not for registry names either: openImage looked in the store for them
+    // already (a short name by what registries.conf makes of it).
     if (pull === "always" || e instanceof PlatformNotFoundError) throw e;
+    if (parseRef(ref).transport === "docker") throw e;
     const store = await ImageStore.create(ctx.cacheRoot);
     const rec = await store.resolve(ref).catch(() => undefined);
     if (!rec) throw e;

@@ -27,7 +27,13 @@ export const GLOBAL_OPTIONS: readonly OptionSpec[] = [
   {
     name: "tls-verify",
     type: "boolean",
-    help: "=false: allow plain HTTP and unverified TLS (a local registry)",
+    help: "=false: allow plain HTTP and unverified TLS (default: registries.conf's insecure)",
+  },
+  {
+    name: "registries-conf",
+    type: "string",
+    value: "FILE",
+    help: "containers-registries.conf(5) (default $CONTAINERS_REGISTRIES_CONF, else podman's)",
   },
   {
     name: "creds",
@@ -48,6 +54,8 @@ const IMAGE_REFS = `IMAGE is one of:
   oci-archive:FILE[:TAG]           a tarred OCI layout
   docker-archive:FILE[:NAME:TAG]   a \`docker save\` archive
   docker://HOST[:PORT]/REPO[:TAG|@DIGEST], or HOST/REPO:TAG   a registry
+  NAME[:TAG]                       a short name (busybox): registries.conf's aliases and
+                                   unqualified-search-registries, else Docker Hub
   sha256:DIGEST                    an image already pulled (names work offline too)`;
 
 /** Every command. */
@@ -66,8 +74,9 @@ export const COMMANDS: readonly CommandSpec[] = [
     name: "pull",
     usage: "IMAGE",
     summary: "Fetch and extract every layer of IMAGE into the cache; print the image digest.",
-    description: IMAGE_REFS + "\n\nThe image is saved under the name given, so `strata run NAME` " +
-      "works offline.",
+    description: IMAGE_REFS +
+      "\n\nThe image is saved under the name given (a short name under the full name it " +
+      "resolved to), so `strata run NAME` works offline.",
     positionals: ["IMAGE"],
     options: [],
   },

@@ -1,6 +1,7 @@
 /**
- * Image sources: references, OCI layouts and archives, registries, the image
- * metadata store, and blob verification.
+ * Image sources: references, OCI layouts and archives, registries (with
+ * containers-registries.conf(5)), the image metadata store, and blob
+ * verification.
  *
  * @module
  */
@@ -12,6 +13,8 @@ export * from "./source.ts";
 export * from "./layout.ts";
 export * from "./archive.ts";
 export * from "./auth.ts";
+export * from "./registries_conf.ts";
+export * from "./short_name.ts";
 export * from "./registry.ts";
 export * from "./store.ts";
 export * from "./open.ts";

@@ -172,6 +172,30 @@ export function parseRegistryRef(ref: string, original = ref): RegistryRef {
   };
 }
 
+/**
+ * Whether `ref`, as typed, is a short name: a registry reference without a
+ * transport and without a registry host (`busybox`, `library/busybox:1.36`,
+ * `team/app@sha256:…`), which containers-registries.conf(5) resolves through
+ * its aliases and `unqualified-search-registries`. `docker://busybox` is not
+ * one: the `docker://` transport names Docker Hub's image as skopeo does.
+ *
+ * @example Usage
+ * ```ts
+ * import { isShortName } from "./ref.ts";
+ * console.assert(isShortName("busybox") && isShortName("library/busybox:1.36"));
+ * console.assert(!isShortName("docker.io/busybox") && !isShortName("docker://busybox"));
+ * console.assert(!isShortName("localhost/app") && !isShortName("127.0.0.1:5000/app"));
+ * ```
+ */
+export function isShortName(ref: string): boolean {
+  if (/^[a-z-]+:\/\//.test(ref) || /^(oci|oci-archive|docker-archive):/.test(ref)) return false;
+  const slash = ref.indexOf("/");
+  if (slash < 0) return !ref.startsWith("sha256:");
+  const first = ref.slice(0, slash);
+  return !(first.includes(".") || first.includes(":") || first === "localhost" ||
+    first.toLowerCase() !== first);
+}
+
 /** Splits `PATH[:REST]` at the first colon, as skopeo does for its file transports. */
 function splitPath(value: string, ref: string, what: string): [string, string | undefined] {
   const i = value.indexOf(":");

@@ -9,8 +9,16 @@
  * @module
  */
 import { type Credentials, findCredentials } from "./auth.ts";
-import { digestOf, parseDigest } from "./blob.ts";
+import { digestOf, parseDigest, verifyDocument } from "./blob.ts";
 import { type RegistryRef, registryRefString } from "./ref.ts";
+import {
+  BlockedRegistryError,
+  findRegistry,
+  loadRegistriesConf,
+  type PullSource,
+  pullSources,
+  type RegistriesConfOptions,
+} from "./registries_conf.ts";
 import {
   BlobNotFoundError,
   type FetchedDocument,
@@ -23,9 +31,13 @@ import {
 } from "./source.ts";
 import { type Descriptor, MediaType } from "./types.ts";
 
-/** Options for {@linkcode RegistryClient}. */
-export interface RegistryOptions {
-  /** Verify TLS and require HTTPS (default true). With false, plain HTTP is allowed. */
+/** Options for {@linkcode RegistryClient} and {@linkcode openRegistryImage}. */
+export interface RegistryOptions extends RegistriesConfOptions {
+  /**
+   * Verify TLS and require HTTPS. With false, plain HTTP and unverified TLS
+   * are allowed everywhere; with true, nowhere. Unset (the default): verified,
+   * except for the registries and mirrors registries.conf marks `insecure`.
+   */
   tlsVerify?: boolean;
   /** `USER:PASS`, overriding auth files. */
   creds?: string;
@@ -46,6 +58,8 @@ export interface RegistryOptions {
    * a pull forever. Default 60000.
    */
   idleTimeout?: number;
+  /** Receives what registries.conf had that is worth saying (an unknown key), once per load. */
+  onWarning?: (message: string) => void;
 }
 
 /**
@@ -991,8 +1005,59 @@ export class RegistrySource implements ImageSource {
 }
 
 /**
- * Pulls the image `ref` names from its registry (documents only; layers
- * stream when read).
+ * Every place a pull tried, and why each failed: mirrors first, then the
+ * location, as registries.conf lists them. Its `cause` is the location's
+ * failure.
+ *
+ * @example Usage
+ * ```ts
+ * import { PullSourcesError } from "./registry.ts";
+ * const e = new PullSourcesError("example.com/app:1", [
+ *   { where: "mirror 127.0.0.1:1/app:1", error: new Error("connection refused") },
+ *   { where: "127.0.0.1:5000/app:1", error: new Error("404 MANIFEST_UNKNOWN") },
+ * ]);
+ * console.assert(e.message.includes("connection refused") && e.message.includes("404"));
+ * ```
+ */
+export class PullSourcesError extends RegistryError {
+  /** Each place tried, in order, with its failure. */
+  readonly attempts: readonly { where: string; error: unknown }[];
+  /** Builds the error for pulling `ref`. */
+  constructor(ref: string, attempts: { where: string; error: unknown }[]) {
+    super(
+      `no source has ${ref}`,
+      attempts.map((a) => `${a.where}: ${errorText(a.error)}`).join("; "),
+      undefined,
+      { cause: attempts.at(-1)?.error },
+    );
+    this.name = "PullSourcesError";
+    this.attempts = attempts;
+  }
+}
+
+/** An error's message with its causes' (once each), on one line. */
+function errorText(e: unknown): string {
+  let text = "";
+  for (let c: unknown = e, i = 0; c !== undefined && i < 6; c = (c as Error)?.cause, i++) {
+    const m = (c instanceof Error ? c.message : String(c)).replace(/\s*\n\s*/g, "; ");
+    if (m && !text.includes(m)) text = text ? `${text}: ${m}` : m;
+  }
+  return text;
+}
+
+const refName = (r: RegistryRef) => `${r.domain}/${r.repository}`;
+
+/**
+ * Pulls the image `ref` names (documents only; layers stream when read).
+ * registries.conf (see {@linkcode loadRegistriesConf}) is consulted first: a
+ * blocked name is refused; the mirrors of its `[[registry]]` are tried in
+ * order, then its location, and the first that serves the manifest is used
+ * for everything else (as containers/image does). Any failure to get the
+ * manifest from one (unreachable, refused login, not there, a wrong digest)
+ * moves on to the next; an unverifiable certificate where TLS may go
+ * unverified stops here (the CLI runs itself again with Deno's flag for that
+ * host), as does an abort. Credentials are looked up for the registry
+ * actually contacted; `creds` go only to the registry the name is on.
  *
  * @example Usage
  * ```ts ignore
@@ -1005,16 +1070,60 @@ export async function openRegistryImage(
   ref: RegistryRef,
   options: RegistryOptions & ResolveOptions = {},
 ): Promise<SourceImage> {
-  const source = new RegistrySource(ref, options);
-  const fetched = await source.client.getManifest(
-    ref.repository,
-    ref.digest ?? ref.tag ?? "latest",
-    options.signal,
-  );
-  const root: Descriptor = {
-    mediaType: fetched.mediaType ?? "",
-    digest: fetched.digest,
-    size: ref.digest ? fetched.bytes.length : UNKNOWN_SIZE,
-  };
-  return await resolveImage(source, root, { ...options, prefetched: fetched });
+  const conf = await loadRegistriesConf(options);
+  if (conf?.warnings.length && options.onWarning && !warned.has(conf)) {
+    warned.add(conf);
+    for (const w of conf.warnings) options.onWarning(w);
+  }
+  const sources = pullSources(conf, ref);
+  const reference = ref.digest ?? ref.tag ?? "latest";
+  const attempts: { where: string; error: unknown }[] = [];
+  const where = (s: PullSource) =>
+    `${s.mirror ? "mirror " : ""}${registryRefString(s.ref)}${s.insecure ? " (insecure)" : ""}`;
+  for (const src of sources) {
+    options.signal?.throwIfAborted();
+    let source: RegistrySource;
+    let fetched: FetchedDocument & { digest: string };
+    try {
+      // The place contacted may itself be blocked by an entry of its own.
+      const own = conf && findRegistry(conf, refName(src.ref));
+      if (own?.blocked) {
+        throw new BlockedRegistryError(registryRefString(src.ref), own.prefix, own.file);
+      }
+      source = new RegistrySource(src.ref, {
+        ...options,
+        tlsVerify: options.tlsVerify ?? (src.insecure ? false : undefined),
+        // Credentials given for the name's registry are not for a mirror elsewhere.
+        creds: src.ref.domain === ref.domain ? options.creds : undefined,
+      });
+      fetched = await source.client.getManifest(src.ref.repository, reference, options.signal);
+      // A pinned manifest that does not hash right is that source's failure: the next may be right.
+      if (ref.digest && sources.length > 1) {
+        await verifyDocument(fetched.bytes, ref.digest, `manifest ${registryRefString(src.ref)}`);
+      }
+    } catch (e) {
+      if (endsThePull(e, options.signal) || sources.length === 1) throw e;
+      attempts.push({ where: where(src), error: e });
+      continue;
+    }
+    // This source has the image: everything else comes from it (containers/image does the same).
+    const root: Descriptor = {
+      mediaType: fetched.mediaType ?? "",
+      digest: fetched.digest,
+      size: ref.digest ? fetched.bytes.length : UNKNOWN_SIZE,
+    };
+    return await resolveImage(source, root, { ...options, prefetched: fetched });
+  }
+  throw new PullSourcesError(registryRefString(ref), attempts);
+}
+
+const warned = new WeakSet<object>();
+
+/**
+ * Whether a source's failure ends the pull at once: an abort, or an
+ * unverifiable certificate where TLS may go unverified (the CLI runs itself
+ * again with Deno's flag for that host, and tries the same order).
+ */
+function endsThePull(e: unknown, signal: AbortSignal | undefined): boolean {
+  return isAbort(e, signal) || e instanceof UnverifiedCertificateError;
 }

@@ -165,7 +165,7 @@ export async function runAsUser(
     "-i",
     `HOME=${home}`,
     `PATH=${Deno.env.get("PATH") ?? "/usr/bin:/bin"}`,
-    ...Object.entries(options.env ?? {}).map(([k, v]) => `${k}=${v}`),
+    ...Object.entries({ ...TEST_REGISTRIES_ENV, ...options.env }).map(([k, v]) => `${k}=${v}`),
     ...args,
   ], { cwd: options.cwd ?? "/" });
 }
@@ -175,6 +175,18 @@ export const denoPath = Deno.execPath();
 
 /** Absolute path of the repository root. */
 export const repoRoot = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
+
+/**
+ * The registries.conf environment of every test (see tests/registries.conf):
+ * set for this process at once, passed on to the CLI it starts and to
+ * {@linkcode runAsUser}'s clean environment.
+ */
+export const TEST_REGISTRIES_ENV: Record<string, string> = {
+  CONTAINERS_REGISTRIES_CONF: `${repoRoot}/tests/registries.conf`,
+  CONTAINERS_REGISTRIES_CONF_DIR: `${repoRoot}/tests/registries.conf.d`,
+};
+for (const [k, v] of Object.entries(TEST_REGISTRIES_ENV)) Deno.env.set(k, v);
+Deno.env.delete("REGISTRIES_CONFIG_PATH");
 
 /**
  * Runs the repository's CLI, `deno run -A cli.ts ARGS`, with this process's

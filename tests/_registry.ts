@@ -60,12 +60,16 @@ export class Registry implements AsyncDisposable {
   /**
    * Starts a registry in a temp dir; with `auth`, htpasswd basic auth for
    * that user; with `tls`, HTTPS with a self-signed certificate for
-   * 127.0.0.1 (made with openssl), as a private registry often has.
+   * 127.0.0.1 (made with openssl), as a private registry often has; with
+   * `proxy` (`http://HOST:PORT`, which must answer now), a pull-through cache
+   * of that registry (Distribution's proxy mode: it fetches what it lacks from
+   * there, keeps it in its own storage, and serves what it holds once the
+   * upstream is gone).
    */
   static async start(
     auth?: { user: string; pass: string },
     parent?: string,
-    options: { tls?: boolean } = {},
+    options: { tls?: boolean; proxy?: string } = {},
   ): Promise<Registry> {
     const dir = await Deno.makeTempDir({ prefix: "strata-registry-", dir: parent });
     const storage = join(dir, "storage");
@@ -102,7 +106,7 @@ storage:
     enabled: true
 http:
   addr: 127.0.0.1:${port}
-${tlsYaml}${authYaml}`,
+${tlsYaml}${authYaml}${options.proxy ? `proxy:\n  remoteurl: ${options.proxy}\n` : ""}`,
     );
     const child = new Deno.Command("/usr/bin/docker-registry", {
       args: ["serve", config],

@@ -33,6 +33,7 @@ export const PACKAGES: Record<string, string> = {
   mount: "mount",
   tar: "tar",
   gzip: "gzip",
+  script: "bsdutils",
 };
 
 function onPath(cmd: string): boolean {
