@@ -28,8 +28,8 @@ import {
 import {
   defaultStateDir,
   findRuntime,
-  type RuntimeChoice,
   runContainer,
+  type RuntimeChoice,
   selectRuntime,
 } from "../bundle/run.ts";
 import { inUserNamespace, outsideUid } from "../bundle/host.ts";
@@ -272,7 +272,9 @@ async function recordRun(
   if (parsed.transport !== "oci" && parsed.transport !== "docker") return;
   // A short name means what registries.conf makes of it, and a digest the
   // first name holding it: both are looked up the long way.
-  if (parsed.transport === "docker" && (isShortName(ref) || /^[a-z0-9]+:[0-9a-f]{32,}$/i.test(ref))) {
+  if (
+    parsed.transport === "docker" && (isShortName(ref) || /^[a-z0-9]+:[0-9a-f]{32,}$/i.test(ref))
+  ) {
     return;
   }
   if (inUserNamespace()) return; // rootless: not yet

@@ -24,7 +24,7 @@
  */
 import { join, resolve } from "@std/path";
 import type { Context } from "./context.ts";
-import { bindLibc, cstr, errno, libc } from "../sys/libc.ts";
+import { addr, AT_FDCWD, bindLibc, cstr, NR, sys } from "../sys/libc.ts";
 import { SPAWN_SYMBOLS, spawnInherited } from "../sys/spawn.ts";
 import { overlayData, tmpfsData, validateOverlay } from "../sys/mount_options.ts";
 import { currentIdMap, idMapCompatible, isIdentityMap, isIdMap } from "../overlay/idmap.ts";
@@ -43,27 +43,22 @@ import {
 /** The options a record covers: none that changes the spec, the image or the runtime. */
 const COVERED = new Set(["cache", "quiet", "interactive"]);
 
-/** The libc calls of a warm run, bound in one `dlopen`. */
-const SYMBOLS = [
-  "open",
-  "read",
-  "close",
-  "faccessat",
-  "unshare",
-  "mount",
-  "umount2",
-  ...SPAWN_SYMBOLS,
-] as const;
+/** The libc calls of a warm run, bound in one `dlopen`: every system call goes through `syscall`. */
+const SYMBOLS = SPAWN_SYMBOLS;
 
-const AT_FDCWD = -100;
 const X_OK = 1;
 const AT_EACCESS = 0x200;
 const EBUSY = 16;
 const MNT_DETACH = 2;
 const DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+function access(path: string, mode: number, flags: number): boolean {
+  const p = cstr(path);
+  return sys(NR.faccessat, AT_FDCWD, addr(p), mode, flags) === 0;
+}
+
 function exists(path: string): boolean {
-  return libc().faccessat(AT_FDCWD, cstr(path), 0, 0) === 0;
+  return access(path, 0, 0);
 }
 
 function readJSON(path: string): unknown {
@@ -117,7 +112,7 @@ function onPath(name: string): string | undefined {
   for (const dir of (Deno.env.get("PATH") ?? DEFAULT_PATH).split(":")) {
     if (!dir) continue;
     const p = join(dir, name);
-    if (libc().faccessat(AT_FDCWD, cstr(p), X_OK, AT_EACCESS) !== 0) continue;
+    if (!access(p, X_OK, AT_EACCESS)) continue;
     try {
       if (Deno.statSync(p).isFile) return p;
     } catch {
@@ -190,13 +185,13 @@ function checkedRecord(ctx: Context, ref: string): RunRecord | undefined {
 }
 
 function mount(source: string, target: string, fstype: string, data: string): boolean {
-  return libc().mount(cstr(source), cstr(target), cstr(fstype), 0n, cstr(data)) === 0;
+  const [s, t, f, d] = [cstr(source), cstr(target), cstr(fstype), cstr(data)];
+  return sys(NR.mount, addr(s), addr(t), addr(f), 0, addr(d)) === 0;
 }
 
 function unmount(target: string): void {
   const p = cstr(target);
-  if (libc().umount2(p, 0) === 0) return;
-  if (errno() === EBUSY) libc().umount2(p, MNT_DETACH);
+  if (sys(NR.umount2, addr(p), 0) === -EBUSY) sys(NR.umount2, addr(p), MNT_DETACH);
 }
 
 /** What a warm run made, undone in reverse order by {@linkcode undo}. */

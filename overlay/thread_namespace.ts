@@ -7,7 +7,7 @@
  * @module
  */
 import { currentIdMap, isIdentityMap } from "./idmap.ts";
-import { cstr, ffiAvailable, libc } from "../sys/libc.ts";
+import { addr, cstr, ffiAvailable, NR, sys } from "../sys/libc.ts";
 
 /**
  * Set in the environment of the re-executed child, so it does not re-execute
@@ -71,11 +71,11 @@ export function enterThreadMountNamespace(): boolean {
   } catch {
     return false; // no /proc, no --allow-sys: cannot tell
   }
-  const c = libc();
-  if (c.unshare(CLONE_NEWNS) !== 0) return false;
+  if (sys(NR.unshare, CLONE_NEWNS) !== 0) return false;
   // From here on this thread is in the new namespace: if its mounts cannot be
   // made private, mounts made now would propagate to the host's.
-  if (c.mount(cstr("none"), cstr("/"), null, BigInt(MS_REC | MS_PRIVATE), null) !== 0) {
+  const [none, root] = [cstr("none"), cstr("/")];
+  if (sys(NR.mount, addr(none), addr(root), 0, MS_REC | MS_PRIVATE, 0) !== 0) {
     throw new UserNamespaceError(
       "Cannot make the mounts of this thread's new mount namespace private (mount / MS_REC|MS_PRIVATE failed)",
     );

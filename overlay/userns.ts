@@ -9,9 +9,9 @@
 import { currentIdMap, formatRanges, type IdMap, type IdRange, isIdentityMap } from "./idmap.ts";
 import { readProcLink, readProcText } from "../sys/proc.ts";
 import { cstr, ffiAvailable, libc } from "../sys/libc.ts";
-import { enterThreadMountNamespace, USERNS_ENV, UserNamespaceError } from "./thread_namespace.ts";
+import { enterThreadMountNamespace, UserNamespaceError, USERNS_ENV } from "./thread_namespace.ts";
 
-export { enterThreadMountNamespace, USERNS_ENV, UserNamespaceError };
+export { enterThreadMountNamespace, UserNamespaceError, USERNS_ENV };
 
 /** How strata runs: real root, inside a user namespace, or unprivileged (cannot mount). */
 export type PrivilegeMode = "root" | "userns" | "unprivileged";

@@ -111,7 +111,6 @@ export class MountError extends ErrnoError {
   }
 }
 
-
 const FSOPEN_CLOEXEC = 1;
 const FSCONFIG_SET_FLAG = 0;
 const FSCONFIG_SET_STRING = 1;
