@@ -9,7 +9,7 @@
 
 import { cstr, libc } from "../sys/libc.ts";
 import { readProcText } from "../sys/proc.ts";
-import { currentIdMap, type IdRange } from "../overlay/idmap.ts";
+import { currentIdMap, type IdRange } from "../overlay/cache.ts";
 
 /** One line of `/proc/self/uid_map` or `gid_map`. */
 export interface IDMapRange {

@@ -6,6 +6,7 @@
  *
  * @module
  */
+import { join } from "@std/path";
 import { CachingBundler } from "../bundle/bundler.ts";
 import {
   type BindMount,
@@ -36,11 +37,13 @@ import { inUserNamespace, outsideUid } from "../bundle/host.ts";
 import {
   codeIdentity,
   hostKey,
+  programStamp,
   RUN_RECORD_FORMAT,
   type RunRecord,
   runRecordPath,
-  writeRunRecord,
-} from "../bundle/run_record.ts";
+  SPEC_ARGS,
+  SPEC_ROOTFS,
+} from "./cmd_run_warm.ts";
 import { runTemplate } from "../bundle/run_template.ts";
 import type { CachedBundle } from "../bundle/bundler.ts";
 import { isShortName, parseRef } from "../image/ref.ts";
@@ -251,9 +254,9 @@ export async function runCommand(ctx: Context): Promise<number> {
 }
 
 /**
- * Writes the run record for `ref` (bundle/run_record.ts), so that the next
- * `strata run` of it takes the short way (cmd_run_warm.ts): for an OCI
- * layout or a pulled registry name, run without `--platform`, while the
+ * Writes the run record for `ref` (cmd_run_warm.ts), so that the next
+ * `strata run` of it takes the short way: for an OCI layout or a pulled,
+ * fully qualified registry name, run as root without `--platform`, while the
  * bundle's rootfs is fresh (the record's spec looks the image's user up in
  * it). A run whose record would say what this one's says writes it again all
  * the same: it costs this (long) run a millisecond.
@@ -277,7 +280,7 @@ async function recordRun(
   ) {
     return;
   }
-  if (inUserNamespace()) return; // rootless: not yet
+  if (inUserNamespace() || outsideUid() !== 0) return; // rootless: the long way
   let lookup = image.digest;
   let lookupSize = image.manifestBytes.length;
   let lookupMediaType = image.manifest.mediaType ?? "";
@@ -291,14 +294,22 @@ async function recordRun(
     lookupMediaType = entry.mediaType;
   }
   const template = await runTemplate(image.config, bundle.rootfs, image.name ?? image.digest);
-  if (!template) return;
+  const host = hostKey("root", 0);
+  const code = codeIdentity();
+  if (!template || host === undefined || code === undefined) return;
   const store = await ImageStore.create(ctx.cacheRoot);
   const name = canonicalName(ref);
-  let crun: { path: string; mtime: number } | null | undefined;
+  let crun: [string, number, number] | null | undefined;
   if (rt.name === "runc") {
     const found = findRuntime("crun");
-    crun = found ? { path: found, mtime: Deno.statSync(found).mtime?.getTime() ?? 0 } : null;
+    const st = found ? programStamp(found) : undefined;
+    if (found && !st) return;
+    crun = found && st ? [found, ...st] : null;
   }
+  const spec = template.spec;
+  const args = spec.process!.args ?? [];
+  spec.root!.path = SPEC_ROOTFS;
+  spec.process!.args = [SPEC_ARGS];
   const record: RunRecord = {
     format: RUN_RECORD_FORMAT,
     ref,
@@ -313,8 +324,8 @@ async function recordRun(
       dirs: [layerKey(l.diffID), chainKey(l.diffID, image.layers.slice(0, i))],
     })),
     entrypoint: template.entrypoint,
-    ...(template.stopSignal ? { stopSignal: template.stopSignal } : {}),
-    spec: template.spec as unknown as Record<string, unknown>,
+    args,
+    spec: JSON.stringify(spec),
     runtime: {
       name: rt.name,
       path: rt.path,
@@ -322,8 +333,25 @@ async function recordRun(
       ...(crun !== undefined ? { crun } : {}),
     },
     stateDir: defaultStateDir(rt.name),
-    host: hostKey("root", outsideUid()),
-    code: codeIdentity(),
+    host,
+    code,
   };
   writeRunRecord(path, record);
+}
+
+/** Writes `record` to `path`: a temporary file renamed into place (a reader sees one or the other). */
+function writeRunRecord(path: string, record: RunRecord): void {
+  Deno.mkdirSync(join(path, ".."), { recursive: true, mode: 0o700 });
+  const tmp = `${path}.tmp-${crypto.randomUUID().slice(0, 8)}`;
+  try {
+    Deno.writeTextFileSync(tmp, JSON.stringify(record), { mode: 0o600 });
+    Deno.renameSync(tmp, path);
+  } catch (e) {
+    try {
+      Deno.removeSync(tmp);
+    } catch {
+      // not written
+    }
+    throw e;
+  }
 }

@@ -23,7 +23,6 @@ import {
 } from "./source.ts";
 import { parseDigest } from "./blob.ts";
 import type { Descriptor, ImageIndex, Platform } from "./types.ts";
-import { REF_NAME, taggedEntry } from "./layout_ref.ts";
 
 /**
  * A layout blob strata refuses to read: a symlink resolving outside the
@@ -44,7 +43,8 @@ export class UnsafeBlobError extends Error {
   }
 }
 
-export { REF_NAME };
+/** The annotation naming an entry of a layout's index.json. */
+export const REF_NAME = "org.opencontainers.image.ref.name";
 
 /**
  * Chooses the descriptor for `tag` from a layout's top-level index. Without a
@@ -71,7 +71,10 @@ export function selectFromIndex(
   const names = manifests.map((d) => d.annotations?.[REF_NAME]).filter((n) => n !== undefined);
   if (tag !== undefined) {
     // ref.name may hold a full reference ("example.com/app:v1") or just the tag.
-    const found = taggedEntry(manifests, tag);
+    const found = manifests.find((d) => {
+      const n = d.annotations?.[REF_NAME];
+      return n === tag || (n !== undefined && n.endsWith(`:${tag}`) && !n.includes("@"));
+    });
     if (found) return found;
     throw new BlobNotFoundError(
       tag,
