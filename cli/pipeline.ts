@@ -159,6 +159,7 @@ export interface CountingResolver {
 export async function commandResolver(ctx: Context): Promise<CountingResolver> {
   let extracted = 0;
   const resolver = await CachingLayerResolver.create(ctx.cacheRoot, {
+    reextractUnmapped: ctx.options["reextract-unmapped"] === true,
     onWarning: (m) => ctx.out.warn(m),
     onEvent: (e) => {
       if (e.type === "extract") extracted++;
@@ -343,6 +344,7 @@ const WARM_RUN_SYMBOLS = [
   "read",
   "close",
   "faccessat",
+  "statx",
   "unshare",
   "mount",
   "umount2",

@@ -43,6 +43,17 @@ export const TOP_OPTIONS: readonly OptionSpec[] = [
   { name: "version", short: "V", type: "boolean", help: "print the version" },
 ];
 
+/**
+ * For the commands that bring layers into the cache: a cached layer whose
+ * owners this process's uid/gid mapping would show wrong is extracted again
+ * under it (into a copy of its own) instead of being refused.
+ */
+const REEXTRACT_OPTION: OptionSpec = {
+  name: "reextract-unmapped",
+  type: "boolean",
+  help: "extract again, for this uid/gid mapping, cached layers whose owners it would show wrong",
+};
+
 const IMAGE_REFS = `IMAGE is one of:
   oci:DIR[:TAG]                    an OCI image layout directory
   oci-archive:FILE[:TAG]           a tarred OCI layout
@@ -69,7 +80,7 @@ export const COMMANDS: readonly CommandSpec[] = [
     description: IMAGE_REFS + "\n\nThe image is saved under the name given, so `strata run NAME` " +
       "works offline.",
     positionals: ["IMAGE"],
-    options: [],
+    options: [REEXTRACT_OPTION],
   },
   {
     name: "run",
@@ -161,6 +172,7 @@ ${IMAGE_REFS}`,
         type: "boolean",
         help: "keep stdin open: always the case (accepted for docker's -it)",
       },
+      REEXTRACT_OPTION,
     ],
   },
   {
@@ -171,7 +183,7 @@ ${IMAGE_REFS}`,
     description:
       "Owners, modes, times, xattrs (not overlay's own), hard links, symlinks, devices\nand fifos are kept. DIR must be missing or empty. IMAGE is pulled first when not cached.",
     positionals: ["IMAGE", "DIR"],
-    options: [],
+    options: [REEXTRACT_OPTION],
   },
   {
     name: "ls",
