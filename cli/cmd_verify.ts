@@ -22,8 +22,8 @@ import { enterNamespace } from "./pipeline.ts";
 import { cachedLayers, exists, removeLayer } from "./cache_scan.ts";
 import { ImageStore } from "../image/store.ts";
 import { currentIdMap } from "../overlay/cache.ts";
-import { describeMisfit, isIdMap, isTreeIds, layerMisfit } from "../overlay/idmap.ts";
-import type { LayerRecord } from "../overlay/resolver.ts";
+import { describeMisfit, idMapKey, isIdMap, isTreeIds, layerMisfit } from "../overlay/idmap.ts";
+import { idmapMarker, type LayerRecord } from "../overlay/resolver.ts";
 import type { TreeIds } from "../layer/record.ts";
 
 /** Writes `record` as the layer's `layer.json`, through a temp file renamed over it. */
@@ -91,7 +91,17 @@ export async function verifyCommand(ctx: Context): Promise<number> {
       why = "its layer.json does not say which uid/gid mapping and ids its files were written with";
     } else {
       const misfit = layerMisfit(rec, idmap);
-      if (misfit) {
+      // The marker a reader under the extracting mapping trusts without
+      // reading layer.json must name that mapping, and no other.
+      const marker = idmapMarker(idMapKey(rec.idmap));
+      const markers = [...Deno.readDirSync(layer.path)].map((e) => e.name)
+        .filter((n) => n.startsWith("idmap-"));
+      const wrongMarker = markers.find((m) => m !== marker);
+      if (wrongMarker || (rec.ids && markers.length === 0)) {
+        why = wrongMarker
+          ? `it is marked as extracted under another uid/gid mapping (${wrongMarker}) than its layer.json says (${marker})`
+          : `its ${marker} marker is missing`;
+      } else if (misfit) {
         // Its files would read with other owners here: not damaged, not checkable.
         skipped++;
         ctx.out.note(
@@ -101,29 +111,32 @@ export async function verifyCommand(ctx: Context): Promise<number> {
         );
         continue;
       }
-      const now = await treeRecord(join(layer.path, "fs")).catch((e) => e as Error);
-      if (now instanceof Error) why = `cannot read it: ${now.message}`;
-      else {
-        files += now.files;
-        bytes += now.bytes;
-        if (now.digest !== rec.record.digest) {
-          why = `its files changed (${now.files} entries, ${now.bytes} bytes now; ` +
-            `${rec.record.files} entries, ${rec.record.bytes} bytes when extracted)`;
-        } else if (rec.ids && JSON.stringify(rec.ids) !== JSON.stringify(now.ids)) {
-          why = `its record's ids (${spans(rec.ids)}) are not those its files use (${
-            spans(now.ids)
-          })`;
-        } else if (!rec.ids) {
-          // An older strata's layer, intact, read under a mapping that shows
-          // it as extracted: the ids its files use, recorded once, let
-          // mappings that map only those read it too.
-          await rewriteRecord(layer.path, {
-            ...rec,
-            ids: now.ids,
-            ownersLost: rec.warnings?.some((w) => w.includes("cannot set owners")) ?? false,
-          });
-          ctx.out.note(`${head}: ok; recorded the ids its files use (${spans(now.ids)})`);
-          continue;
+      if (!why) {
+        const now = await treeRecord(join(layer.path, "fs")).catch((e) => e as Error);
+        if (now instanceof Error) why = `cannot read it: ${now.message}`;
+        else {
+          files += now.files;
+          bytes += now.bytes;
+          if (now.digest !== rec.record.digest) {
+            why = `its files changed (${now.files} entries, ${now.bytes} bytes now; ` +
+              `${rec.record.files} entries, ${rec.record.bytes} bytes when extracted)`;
+          } else if (rec.ids && JSON.stringify(rec.ids) !== JSON.stringify(now.ids)) {
+            why = `its record's ids (${spans(rec.ids)}) are not those its files use (${
+              spans(now.ids)
+            })`;
+          } else if (!rec.ids) {
+            // An older strata's layer, intact, read under a mapping that shows
+            // it as extracted: the ids its files use, recorded once, let
+            // mappings that map only those read it too.
+            await rewriteRecord(layer.path, {
+              ...rec,
+              ids: now.ids,
+              ownersLost: rec.warnings?.some((w) => w.includes("cannot set owners")) ?? false,
+            });
+            await Deno.writeFile(join(layer.path, marker), new Uint8Array(), { mode: 0o600 });
+            ctx.out.note(`${head}: ok; recorded the ids its files use (${spans(now.ids)})`);
+            continue;
+          }
         }
       }
     }

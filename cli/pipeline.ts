@@ -344,7 +344,6 @@ const WARM_RUN_SYMBOLS = [
   "read",
   "close",
   "faccessat",
-  "statx",
   "unshare",
   "mount",
   "umount2",

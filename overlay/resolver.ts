@@ -7,8 +7,7 @@
  */
 import { join } from "@std/path";
 import { sha256Hex } from "../sys/sha256.ts";
-import { AT, statx } from "../sys/fs.ts";
-import { ErrnoError, ffiAvailable } from "../sys/libc.ts";
+import { accessible, readSmallText } from "../sys/fs.ts";
 import type { TreeIds } from "../layer/record.ts";
 import type { Layer } from "../image/types.ts";
 // The extraction code (the applicator, the tar parser, the tree record, the
@@ -276,23 +275,16 @@ function isOwnCopy(fs: string): boolean {
 }
 
 /**
- * The inode number of `path` (symlinks followed), or undefined when there is
- * nothing there: one `statx(2)`, with no FileInfo built and no exception on
- * a miss. Other errors are thrown.
+ * The name, in a published layer's directory beside `fs/` and `layer.json`,
+ * of the empty file that says which mapping extracted it
+ * (`idmap-<idMapKey of layer.json's idmap>`): a process under that same
+ * mapping knows with one `faccessat(2)` that the layer reads back as
+ * extracted, without reading `layer.json`, and a verdict kept in memory
+ * stays good while the file that named its mapping is there (a layer dir
+ * replaced by another mapping's extraction has another one).
  */
-function inodeOf(path: string): bigint | undefined {
-  if (ffiAvailable()) {
-    const st = statx(AT.FDCWD, path, 0);
-    if (typeof st !== "number") return st.ino;
-    if (st === -2 || st === -20) return undefined; // ENOENT, ENOTDIR
-    throw new ErrnoError("statx", -st, path);
-  }
-  try {
-    return BigInt(Deno.statSync(path).ino ?? 0);
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return undefined;
-    throw e;
-  }
+export function idmapMarker(mapKey: string): string {
+  return `idmap-${mapKey}`;
 }
 
 /**
@@ -345,9 +337,15 @@ export class CachingLayerResolver implements LayerResolver {
   /** Whether the cache's filesystem can hold layers (checked before the first extraction). */
   #fsChecked?: Promise<void>;
   #inflight = new Map<string, Promise<string>>();
-  /** Per `fs/` directory read: its inode then, and whether this mapping may use it. */
-  #fits = new Map<string, { ino: bigint; refusal?: LayerIdMapError }>();
+  /**
+   * Per published layer directory read here: the key of the mapping that
+   * extracted it (its {@linkcode idmapMarker}), and why this mapping may not
+   * use it, if so.
+   */
+  #fits = new Map<string, { writer: string; refusal?: LayerIdMapError }>();
   #mapKey?: string;
+  /** `<root>/layers`, normalised once. */
+  #layers?: string;
 
   private constructor(root: string, idmap: IdMap, o: CachingLayerResolverOptions) {
     this.root = root;
@@ -421,45 +419,52 @@ export class CachingLayerResolver implements LayerResolver {
     parents: readonly (string | { diffID: string })[],
   ): { path?: string; refusal?: LayerIdMapError } {
     const key = layerKey(diffID);
-    let fs = join(this.root, "layers", key, "fs");
-    let ino = inodeOf(fs);
-    if (ino === undefined) {
-      fs = join(this.root, "layers", chainKey(diffID, parents), "fs");
-      ino = inodeOf(fs);
+    const layers = this.#layers ??= join(this.root, "layers");
+    let dir = `${layers}/${key}`;
+    let v = this.#verdict(diffID, dir);
+    if (v === "absent") {
+      dir = `${layers}/${chainKey(diffID, parents)}`;
+      v = this.#verdict(diffID, dir);
     }
-    let refusal: LayerIdMapError | undefined;
-    if (ino !== undefined) {
-      refusal = this.#refusal(diffID, fs, ino);
-      if (!refusal) return { path: fs };
-    }
+    if (v === "fits") return { path: `${dir}/fs` };
     // This mapping's own copies: none unless the shared key was taken by a
     // copy it cannot use, or it could not set a layer's owners.
     const mapKey = this.#mapKey ??= idMapKey(this.idmap);
     for (const name of [`${key}~${mapKey}`, `${chainKey(diffID, parents)}~${mapKey}`]) {
-      const own = join(this.root, "layers", name, "fs");
-      const i = inodeOf(own);
-      if (i === undefined) continue;
-      const r = this.#refusal(diffID, own, i);
-      if (r) throw r; // its record says another mapping wrote it: damaged
-      return { path: own };
+      const own = `${layers}/${name}`;
+      const r = this.#verdict(diffID, own);
+      if (r === "absent") continue;
+      if (r !== "fits") throw r; // its record says another mapping wrote it: damaged
+      return { path: `${own}/fs` };
     }
-    return { refusal };
+    return { refusal: v === "absent" ? undefined : v };
   }
 
   /**
-   * Whether this process's mapping shows the files of the published layer
-   * at `fs` with the owners they were extracted with: undefined when it
-   * does, else the error to refuse it with. Decided from its `layer.json`,
-   * once per published directory (its inode) and process.
+   * Whether the published layer directory `dir` is there and this
+   * process's mapping shows its files with the owners they were extracted
+   * with: `fits`, `absent`, or the error to refuse it with. One
+   * `faccessat(2)` when this mapping extracted it (its marker file) or was
+   * told before in this process; else decided from its `layer.json`.
    */
-  #refusal(diffID: string, fs: string, ino: bigint): LayerIdMapError | undefined {
-    const known = this.#fits.get(fs);
-    if (known?.ino === ino) return known.refusal;
-    const dir = fs.slice(0, -"/fs".length);
-    const file = join(dir, "layer.json");
+  #verdict(diffID: string, dir: string): "fits" | "absent" | LayerIdMapError {
+    // Paths built by hand: `dir` is already normal, and a warm run makes a
+    // few of them per layer.
+    const known = this.#fits.get(dir);
+    if (known) {
+      if (accessible(`${dir}/${idmapMarker(known.writer)}`)) return known.refusal ?? "fits";
+      this.#fits.delete(dir); // replaced, or removed
+    }
+    if (!accessible(`${dir}/fs`)) return "absent";
+    const mapKey = this.#mapKey ??= idMapKey(this.idmap);
+    if (accessible(`${dir}/${idmapMarker(mapKey)}`)) {
+      this.#remember(dir, { writer: mapKey });
+      return "fits";
+    }
+    const file = `${dir}/layer.json`;
     let record: LayerRecord;
     try {
-      record = JSON.parse(Deno.readTextFileSync(file));
+      record = JSON.parse(readSmallText(file));
     } catch (e) {
       throw new LayerResolveError(
         diffID,
@@ -483,9 +488,16 @@ export class CachingLayerResolver implements LayerResolver {
     const refusal = misfit
       ? new LayerIdMapError(diffID, dir, misfit, record.idmap, this.idmap)
       : undefined;
+    // Kept while the marker of the mapping that wrote it is there (an older
+    // strata's layer has none: read again next time).
+    const writer = idMapKey(record.idmap);
+    if (accessible(`${dir}/${idmapMarker(writer)}`)) this.#remember(dir, { writer, refusal });
+    return refusal ?? "fits";
+  }
+
+  #remember(dir: string, verdict: { writer: string; refusal?: LayerIdMapError }): void {
     if (this.#fits.size >= 4096) this.#fits.clear();
-    this.#fits.set(fs, { ino, refusal });
-    return refusal;
+    this.#fits.set(dir, verdict);
   }
 
   /**
@@ -675,6 +687,7 @@ export class CachingLayerResolver implements LayerResolver {
           JSON.stringify(record, null, 2) + "\n",
           { mode: 0o600 },
         );
+        await Deno.writeFile(join(staged, idmapMarker(mapKey)), new Uint8Array(), { mode: 0o600 });
         try {
           await Deno.rename(staged, dest);
         } catch (e) {

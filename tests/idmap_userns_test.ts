@@ -507,3 +507,96 @@ Deno.test({
     assertEquals(await mountsBelow(dir), []);
   },
 });
+
+/** Makes the layers of `cache` look as an older strata wrote them: no ids, no marker. */
+async function makeLegacy(cache: string): Promise<void> {
+  for (const e of Deno.readDirSync(join(cache, "layers"))) {
+    const dir = join(cache, "layers", e.name);
+    const file = join(dir, "layer.json");
+    const { ids: _, ownersLost: __, ...rec } = JSON.parse(await Deno.readTextFile(file));
+    await Deno.writeTextFile(file, JSON.stringify(rec, null, 2) + "\n");
+    for (const m of Deno.readDirSync(dir)) {
+      if (m.name.startsWith("idmap-")) await Deno.remove(join(dir, m.name));
+    }
+  }
+}
+
+Deno.test({
+  name:
+    "idmap: an older strata's layers (no ids) keep the whole-mapping rule until verify records their ids",
+  ignore: !isRoot,
+  async fn() {
+    await using tmp = await tempDir();
+    const dir = String(tmp);
+    const images = await buildImages(dir);
+    const cache = join(dir, "cache");
+    const ns = inUserns(maps(BELOW_64K));
+    const rootA = await tree(asRoot, cache, images.a);
+    await makeLegacy(cache);
+    // Root (the mapping they were written under) reads them as before.
+    assertEquals((await tree(asRoot, cache, images.a)).listing, rootA.listing);
+    // 0-65535 does not cover root's whole mapping: refused, verify named as the way out.
+    const before = cacheState(cache);
+    const msg = refusal(await ns(["run", "--cache", cache, images.a.ref, ...LIST]), [
+      images.a.layers[0].diffID,
+      "older strata",
+      "strata verify",
+    ]);
+    assertStringIncludes(msg, "uid map [0 0 65536]");
+    assertEquals(cacheState(cache), before);
+    // verify under root's mapping finds the trees intact and records their ids ...
+    const v = await asRoot(["verify", "--cache", cache]);
+    assertEquals(v.code, 0, v.stderr);
+    assertEquals(v.stderr.match(/recorded the ids its files use/g)?.length, 2, v.stderr);
+    const recs = Object.values(cacheState(cache).layers).map((t) => JSON.parse(t));
+    assertEquals(
+      recs.map((r) => JSON.stringify(r.ids.uid)).sort(),
+      ["[[0,1]]", "[[0,1],[1000,1]]"].sort(),
+    );
+    // ... and from then on 0-65535 reads them: the same tree, nothing extracted.
+    const inside = await tree(ns, cache, images.a);
+    assertEquals([inside.extracted, inside.listing], [0, rootA.listing]);
+    // verify again: plain ok now.
+    const v2 = await asRoot(["verify", "--cache", cache]);
+    assertEquals(v2.code, 0, v2.stderr);
+    assert(!v2.stderr.includes("recorded the ids"), v2.stderr);
+    assertEquals(await mountsBelow(dir), []);
+  },
+});
+
+Deno.test({
+  name: "idmap: verify removes a layer whose mapping marker or recorded ids were tampered with",
+  ignore: !isRoot,
+  async fn() {
+    await using tmp = await tempDir();
+    const dir = String(tmp);
+    const images = await buildImages(dir);
+    const cache = join(dir, "cache");
+    await tree(asRoot, cache, images.b);
+    const high = join(cache, "layers", key(images.b.layers[2].diffID));
+    // A marker naming 0-65535 would let that mapping read owner 70000 as nobody.
+    await Deno.writeFile(join(high, `idmap-${idMapKey(BELOW_64K)}`), new Uint8Array());
+    // Ids forged below 65536 would let it too.
+    const app = Object.keys(cacheState(cache).layers).find((n) =>
+      n.startsWith(key(images.b.layers[1].diffID))
+    )!;
+    const appFile = join(cache, "layers", app, "layer.json");
+    const rec = JSON.parse(await Deno.readTextFile(appFile));
+    await Deno.writeTextFile(
+      appFile,
+      JSON.stringify({ ...rec, ids: { uid: [[0, 1]], gid: [[0, 1]] } }),
+    );
+    const v = await asRoot(["verify", "--cache", cache]);
+    assertEquals(v.code, 1, v.stderr);
+    assertStringIncludes(v.stderr, "marked as extracted under another uid/gid mapping");
+    assertStringIncludes(v.stderr, "are not those its files use");
+    assertEquals(
+      v.stdout.trim().split("\n").sort(),
+      [`damaged ${images.b.layers[1].diffID}`, `damaged ${images.b.layers[2].diffID}`].sort(),
+    );
+    // Extracted again on the next run, as they should be.
+    const again = await tree(asRoot, cache, images.b);
+    assertEquals(again.extracted, 2);
+    assertEquals(line(again.listing, "/opt/high"), "/opt/high regular file 70000 70001 640");
+  },
+});
