@@ -600,3 +600,74 @@ Deno.test({
     assertEquals(line(again.listing, "/opt/high"), "/opt/high regular file 70000 70001 640");
   },
 });
+
+/** The library, in a namespace: resolve() of an image's top layer over its parents, one call. */
+const RESOLVE_SCRIPT = `
+import { openImage } from "${repoRoot}/image/open.ts";
+import { CachingLayerResolver } from "${repoRoot}/overlay/resolver.ts";
+const [cache, ref, reextract] = Deno.args;
+const image = await openImage(ref);
+const events = [];
+const r = await CachingLayerResolver.create(cache, {
+  reextractUnmapped: reextract === "1",
+  onEvent: (e) => { if (e.type === "published") events.push(e.path.split("/").pop()); },
+  onWarning: () => {},
+});
+const top = image.layers.length - 1;
+try {
+  const path = await r.resolve(image.layers[top], image.layers.slice(0, top));
+  console.log(JSON.stringify({ path, events }));
+} catch (e) {
+  console.log(JSON.stringify({ error: e.name + ": " + e.message, events }));
+}
+`;
+
+Deno.test({
+  name:
+    "idmap: library resolve() refuses a parent before extracting any other; reextractUnmapped extracts only what does not fit",
+  ignore: !isRoot,
+  async fn() {
+    await using tmp = await tempDir();
+    const dir = String(tmp);
+    const images = await buildImages(dir);
+    const cache = join(dir, "cache");
+    await tree(asRoot, cache, images.a); // base and app, as root
+    const [base, app, high] = images.b.layers.map((l) => l.diffID);
+    // The base is gone (pruned, say): resolving the top layer would extract it first.
+    await Deno.remove(join(cache, "layers", key(base)), { recursive: true });
+    const script = join(dir, "resolve.ts");
+    await Deno.writeTextFile(script, RESOLVE_SCRIPT);
+    const ns = (reextract: string) =>
+      runInUserns(maps(ROOT_ONLY), [
+        denoPath,
+        "run",
+        "-A",
+        `--config=${repoRoot}/deno.json`,
+        script,
+        cache,
+        images.b.ref,
+        reextract,
+      ]);
+    const before = cacheState(cache);
+    const refused = await ns("0");
+    assertEquals(refused.code, 0, refused.stderr);
+    const out = JSON.parse(refused.stdout);
+    assertStringIncludes(out.error, "LayerIdMapError");
+    assertStringIncludes(out.error, app);
+    assertStringIncludes(out.error, "uid 1000");
+    assertEquals(out.events, [], "nothing extracted, the base included");
+    assertEquals(cacheState(cache), before);
+    // Asked for: the base (root's files only) goes to the shared key, the
+    // app and high layers (owners this mapping cannot set) to its own.
+    const done = JSON.parse((await ns("1")).stdout);
+    assertEquals(done.error, undefined);
+    const own = idMapKey(ROOT_ONLY);
+    assertEquals(done.events.length, 3);
+    assertEquals(done.events[0], key(base));
+    assertMatch(done.events[1], new RegExp(`^${key(app)}@[0-9a-f]{64}~${own}$`));
+    assertEquals(done.events[2], `${key(high)}~${own}`);
+    assertEquals(done.path, join(cache, "layers", `${key(high)}~${own}`, "fs"));
+    assertEquals(added(before, cacheState(cache)).length, 3);
+    assertEquals(await mountsBelow(dir), []);
+  },
+});
