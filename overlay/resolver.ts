@@ -307,7 +307,8 @@ export function idmapMarker(mapKey: string): string {
  * - One cache for every uid/gid mapping: a cached layer is used when its
  *   files show, under this process's mapping, the owners they were
  *   extracted with (the ids its `layer.json` records, see `idmap.ts`; read
- *   once per layer and process, no tree walk). One that would show others is
+ *   once per layer and process by a mapping other than the one that
+ *   extracted it, never a tree walk). One that would show others is
  *   refused with a {@linkcode LayerIdMapError} before anything is extracted,
  *   or, with `reextractUnmapped`, extracted again under this mapping into
  *   `layers/<key>~<id map key>/`. So is a layer whose owners this mapping
@@ -398,8 +399,10 @@ export class CachingLayerResolver implements LayerResolver {
    * `layers/<key>/fs` (a layer whose tree does not depend on its parents),
    * else `layers/<key>@<chain hex>/fs`, when its files show the owners they
    * were extracted with under this process's mapping; else this mapping's
-   * own copy, `layers/<key>[@<chain hex>]~<id map key>/fs`. One stat and,
-   * once per process, a read of the layer's `layer.json`.
+   * own copy, `layers/<key>[@<chain hex>]~<id map key>/fs`. One
+   * `faccessat(2)` per directory looked at (two the first time in a
+   * process); under another mapping than the one that extracted the layer,
+   * a read of its `layer.json` too, once per process.
    *
    * @throws {LayerResolveError} when the layer's `layer.json` cannot be read.
    */
@@ -488,10 +491,19 @@ export class CachingLayerResolver implements LayerResolver {
     const refusal = misfit
       ? new LayerIdMapError(diffID, dir, misfit, record.idmap, this.idmap)
       : undefined;
-    // Kept while the marker of the mapping that wrote it is there (an older
-    // strata's layer has none: read again next time).
+    // Kept while the marker of the mapping that wrote it is there. An older
+    // strata's layer has none: it gets one (it only repeats what layer.json
+    // says), so later lookups and processes need no read either.
     const writer = idMapKey(record.idmap);
-    if (accessible(`${dir}/${idmapMarker(writer)}`)) this.#remember(dir, { writer, refusal });
+    const marker = `${dir}/${idmapMarker(writer)}`;
+    if (!accessible(marker)) {
+      try {
+        Deno.writeFileSync(marker, new Uint8Array(), { mode: 0o600, createNew: true });
+      } catch {
+        return refusal ?? "fits"; // a read-only cache: read again next time
+      }
+    }
+    this.#remember(dir, { writer, refusal });
     return refusal ?? "fits";
   }
 
