@@ -49,6 +49,17 @@ export const TOP_OPTIONS: readonly OptionSpec[] = [
   { name: "version", short: "V", type: "boolean", help: "print the version" },
 ];
 
+/**
+ * For the commands that bring layers into the cache: a cached layer whose
+ * owners this process's uid/gid mapping would show wrong is extracted again
+ * under it (into a copy of its own) instead of being refused.
+ */
+const REEXTRACT_OPTION: OptionSpec = {
+  name: "reextract-unmapped",
+  type: "boolean",
+  help: "extract again, for this uid/gid mapping, cached layers whose owners it would show wrong",
+};
+
 const IMAGE_REFS = `IMAGE is one of:
   oci:DIR[:TAG]                    an OCI image layout directory
   oci-archive:FILE[:TAG]           a tarred OCI layout
@@ -78,7 +89,7 @@ export const COMMANDS: readonly CommandSpec[] = [
       "\n\nThe image is saved under the name given (a short name under the full name it " +
       "resolved to), so `strata run NAME` works offline.",
     positionals: ["IMAGE"],
-    options: [],
+    options: [REEXTRACT_OPTION],
   },
   {
     name: "run",
@@ -170,6 +181,7 @@ ${IMAGE_REFS}`,
         type: "boolean",
         help: "keep stdin open: always the case (accepted for docker's -it)",
       },
+      REEXTRACT_OPTION,
     ],
   },
   {
@@ -180,7 +192,7 @@ ${IMAGE_REFS}`,
     description:
       "Owners, modes, times, xattrs (not overlay's own), hard links, symlinks, devices\nand fifos are kept. DIR must be missing or empty. IMAGE is pulled first when not cached.",
     positionals: ["IMAGE", "DIR"],
-    options: [],
+    options: [REEXTRACT_OPTION],
   },
   {
     name: "ls",

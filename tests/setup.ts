@@ -30,6 +30,7 @@ export const PACKAGES: Record<string, string> = {
   debootstrap: "debootstrap",
   unshare: "util-linux",
   setpriv: "util-linux",
+  nsenter: "util-linux",
   mount: "mount",
   tar: "tar",
   gzip: "gzip",
