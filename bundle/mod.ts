@@ -18,6 +18,8 @@ export * from "./spec.ts";
 export * from "./options.ts";
 export * from "./security.ts";
 export * from "./seccomp.ts";
+export * from "./seccomp_profile.ts";
+export * from "./seccomp_host.ts";
 export * from "./capabilities.ts";
 export * from "./user.ts";
 export * from "./writer.ts";

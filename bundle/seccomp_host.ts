@@ -2,38 +2,13 @@
  * Whether seccomp filters are enforced here: by the kernel (filter mode,
  * the actions it has, its build configuration) and by the OCI runtime
  * (runc links libseccomp, which compiles the profile into the filter).
- * `strata supported --why` reports it; the spec writer asks
- * {@linkcode kernelHasSeccompFilter} before keeping the default filter.
+ * `strata supported --why` reports it (the spec writer asks the kernel
+ * alone, with `sys/abi.ts` `kernelHasSeccompFilter`).
  *
  * @module
  */
 
-import { accessible } from "../sys/fs.ts";
 import { readProcText } from "../sys/proc.ts";
-
-let filterMode: boolean | undefined;
-
-/**
- * True when the kernel can run seccomp filters (`CONFIG_SECCOMP_FILTER`):
- * `/proc/sys/kernel/seccomp/actions_avail` exists (Linux 4.14+), or, on an
- * older kernel, `/proc/self/status` has a `Seccomp:` field. Checked once per
- * process.
- *
- * @example Usage
- * ```ts ignore
- * import { kernelHasSeccompFilter } from "./seccomp_host.ts";
- * console.log(kernelHasSeccompFilter()); // true on Debian's kernels
- * ```
- */
-export function kernelHasSeccompFilter(): boolean {
-  if (filterMode !== undefined) return filterMode;
-  if (accessible("/proc/sys/kernel/seccomp/actions_avail", "exists")) return filterMode = true;
-  try {
-    return filterMode = /^Seccomp:/m.test(readProcText("/proc/self/status"));
-  } catch {
-    return filterMode = false;
-  }
-}
 
 /** What {@linkcode seccompSupport} found. */
 export interface SeccompSupport {

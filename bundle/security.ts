@@ -15,12 +15,8 @@
 
 import { hostCapabilities, parseCapability } from "./capabilities.ts";
 import { inUserNamespace } from "./host.ts";
-import {
-  chooseSeccomp,
-  loadSeccompProfile,
-  parseSeccompProfile,
-  SeccompProfile,
-} from "./seccomp.ts";
+import { chooseSeccomp, SeccompProfile } from "./seccomp.ts";
+import { loadSeccompProfile, parseSeccompProfile } from "./seccomp_profile.ts";
 import {
   type LinuxCapabilities,
   type LinuxDevice,

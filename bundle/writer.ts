@@ -29,7 +29,7 @@ import {
   uidMappings,
 } from "./host.ts";
 import { isDefaultSeccomp } from "./seccomp.ts";
-import { kernelHasSeccompFilter } from "./seccomp_host.ts";
+import { kernelHasSeccompFilter } from "../sys/abi.ts";
 import {
   newSpec,
   NoCommandError,

@@ -26,15 +26,7 @@ import {
   withUser,
 } from "../bundle/options.ts";
 import { runContainer, selectRuntime } from "../bundle/run.ts";
-import {
-  withCapAdd,
-  withCapDrop,
-  withNoNewPrivileges,
-  withoutSeccomp,
-  withPrivileged,
-  withSeccompProfile,
-} from "../bundle/security.ts";
-import { parseCapability } from "../bundle/capabilities.ts";
+
 import { SpecError, type SpecOption } from "../bundle/spec.ts";
 import type { SourceImage } from "../image/source.ts";
 import type { CachingLayerResolver } from "../overlay/resolver.ts";
@@ -142,7 +134,11 @@ function limitOptions(o: Context["options"]): SpecOption[] {
 }
 
 /** `--cap-add`/`--cap-drop` values as `CAP_*` names (or `ALL`); a bad one is a usage error. */
-function capabilityValues(values: readonly string[], option: string): string[] {
+function capabilityValues(
+  parseCapability: (v: string) => string | undefined,
+  values: readonly string[],
+  option: string,
+): string[] {
   return values.map((v) => {
     const c = parseCapability(v);
     if (!c) {
@@ -166,7 +162,8 @@ const SECURITY_OPTS = "seccomp=unconfined, seccomp=FILE.json, no-new-privileges[
  * does; the seccomp choice last (an explicit profile applies even with
  * `--privileged`, as in podman). A profile file is read and validated here,
  * before any work: a bad one fails the run (exit 125) with one line naming
- * the file and the problem.
+ * the file and the problem. The confinement modules load only when one of
+ * these options is given: a plain run does not pay for them.
  *
  * @throws {UsageError} for an unknown capability or security option.
  * @throws {SeccompProfileError} for a profile file that cannot be used.
@@ -174,14 +171,29 @@ const SECURITY_OPTS = "seccomp=unconfined, seccomp=FILE.json, no-new-privileges[
  * @example Usage
  * ```ts
  * import { securityOptions } from "./cmd_run.ts";
- * console.log(securityOptions({ "cap-add": ["net_raw"], "security-opt": ["seccomp=unconfined"] }).length); // 2
+ * const o = { "cap-add": ["net_raw"], "security-opt": ["seccomp=unconfined"] };
+ * console.log((await securityOptions(o)).length); // 2
  * ```
  */
-export function securityOptions(o: Context["options"]): SpecOption[] {
+export async function securityOptions(o: Context["options"]): Promise<SpecOption[]> {
+  if (
+    o.privileged !== true && !o["cap-add"] && !o["cap-drop"] && !o["security-opt"]
+  ) return [];
+  const {
+    withCapAdd,
+    withCapDrop,
+    withNoNewPrivileges,
+    withoutSeccomp,
+    withPrivileged,
+    withSeccompProfile,
+  } = await import("../bundle/security.ts");
+  const { parseCapability } = await import("../bundle/capabilities.ts");
   const opts: SpecOption[] = [];
   if (o.privileged === true) opts.push(withPrivileged());
-  const add = capabilityValues((o["cap-add"] as string[] | undefined) ?? [], "cap-add");
-  const drop = capabilityValues((o["cap-drop"] as string[] | undefined) ?? [], "cap-drop");
+  const caps = (name: string) =>
+    capabilityValues(parseCapability, (o[name] as string[] | undefined) ?? [], name);
+  const add = caps("cap-add");
+  const drop = caps("cap-drop");
   const both = add.find((c) => drop.includes(c));
   if (both) {
     throw new UsageError(
@@ -239,10 +251,10 @@ export function securityOptions(o: Context["options"]): SpecOption[] {
  *
  * @example Usage
  * ```ts ignore
- * const options = runSpecOptions(ctx);
+ * const options = await runSpecOptions(ctx);
  * ```
  */
-export function runSpecOptions(ctx: Context): SpecOption[] {
+export async function runSpecOptions(ctx: Context): Promise<SpecOption[]> {
   const o = ctx.options;
   const opts: SpecOption[] = [];
   if (typeof o.entrypoint === "string") {
@@ -275,7 +287,7 @@ export function runSpecOptions(ctx: Context): SpecOption[] {
   else if (o.network === "none") opts.push(withNetworkNone());
   if (o["read-only"] === true) opts.push(withReadonlyRootFS(true));
   opts.push(...limitOptions(o));
-  opts.push(...securityOptions(o));
+  opts.push(...await securityOptions(o));
   return opts;
 }
 
@@ -289,7 +301,7 @@ export function runSpecOptions(ctx: Context): SpecOption[] {
  * ```
  */
 export async function runCommand(ctx: Context): Promise<number> {
-  const specOptions = runSpecOptions(ctx); // usage errors before any work
+  const specOptions = await runSpecOptions(ctx); // usage errors before any work
   const ref = ctx.args.positionals[0];
   // As root with every layer cached: one process, its main thread in a
   // private mount namespace. Otherwise the namespace comes first (which
