@@ -68,6 +68,7 @@ async function seccompLines(): Promise<string[]> {
     s.kernel ? "filter mode" : "no filter mode",
     s.kernelActions.length ? `actions: ${s.kernelActions.join(" ")}` : "",
     config ? `${config} (${s.configSource})` : "",
+    s.ownMode !== undefined ? `strata itself runs with Seccomp: ${s.ownMode}` : "",
   ].filter(Boolean).join("; ");
   let rt = "no OCI runtime found";
   if (s.runtime) {
