@@ -102,6 +102,12 @@ the container verbatim (\`strata run IMG ls -l\` runs \`ls -l\`). \`--\` ends
 options: \`strata run IMG -- -x\` starts the command at \`-x\`. CMD replaces the
 image's Cmd; its Entrypoint is kept. IMAGE is pulled first when not cached.
 
+Confinement: every container gets strata's default seccomp profile (an
+allowlist, as docker's: new namespaces, mounts, keyrings, modules, kexec,
+io_uring, ... fail with EPERM), podman's default capabilities and
+no-new-privileges. --cap-add opens the calls the profile gates on that
+capability (SYS_ADMIN: mount, unshare; SYS_PTRACE: kcmp, ...).
+
 Exit status: the container's; 125 when strata fails before or around it; 127
 when the command is not found in the container, 126 when it cannot be executed.
 
@@ -182,6 +188,29 @@ ${IMAGE_REFS}`,
         help: "keep stdin open: always the case (accepted for docker's -it)",
       },
       REEXTRACT_OPTION,
+      {
+        name: "security-opt",
+        type: "list",
+        value: "OPT",
+        help: "seccomp=unconfined, seccomp=FILE.json, no-new-privileges[=true|false] (repeatable)",
+      },
+      {
+        name: "cap-add",
+        type: "list",
+        value: "CAP",
+        help: "add a capability: NET_RAW, CAP_SYS_ADMIN, ALL (repeatable)",
+      },
+      {
+        name: "cap-drop",
+        type: "list",
+        value: "CAP",
+        help: "drop a capability, or ALL (repeatable)",
+      },
+      {
+        name: "privileged",
+        type: "boolean",
+        help: "every capability, no seccomp filter, the host's devices, no masked paths",
+      },
     ],
   },
   {
