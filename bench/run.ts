@@ -5,8 +5,11 @@
  * runContainer + cleanup) and as the whole command line (`deno run
  * <permissions> cli.ts run IMAGE /bin/true`, process start-up included, and
  * the same through the bundled CLI of `deno task build`), beside a minimal
- * Deno program doing only the mounts and runc (bench/minimal_run.ts); and
- * `bundle()` + `cleanup()` of a cached 3-layer image (goal 10 ms median).
+ * Deno program doing only the mounts and runc (bench/minimal_run.ts); the
+ * same warm run with the default seccomp filter and without one
+ * (`withoutSeccomp`, `--security-opt seccomp=unconfined`), interleaved: runc
+ * has libseccomp build the filter on every run; and `bundle()` + `cleanup()`
+ * of a cached 3-layer image (goal 10 ms median).
  *
  * Run alone: `deno run -A bench/run.ts` (as root).
  *
@@ -15,7 +18,9 @@
 import { join } from "@std/path";
 import { CachingBundler } from "../bundle/bundler.ts";
 import { withArgs } from "../bundle/options.ts";
+import { withoutSeccomp } from "../bundle/security.ts";
 import { defaultStateDir, runContainer, selectRuntime } from "../bundle/run.ts";
+import type { SpecOption } from "../bundle/spec.ts";
 import { addLayer, busyboxLayer, testImage } from "../tests/_bundle_helpers.ts";
 
 /** What the bench driver passes. */
@@ -71,9 +76,9 @@ export async function bench(ctx: BenchContext): Promise<Record<string, number | 
     if (!out.success) throw new Error(`runc run failed: ${new TextDecoder().decode(out.stderr)}`);
     return performance.now() - t;
   };
-  const strata = async (i: number) => {
+  const strata = async (i: number, ...extra: SpecOption[]) => {
     const t = performance.now();
-    const b = await bundler.bundle(image, `bench-${i}`, withArgs("/bin/true"));
+    const b = await bundler.bundle(image, `bench-${i}`, withArgs("/bin/true"), ...extra);
     const tb = performance.now();
     const r = await runContainer(b, { stdin: "null", id: `bench-${i}`, runtime: rt.path });
     if (r.status !== 0) throw new Error(`strata run exited ${r.status}`);
@@ -98,6 +103,19 @@ export async function bench(ctx: BenchContext): Promise<Record<string, number | 
   const runMs = median(ours);
   ctx.log(`run /bin/true: strata ${r2(runMs)} ms vs runc alone ${r2(runcMs)} ms`);
 
+  // With the default seccomp filter (every run's) and without one, interleaved.
+  const filtered: number[] = [];
+  const unfiltered: number[] = [];
+  for (let i = 0; i < n; i++) {
+    filtered.push((await strata(3000 + i)).total);
+    unfiltered.push((await strata(4000 + i, withoutSeccomp())).total);
+  }
+  const [withMs, withoutMs] = [median(filtered), median(unfiltered)];
+  ctx.log(
+    `run /bin/true with the default seccomp filter ${r2(withMs)} ms, without ${r2(withoutMs)} ms ` +
+      `(${r2(withMs / withoutMs)}x; runc builds the filter with libseccomp on every run)`,
+  );
+
   // bundle() + cleanup() alone.
   const bc: number[] = [];
   for (let i = 0; i < 5; i++) await (await bundler.bundle(image, `bc-warm-${i}`)).cleanup();
@@ -117,6 +135,9 @@ export async function bench(ctx: BenchContext): Promise<Record<string, number | 
   return {
     ...(cli ?? {}),
     run_true_ms: r2(runMs),
+    run_true_seccomp_ms: r2(withMs),
+    run_true_unconfined_ms: r2(withoutMs),
+    run_seccomp_vs_unconfined_ratio: r2(withMs / withoutMs),
     runc_alone_ms: r2(runcMs),
     run_vs_runc_ratio: r2(runMs / runcMs),
     run_bundle_part_ms: r2(median(bundlePart)),
@@ -178,7 +199,8 @@ async function cliRun(
     }
     return performance.now() - t;
   };
-  const strata = (entry: string) => cli(entry, "run", "--cache", cache, built.ref, "/bin/true");
+  const strata = (entry: string, ...opts: string[]) =>
+    cli(entry, "run", "--cache", cache, ...opts, built.ref, "/bin/true");
   // The minimal Deno program (bench/minimal_run.ts) on the prepared bundle's config and layers.
   const minimalTs = join(import.meta.dirname!, "minimal_run.ts");
   let minimalRuns = 0;
@@ -256,12 +278,29 @@ async function cliRun(
     await pause();
     idle.minimal.push(await minimal());
   }
+  // The bundled CLI with the default filter and with --security-opt
+  // seccomp=unconfined (which also loads the confinement options' modules).
+  const filtered = { on: [] as number[], off: [] as number[] };
+  for (let i = 0; i < 20; i++) {
+    await pause();
+    filtered.on.push(await strata(entries.bundled));
+    await pause();
+    filtered.off.push(await strata(entries.bundled, "--security-opt", "seccomp=unconfined"));
+  }
   const m = (xs: number[]) => r2(median(xs));
   const [b, bi] = [median(times.peer), median(idle.peer)];
   const out: Record<string, number> = {
     cli_runc_alone_ms: r2(b),
     cli_runc_alone_paused_ms: r2(bi),
+    cli_bundled_seccomp_paused_ms: m(filtered.on),
+    cli_bundled_unconfined_paused_ms: m(filtered.off),
+    cli_bundled_seccomp_vs_unconfined_ratio: r2(median(filtered.on) / median(filtered.off)),
   };
+  ctx.log(
+    `bundled cli.js, each after a 100 ms pause: default seccomp filter ${m(filtered.on)} ms, ` +
+      `--security-opt seccomp=unconfined ${m(filtered.off)} ms ` +
+      `(${r2(median(filtered.on) / median(filtered.off))}x)`,
+  );
   const labels = [
     ["ts", "cli.ts", "cli"],
     ["bundled", "bundled cli.js", "cli_bundled"],

@@ -1,6 +1,7 @@
 /**
  * From cached layers to a running container and back to nothing: OCI
- * runtime-spec types and options, the spec writer, bundles on a tmpfs +
+ * runtime-spec types and options, confinement (the default seccomp profile,
+ * capabilities, privileged mode), the spec writer, bundles on a tmpfs +
  * overlay, the caching bundler, and a runner for runc/crun.
  *
  * @example Usage
@@ -15,6 +16,11 @@
  */
 export * from "./spec.ts";
 export * from "./options.ts";
+export * from "./security.ts";
+export * from "./seccomp.ts";
+export * from "./seccomp_profile.ts";
+export * from "./seccomp_host.ts";
+export * from "./capabilities.ts";
 export * from "./user.ts";
 export * from "./writer.ts";
 export * from "./bootstrap.ts";

@@ -8,13 +8,15 @@
  * `crun spec --rootless`) so one spec runs as root and inside a user
  * namespace alike: new pid, ipc, uts, mount, cgroup and network namespaces,
  * masked and read-only `/proc` paths, a small capability set, no new
- * privileges, and no rlimit above the host's.
+ * privileges, and no rlimit above the host's. `newSpec` adds the default
+ * seccomp filter once the options have settled the capabilities.
  *
  * @module
  */
 
 import { throwDeferred } from "./deferred.ts";
 import { canRaiseRlimits, hostRlimits } from "./host.ts";
+import { finishSeccomp, type LinuxSeccomp } from "./seccomp.ts";
 
 /** The runtime-spec version strata writes. runc 1.1 and crun 1.8 accept it. */
 export const OCI_VERSION = "1.0.2";
@@ -237,8 +239,11 @@ export interface SpecLinux {
   namespaces?: LinuxNamespace[];
   /** Device nodes. */
   devices?: LinuxDevice[];
-  /** Seccomp profile, passed through. */
-  seccomp?: Record<string, unknown>;
+  /**
+   * Seccomp filter. `newSpec` sets it from the built-in default profile
+   * unless an option chose another profile or none (`security.ts`).
+   */
+  seccomp?: LinuxSeccomp;
   /** Rootfs mount propagation. */
   rootfsPropagation?: string;
   /** Paths masked (made unreadable) in the container. */
@@ -319,7 +324,9 @@ export const SYSFS_MOUNT: SpecMount = {
 
 /**
  * Builds the default spec: no process args yet (an image or the caller sets
- * them), root user, `/` as working directory, the rootfs at `rootfs`.
+ * them), root user, `/` as working directory, the rootfs at `rootfs`. It has
+ * no seccomp filter yet: {@linkcode newSpec} adds the default one once the
+ * options have settled the capabilities.
  *
  * `/dev/pts` has no `gid=5`: group 5 is not mapped in a user namespace that
  * maps only root, and the mount would fail with EINVAL there.
@@ -505,7 +512,10 @@ export class RlimitError extends SpecError {
 }
 
 /**
- * Builds a spec from the defaults and `options`, applied in order.
+ * Builds a spec from the defaults and `options`, applied in order, then sets
+ * its seccomp filter: the built-in default profile translated for the final
+ * capability set, unless an option chose another profile or none
+ * (`withSeccompProfile`, `withoutSeccomp`, `withPrivileged`).
  *
  * @throws the error of an option that left it for a later one to make moot
  *   (the image's `User` that cannot be resolved, when no `withUser` follows).
@@ -521,6 +531,7 @@ export async function newSpec(...options: SpecOption[]): Promise<Spec> {
   const spec = defaultSpec();
   for (const o of options) await o(spec);
   throwDeferred(spec);
+  finishSeccomp(spec);
   return spec;
 }
 

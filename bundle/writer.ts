@@ -10,7 +10,10 @@
  *   dropped with a warning (runc would fail with "container could not join or
  *   create cgroup");
  * - in a user namespace, a process uid or gid this namespace does not map is
- *   refused with the reason, instead of runc's bare "invalid argument".
+ *   refused with the reason, instead of runc's bare "invalid argument";
+ * - on a kernel without seccomp filters, the default seccomp filter is
+ *   dropped with a warning (as docker does) and a profile the caller chose is
+ *   refused (`SeccompUnsupportedError`).
  *
  * @module
  */
@@ -25,6 +28,8 @@ import {
   isMapped,
   uidMappings,
 } from "./host.ts";
+import { isDefaultSeccomp } from "./seccomp.ts";
+import { kernelHasSeccompFilter } from "../sys/abi.ts";
 import {
   newSpec,
   NoCommandError,
@@ -79,12 +84,36 @@ export class UnmappedIDError extends SpecError {
 }
 
 /**
+ * A seccomp profile was chosen for a container on a kernel that cannot
+ * enforce it (no `CONFIG_SECCOMP_FILTER`).
+ *
+ * @example Usage
+ * ```ts
+ * import { SeccompUnsupportedError } from "./writer.ts";
+ * console.log(new SeccompUnsupportedError().message);
+ * ```
+ */
+export class SeccompUnsupportedError extends SpecError {
+  /** Creates the error. */
+  constructor(options?: ErrorOptions) {
+    super(
+      "cannot apply the seccomp profile: this kernel has no seccomp filter mode " +
+        "(CONFIG_SECCOMP_FILTER); run with seccomp=unconfined to go without one",
+      options,
+    );
+    this.name = "SeccompUnsupportedError";
+  }
+}
+
+/**
  * Fits `spec` to this host in place (see the module doc) and returns the
  * warnings it produced.
  *
  * @throws {NoCommandError} when the process has no args.
  * @throws {RlimitError} for an rlimit above the host's hard limit.
  * @throws {UnmappedIDError} for a process id the user namespace lacks.
+ * @throws {SeccompUnsupportedError} for a chosen seccomp profile on a kernel
+ *   without seccomp filters.
  *
  * @example Usage
  * ```ts
@@ -105,6 +134,12 @@ export function adaptSpecToHost(spec: Spec, what?: string): string[] {
       const h = host[r.type];
       if (h && r.hard > h.hard) throw new RlimitError(r.type, r.hard, h.hard);
     }
+  }
+
+  if (spec.linux?.seccomp && !kernelHasSeccompFilter()) {
+    if (!isDefaultSeccomp(spec.linux.seccomp)) throw new SeccompUnsupportedError();
+    delete spec.linux.seccomp;
+    warnings.push("running without the default seccomp filter: this kernel has no seccomp");
   }
 
   if (!inUserNamespace()) return warnings;
@@ -135,6 +170,34 @@ export function adaptSpecToHost(spec: Spec, what?: string): string[] {
 }
 
 /**
+ * `spec` as JSON. A seccomp argument above 2^53 is a bigint
+ * (`LinuxSeccompArg`), which `JSON.stringify` refuses: it is written as the
+ * exact integer. Only such a spec pays for the replacer.
+ *
+ * @example Usage
+ * ```ts
+ * import { specJSON } from "./writer.ts";
+ * console.log(specJSON({ ociVersion: "1.0.2" })); // {"ociVersion":"1.0.2"}
+ * ```
+ */
+export function specJSON(spec: Spec): string {
+  try {
+    return JSON.stringify(spec);
+  } catch (e) {
+    if (!(e instanceof TypeError) || !/BigInt/i.test(e.message)) throw e;
+    return JSON.stringify(
+      spec,
+      (_k, v) => typeof v === "bigint" ? (JSON as unknown as RawJSON).rawJSON(String(v)) : v,
+    );
+  }
+}
+
+/** `JSON.rawJSON` (V8 11.4+; not yet in TypeScript's lib). */
+interface RawJSON {
+  rawJSON(text: string): unknown;
+}
+
+/**
  * Writes `spec` as JSON to `path` atomically (a temporary file in the same
  * directory, renamed over `path`), mode 0600.
  *
@@ -151,7 +214,7 @@ export function writeSpecFile(path: string, spec: Spec): Promise<void> {
     // Synchronous: a bundle is on a mount this thread may alone see
     // (overlay/userns.ts enterThreadMountNamespace), and a few KiB cost less
     // written here than sent to the thread pool.
-    Deno.writeTextFileSync(tmp, JSON.stringify(spec), { mode: 0o600, createNew: true });
+    Deno.writeTextFileSync(tmp, specJSON(spec), { mode: 0o600, createNew: true });
     Deno.renameSync(tmp, path);
   } catch (e) {
     try {

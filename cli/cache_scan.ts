@@ -15,11 +15,17 @@ import type { LayerRecord } from "../overlay/resolver.ts";
 export interface CachedLayer {
   /**
    * Directory name: `sha256-<hex>`, or `sha256-<hex>@<chain hex>` for a layer
-   * whose tree depends on its parents (extracted over one chain of them).
+   * whose tree depends on its parents (extracted over one chain of them);
+   * either may end in `~<id map key>`, a copy for one uid/gid mapping.
    */
   key: string;
   /** The hex of the layer's OCI chain ID, for a `@<chain hex>` directory. */
   chain?: string;
+  /**
+   * For a layer extracted for one uid/gid mapping alone (`<key>~<id map
+   * key>`, see `overlay/idmap.ts`): that mapping's key.
+   */
+  idmapKey?: string;
   /** `layers/<key>`. */
   path: string;
   /** The diff_id (from the name). */
@@ -45,7 +51,7 @@ export async function cachedLayers(root: string): Promise<CachedLayer[]> {
   const dir = join(root, "layers");
   try {
     for await (const e of Deno.readDir(dir)) {
-      const m = /^([a-z0-9]+)-([a-f0-9]+)(?:@([a-f0-9]+))?$/.exec(e.name);
+      const m = /^([a-z0-9]+)-([a-f0-9]+)(?:@([a-f0-9]+))?(?:~([a-f0-9]{16}))?$/.exec(e.name);
       if (!e.isDirectory || !m) continue;
       const path = join(dir, e.name);
       let record: LayerRecord | undefined;
@@ -56,6 +62,7 @@ export async function cachedLayers(root: string): Promise<CachedLayer[]> {
       }
       const layer: CachedLayer = { key: e.name, path, diffID: `${m[1]}:${m[2]}`, record };
       if (m[3]) layer.chain = m[3];
+      if (m[4]) layer.idmapKey = m[4];
       out.push(layer);
     }
   } catch (e) {
@@ -219,10 +226,11 @@ export async function removeLayer(
  */
 export async function reclaimLayerLocks(root: string): Promise<string[]> {
   if (!(await exists(join(root, "locks"))) || !(await exists(join(root, "layers")))) return [];
-  // `sha256-<hex>` of every directory under layers/, `@<chain>` ones included.
+  // `sha256-<hex>` of every directory under layers/, `@<chain>` and
+  // `~<id map key>` ones included.
   const keys = () => {
     const out = new Set<string>();
-    for (const e of Deno.readDirSync(join(root, "layers"))) out.add(e.name.split("@")[0]);
+    for (const e of Deno.readDirSync(join(root, "layers"))) out.add(e.name.split(/[@~]/)[0]);
     return out;
   };
   const cached = keys();

@@ -9,6 +9,9 @@ import { storedName } from "../image/open.ts";
 import { reclaimStaleBundles } from "../bundle/bundler.ts";
 import { reclaimTemp } from "../overlay/lock.ts";
 import { chainKey } from "../overlay/resolver.ts";
+import { currentIdMap, type IdMap } from "../overlay/cache.ts";
+import { describeMisfit, idMapKey, isIdMap, layerMisfit } from "../overlay/idmap.ts";
+import type { TreeIds } from "../layer/record.ts";
 import type { Context } from "./context.ts";
 import { CliError } from "./errors.ts";
 import { escapeControls, formatBytes, shortDigest } from "./output.ts";
@@ -41,7 +44,23 @@ export interface LsJson {
     extracted: number;
     /** Every layer cached. */
     complete: boolean;
-    layers: { digest: string; diffID: string; size: number; cached: boolean }[];
+    layers: {
+      digest: string;
+      diffID: string;
+      size: number;
+      /** A copy this process's uid/gid mapping may use is cached. */
+      cached: boolean;
+      /** That copy's directory name under `layers/`. */
+      dir?: string;
+      /** The uids and gids its files use (`[first, count]` runs), as extracted. */
+      ids?: TreeIds;
+      /** The uid/gid mapping it was extracted under. */
+      idmap?: IdMap;
+      /** Some owner could not be set at extraction: right for that mapping alone. */
+      ownersLost?: boolean;
+      /** Why the cached copy does not fit this process's mapping (then `cached` is false). */
+      unfit?: string;
+    }[];
   }[];
   /** Published layers in the cache. */
   layers: { count: number; unreferenced: number };
@@ -63,16 +82,29 @@ export async function lsCommand(ctx: Context): Promise<number> {
   if (await exists(root)) await enterNamespace(ctx); // layers may belong to mapped ids
   const layers = await cachedLayers(root);
   // A layer is cached as `<key>` (its tree does not depend on its parents)
-  // or as `<key>@<chain hex>` (extracted over this image's parents).
+  // or as `<key>@<chain hex>` (extracted over this image's parents); when
+  // this mapping may not use that copy, maybe as this mapping's own copy,
+  // the same name with `~<id map key>` (as CachingLayerResolver looks).
   const byKey = new Map(layers.map((l) => [l.key, l]));
+  const idmap = currentIdMap();
+  const own = idMapKey(idmap);
   const find = (ids: string[], i: number) => {
-    const shared = byKey.get(ids[i].replace(":", "-"));
-    if (shared) return shared;
+    let names: string[];
     try {
-      return byKey.get(chainKey(ids[i], ids.slice(0, i)));
+      names = [ids[i].replace(":", "-"), chainKey(ids[i], ids.slice(0, i))];
     } catch {
-      return undefined; // not a valid digest: not cached
+      return { found: undefined }; // not a valid digest: not cached
     }
+    const shared = byKey.get(names[0]) ?? byKey.get(names[1]);
+    const rec = shared?.record;
+    const misfit = rec && isIdMap(rec.idmap) ? layerMisfit(rec, idmap) : undefined;
+    if (shared && !misfit) return { found: shared };
+    const mine = byKey.get(`${names[0]}~${own}`) ?? byKey.get(`${names[1]}~${own}`);
+    if (mine) return { found: mine };
+    return {
+      found: undefined,
+      unfit: misfit && rec ? describeMisfit(misfit, rec.idmap, idmap) : undefined,
+    };
   };
   const images = await storedImages(root);
   const used = new Set(images.flatMap((i) => i.layers.map((l) => l.diffID)));
@@ -80,8 +112,20 @@ export async function lsCommand(ctx: Context): Promise<number> {
     cache: root,
     images: images.map((img) => {
       const ids = img.layers.map((l) => l.diffID);
-      const found = ids.map((_, i) => find(ids, i));
-      const ls = img.layers.map((l, i) => ({ ...l, cached: found[i] !== undefined }));
+      const lookups = ids.map((_, i) => find(ids, i));
+      const found = lookups.map((l) => l.found);
+      const ls = img.layers.map((l, i) => {
+        const rec = found[i]?.record;
+        return {
+          ...l,
+          cached: found[i] !== undefined,
+          ...(found[i] ? { dir: found[i]!.key } : {}),
+          ...(rec?.ids ? { ids: rec.ids } : {}),
+          ...(rec?.idmap ? { idmap: rec.idmap } : {}),
+          ...(rec?.ownersLost ? { ownersLost: true } : {}),
+          ...(lookups[i].unfit ? { unfit: lookups[i].unfit } : {}),
+        };
+      });
       return {
         name: img.name,
         digest: img.digest,

@@ -50,6 +50,8 @@ import { isShortName, parseRef } from "../image/ref.ts";
 import { canonicalName, ImageStore } from "../image/store.ts";
 import { OciLayoutSource, selectFromIndex } from "../image/layout.ts";
 import { chainKey, layerKey } from "../overlay/resolver.ts";
+import { currentIdMap } from "../overlay/cache.ts";
+import { idMapKey } from "../overlay/idmap.ts";
 import { SpecError, type SpecOption } from "../bundle/spec.ts";
 import type { SourceImage } from "../image/source.ts";
 import type { CachingLayerResolver } from "../overlay/resolver.ts";
@@ -156,15 +158,128 @@ function limitOptions(o: Context["options"]): SpecOption[] {
   return opts;
 }
 
+/** `--cap-add`/`--cap-drop` values as `CAP_*` names (or `ALL`); a bad one is a usage error. */
+function capabilityValues(
+  parseCapability: (v: string) => string | undefined,
+  values: readonly string[],
+  option: string,
+): string[] {
+  return values.map((v) => {
+    const c = parseCapability(v);
+    if (!c) {
+      throw new UsageError(
+        `option --${option}: unknown capability '${v}' (NET_RAW, CAP_SYS_ADMIN, ... or ALL)`,
+        "run",
+      );
+    }
+    return c;
+  });
+}
+
+const SECURITY_OPTS = "seccomp=unconfined, seccomp=FILE.json, no-new-privileges[=true|false]";
+
+/**
+ * `--privileged`, `--cap-add`, `--cap-drop` and `--security-opt` as spec
+ * options, in the order docker and podman give them meaning: privileged
+ * first; with `--cap-add ALL` every capability minus those dropped, else the
+ * drops and then the adds (so `--cap-drop ALL --cap-add NET_RAW` leaves
+ * NET_RAW alone); a capability both added and dropped is refused, as podman
+ * does; the seccomp choice last (an explicit profile applies even with
+ * `--privileged`, as in podman). A profile file is read and validated here,
+ * before any work: a bad one fails the run (exit 125) with one line naming
+ * the file and the problem. The confinement modules load only when one of
+ * these options is given: a plain run does not pay for them.
+ *
+ * @throws {UsageError} for an unknown capability or security option.
+ * @throws {SeccompProfileError} for a profile file that cannot be used.
+ *
+ * @example Usage
+ * ```ts
+ * import { securityOptions } from "./cmd_run.ts";
+ * const o = { "cap-add": ["net_raw"], "security-opt": ["seccomp=unconfined"] };
+ * console.log((await securityOptions(o)).length); // 2
+ * ```
+ */
+export async function securityOptions(o: Context["options"]): Promise<SpecOption[]> {
+  if (
+    o.privileged !== true && !o["cap-add"] && !o["cap-drop"] && !o["security-opt"]
+  ) return [];
+  const {
+    withCapAdd,
+    withCapDrop,
+    withNoNewPrivileges,
+    withoutSeccomp,
+    withPrivileged,
+    withSeccompProfile,
+  } = await import("../bundle/security.ts");
+  const { parseCapability } = await import("../bundle/capabilities.ts");
+  const opts: SpecOption[] = [];
+  if (o.privileged === true) opts.push(withPrivileged());
+  const caps = (name: string) =>
+    capabilityValues(parseCapability, (o[name] as string[] | undefined) ?? [], name);
+  const add = caps("cap-add");
+  const drop = caps("cap-drop");
+  const both = add.find((c) => drop.includes(c));
+  if (both) {
+    throw new UsageError(
+      both === "ALL"
+        ? "options --cap-add ALL and --cap-drop ALL contradict each other"
+        : `capability ${both} cannot be both added and dropped`,
+      "run",
+    );
+  }
+  if (add.includes("ALL")) {
+    opts.push(withCapAdd("ALL"));
+    if (drop.length) opts.push(withCapDrop(...drop));
+  } else {
+    if (drop.length) opts.push(withCapDrop(...drop));
+    if (add.length) opts.push(withCapAdd(...add));
+  }
+  for (const raw of (o["security-opt"] as string[] | undefined) ?? []) {
+    // docker's form is KEY=VALUE; its older KEY:VALUE is still accepted by docker and podman.
+    const sep = raw.search(/[=:]/);
+    const key = sep < 0 ? raw : raw.slice(0, sep);
+    const value = sep < 0 ? undefined : raw.slice(sep + 1);
+    if (key === "seccomp") {
+      if (!value) {
+        throw new UsageError(
+          `option --security-opt seccomp needs =unconfined or =FILE.json`,
+          "run",
+        );
+      }
+      opts.push(value === "unconfined" ? withoutSeccomp() : withSeccompProfile(value));
+    } else if (key === "no-new-privileges") {
+      if (value !== undefined && value !== "true" && value !== "false") {
+        throw new UsageError(
+          `option --security-opt no-new-privileges takes true or false, not '${value}'`,
+          "run",
+        );
+      }
+      opts.push(withNoNewPrivileges(value !== "false"));
+    } else if (["apparmor", "label", "mask", "unmask", "systempaths", "proc-opts"].includes(key)) {
+      throw new UsageError(
+        `option --security-opt ${key} is not supported by strata (it takes ${SECURITY_OPTS})`,
+        "run",
+      );
+    } else {
+      throw new UsageError(
+        `option --security-opt: unknown option '${raw}' (strata takes ${SECURITY_OPTS})`,
+        "run",
+      );
+    }
+  }
+  return opts;
+}
+
 /**
  * The spec options for the run flags, applied after the image config (so they win).
  *
  * @example Usage
  * ```ts ignore
- * const options = runSpecOptions(ctx);
+ * const options = await runSpecOptions(ctx);
  * ```
  */
-export function runSpecOptions(ctx: Context): SpecOption[] {
+export async function runSpecOptions(ctx: Context): Promise<SpecOption[]> {
   const o = ctx.options;
   const opts: SpecOption[] = [];
   if (typeof o.entrypoint === "string") {
@@ -197,6 +312,7 @@ export function runSpecOptions(ctx: Context): SpecOption[] {
   else if (o.network === "none") opts.push(withNetworkNone());
   if (o["read-only"] === true) opts.push(withReadonlyRootFS(true));
   opts.push(...limitOptions(o));
+  opts.push(...await securityOptions(o));
   return opts;
 }
 
@@ -210,7 +326,7 @@ export function runSpecOptions(ctx: Context): SpecOption[] {
  * ```
  */
 export async function runCommand(ctx: Context): Promise<number> {
-  const specOptions = runSpecOptions(ctx); // usage errors before any work
+  const specOptions = await runSpecOptions(ctx); // usage errors before any work
   const ref = ctx.args.positionals[0];
   // As root with every layer cached: one process, its main thread in a
   // private mount namespace. Otherwise the namespace comes first (which
@@ -319,6 +435,7 @@ async function recordRun(
     lookupSize,
     lookupMediaType,
     digest: image.digest,
+    mapKey: idMapKey(currentIdMap()),
     layers: image.layers.map((l, i) => ({
       diffID: l.diffID,
       dirs: [layerKey(l.diffID), chainKey(l.diffID, image.layers.slice(0, i))],

@@ -21,8 +21,8 @@
  *   and the image store still has the name; a pulled registry name still
  *   points at the same manifest (its `refs/` record);
  * - the cache: every layer directory is there (shared first, then chained,
- *   as `CachingLayerResolver.cachedPath` looks), and `idmap.json` records
- *   this process' id mapping;
+ *   as `CachingLayerResolver.cachedPath` looks, and its own copy for this id
+ *   mapping after those), extracted under this process' id mapping;
  * - the code that built the record: {@linkcode RUN_RECORD_FORMAT}, and the
  *   size and modification time of every source file the record follows
  *   from (a local install), or the versioned URL (a remote one);
@@ -112,6 +112,12 @@ export interface RunRecord {
   digest: string;
   /** Layers, bottom first. */
   layers: RunRecordLayer[];
+  /**
+   * This mapping's key (overlay/idmap.ts `idMapKey`): a layer directory
+   * holding `idmap-<key>` was extracted under it, and its own copies of
+   * layers are `<dir>~<key>`.
+   */
+  mapKey: string;
   /** The image's Entrypoint: a command given to a run replaces the image's Cmd after it. */
   entrypoint: string[];
   /** The image's own command (Entrypoint and Cmd), for a run given none. */
@@ -358,7 +364,7 @@ export function isRunRecord(r: unknown): r is RunRecord {
   ) {
     if (typeof v[k] !== "string") return false;
   }
-  if (typeof v.lookupSize !== "number") return false;
+  if (typeof v.lookupSize !== "number" || !/^[0-9a-f]{16}$/.test(v.mapKey)) return false;
   if (!Array.isArray(v.layers) || v.layers.length === 0 || v.layers.length > 500) return false;
   for (const l of v.layers) {
     if (typeof l?.diffID !== "string" || !isStrings(l.dirs) || l.dirs.length !== 2) return false;
@@ -628,29 +634,34 @@ function warningSaid(cacheRoot: string, rec: RunRecord): boolean {
   return typeof notes?.[`using ${rec.runtime.name}: ${rec.runtime.reason}`] === "string";
 }
 
-/** uid_map and gid_map are the initial namespace's, and idmap.json records exactly that. */
-function identityEverywhere(cacheRoot: string): boolean {
+/** uid_map and gid_map are the initial namespace's. */
+function initialIdMaps(): boolean {
   const identity = /^\s*0\s+0\s+4294967295\s*$/;
-  if (!identity.test(readText("/proc/self/uid_map") ?? "")) return false;
-  if (!identity.test(readText("/proc/self/gid_map") ?? "")) return false;
-  const m = readJSON(`${cacheRoot}/idmap.json`) as { uid?: unknown; gid?: unknown } | undefined;
-  const one = (r: unknown) =>
-    Array.isArray(r) && r.length === 1 && Array.isArray(r[0]) && r[0][0] === 0 && r[0][1] === 0 &&
-    r[0][2] === 4294967295;
-  return one(m?.uid) && one(m?.gid);
+  return identity.test(readText("/proc/self/uid_map") ?? "") &&
+    identity.test(readText("/proc/self/gid_map") ?? "");
 }
 
-/** The lower directories, bottom first, as `cachedPath` finds them; undefined if one is missing. */
+/**
+ * The lower directories, bottom first, as `CachingLayerResolver.cachedPath`
+ * finds them: the shared directory, else the chained one, else this
+ * mapping's own copy of either; the one found must hold this mapping's
+ * marker (extracted under it). Undefined when a layer is missing, or the one
+ * found was extracted under another mapping: whether it fits this one is
+ * decided the long way, from its `layer.json`.
+ */
 function lowerDirs(cacheRoot: string, rec: RunRecord): string[] | undefined {
   const out: string[] = [];
-  for (const { dirs } of rec.layers) {
-    const shared = `${cacheRoot}/layers/${dirs[0]}/fs`;
-    if (exists(shared)) out.push(shared);
-    else {
-      const chained = `${cacheRoot}/layers/${dirs[1]}/fs`;
-      if (!exists(chained)) return undefined;
-      out.push(chained);
+  const marker = `idmap-${rec.mapKey}`;
+  const layers = `${cacheRoot}/layers`;
+  next: for (const { dirs: [shared, chained] } of rec.layers) {
+    for (const name of [shared, chained, `${shared}~${rec.mapKey}`, `${chained}~${rec.mapKey}`]) {
+      const dir = `${layers}/${name}`;
+      if (!exists(`${dir}/fs`)) continue;
+      if (!exists(`${dir}/${marker}`)) return undefined;
+      out.push(`${dir}/fs`);
+      continue next;
     }
+    return undefined;
   }
   return out;
 }
@@ -663,7 +674,7 @@ function cacheRoot(given: string | undefined): string | undefined {
 
 /** The record for the run `a` asks for, when every check holds. */
 function checkedRecord(a: FastArgs, root: string): { rec: RunRecord; lower: string[] } | undefined {
-  if (!identityEverywhere(root)) return undefined;
+  if (!initialIdMaps()) return undefined;
   const path = runRecordPath(root, a.ref);
   const rec = path === undefined ? undefined : readJSON(path);
   if (!isRunRecord(rec) || rec.ref !== a.ref) return undefined;

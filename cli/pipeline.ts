@@ -204,6 +204,7 @@ export interface CountingResolver {
 export async function commandResolver(ctx: Context): Promise<CountingResolver> {
   let extracted = 0;
   const resolver = await CachingLayerResolver.create(ctx.cacheRoot, {
+    reextractUnmapped: ctx.options["reextract-unmapped"] === true,
     onWarning: (m) => ctx.out.warn(m),
     onEvent: (e) => {
       if (e.type === "extract") extracted++;

@@ -49,6 +49,17 @@ export const TOP_OPTIONS: readonly OptionSpec[] = [
   { name: "version", short: "V", type: "boolean", help: "print the version" },
 ];
 
+/**
+ * For the commands that bring layers into the cache: a cached layer whose
+ * owners this process's uid/gid mapping would show wrong is extracted again
+ * under it (into a copy of its own) instead of being refused.
+ */
+const REEXTRACT_OPTION: OptionSpec = {
+  name: "reextract-unmapped",
+  type: "boolean",
+  help: "extract again, for this uid/gid mapping, cached layers whose owners it would show wrong",
+};
+
 const IMAGE_REFS = `IMAGE is one of:
   oci:DIR[:TAG]                    an OCI image layout directory
   oci-archive:FILE[:TAG]           a tarred OCI layout
@@ -78,7 +89,7 @@ export const COMMANDS: readonly CommandSpec[] = [
       "\n\nThe image is saved under the name given (a short name under the full name it " +
       "resolved to), so `strata run NAME` works offline.",
     positionals: ["IMAGE"],
-    options: [],
+    options: [REEXTRACT_OPTION],
   },
   {
     name: "run",
@@ -90,6 +101,12 @@ an option starts the container's command, and everything after it is passed to
 the container verbatim (\`strata run IMG ls -l\` runs \`ls -l\`). \`--\` ends
 options: \`strata run IMG -- -x\` starts the command at \`-x\`. CMD replaces the
 image's Cmd; its Entrypoint is kept. IMAGE is pulled first when not cached.
+
+Confinement: every container gets strata's default seccomp profile (an
+allowlist, as docker's: new namespaces, mounts, keyrings, modules, kexec,
+io_uring, ... fail with EPERM), podman's default capabilities and
+no-new-privileges. --cap-add opens the calls the profile gates on that
+capability (SYS_ADMIN: mount, unshare; SYS_PTRACE: kcmp, ...).
 
 Exit status: the container's; 125 when strata fails before or around it; 127
 when the command is not found in the container, 126 when it cannot be executed.
@@ -170,6 +187,30 @@ ${IMAGE_REFS}`,
         type: "boolean",
         help: "keep stdin open: always the case (accepted for docker's -it)",
       },
+      REEXTRACT_OPTION,
+      {
+        name: "security-opt",
+        type: "list",
+        value: "OPT",
+        help: "seccomp=unconfined, seccomp=FILE.json, no-new-privileges[=true|false] (repeatable)",
+      },
+      {
+        name: "cap-add",
+        type: "list",
+        value: "CAP",
+        help: "add a capability: NET_RAW, CAP_SYS_ADMIN, ALL (repeatable)",
+      },
+      {
+        name: "cap-drop",
+        type: "list",
+        value: "CAP",
+        help: "drop a capability, or ALL (repeatable)",
+      },
+      {
+        name: "privileged",
+        type: "boolean",
+        help: "every capability, no seccomp filter, the host's devices, no masked paths",
+      },
     ],
   },
   {
@@ -180,7 +221,7 @@ ${IMAGE_REFS}`,
     description:
       "Owners, modes, times, xattrs (not overlay's own), hard links, symlinks, devices\nand fifos are kept. DIR must be missing or empty. IMAGE is pulled first when not cached.",
     positionals: ["IMAGE", "DIR"],
-    options: [],
+    options: [REEXTRACT_OPTION],
   },
   {
     name: "ls",

@@ -141,6 +141,13 @@ export interface ApplyResult {
    * a whiteout or an opaque marker, or replaced something it did not write.
    */
   dependsOnLowers: boolean;
+  /**
+   * Some owner could not be set (an id this user namespace does not map):
+   * those files keep the applier's ids, so the tree is this mapping's own,
+   * not the layer's (a layer cache must not serve it to a mapping that can
+   * set those ids).
+   */
+  ownersLost: boolean;
 }
 
 /**
@@ -274,6 +281,7 @@ export class TarApplicator implements TarballApplicator {
         bytes: w.bytes,
         warnings: w.warnings,
         dependsOnLowers: w.dependsOnLowers,
+        ownersLost: w.ownersLost,
       };
     } finally {
       w.dispose();
@@ -313,6 +321,7 @@ export class TarApplicator implements TarballApplicator {
           bytes: m.bytes,
           warnings: m.warnings,
           dependsOnLowers: m.dependsOnLowers,
+          ownersLost: m.ownersLost,
         };
         settle();
       } else if (m.t === "error") {

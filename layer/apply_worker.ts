@@ -61,10 +61,10 @@ scope.onmessage = (ev: MessageEvent<ToWorker>) => {
     } else {
       parser!.end();
       writer!.finish();
-      const { entries, bytes, warnings, dependsOnLowers } = writer!;
+      const { entries, bytes, warnings, dependsOnLowers, ownersLost } = writer!;
       writer!.dispose();
       writer = undefined;
-      post({ t: "done", entries, bytes, warnings, dependsOnLowers });
+      post({ t: "done", entries, bytes, warnings, dependsOnLowers, ownersLost });
     }
   } catch (e) {
     fail(e);

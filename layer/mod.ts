@@ -21,7 +21,14 @@ export {
   type WhiteoutMode,
 } from "./applicator.ts";
 export { confine } from "./path.ts";
-export { type TreeRecord, treeRecord, type TreeRecordOptions } from "./record.ts";
+export {
+  type IdSpan,
+  idSpans,
+  type TreeIds,
+  type TreeRecord,
+  treeRecord,
+  type TreeRecordOptions,
+} from "./record.ts";
 export {
   readTar,
   type TarEntry,

@@ -4,6 +4,9 @@
  * identity and file content (of a file with over 1 GiB of holes, its data
  * segments), in a sorted walk. The store keeps it beside each
  * cached layer so `strata verify` can tell whether the layer was tampered with.
+ * The same walk collects the uids and gids the tree's inodes use, as sorted
+ * ranges: what a reader's id mapping must show the same way (see
+ * `overlay/idmap.ts`).
  *
  * @module
  */
@@ -28,6 +31,37 @@ import {
 } from "../sys/fs.ts";
 import { ErrnoError } from "../sys/libc.ts";
 
+/** Ids `[first, first + count)`: one run of consecutive uids or gids. */
+export type IdSpan = [first: number, count: number];
+
+/** The uids and gids a tree's inodes are owned by, as sorted, disjoint, non-adjacent runs. */
+export interface TreeIds {
+  /** Owners (`st_uid`); uid 0 too when a file carries `security.capability` (see {@linkcode treeRecord}). */
+  uid: IdSpan[];
+  /** Groups (`st_gid`). */
+  gid: IdSpan[];
+}
+
+/**
+ * The runs of consecutive ids in `ids` (any order, repeats allowed), sorted.
+ *
+ * @example Usage
+ * ```ts
+ * import { idSpans } from "./record.ts";
+ * console.log(idSpans([1000, 0, 2, 1, 1000])); // [[0, 3], [1000, 1]]
+ * ```
+ */
+export function idSpans(ids: Iterable<number>): IdSpan[] {
+  const sorted = [...new Set(ids)].sort((a, b) => a - b);
+  const out: IdSpan[] = [];
+  for (const id of sorted) {
+    const last = out.at(-1);
+    if (last && last[0] + last[1] === id) last[1]++;
+    else out.push([id, 1]);
+  }
+  return out;
+}
+
 /** The result of {@linkcode treeRecord}. */
 export interface TreeRecord {
   /** `sha256:<hex>` over the whole record. */
@@ -36,6 +70,8 @@ export interface TreeRecord {
   files: number;
   /** Bytes of regular file content hashed. */
   bytes: number;
+  /** The uids and gids of every entry (the root directory included), as seen by this process. */
+  ids: TreeIds;
   /** One line per entry, when asked for with `lines: true` (for diffs in tests and `verify`). */
   lines?: string[];
 }
@@ -59,7 +95,10 @@ const hex = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, "
 /**
  * Records the tree at `dir` (see the module docs). Symlinks are recorded, never
  * followed; hardlinks are recorded as links to the first path (in sorted
- * order) of the same inode.
+ * order) of the same inode. `ids` lists every owner and group; a file
+ * capability (`security.capability`) also counts as uid 0, the id it is bound
+ * to: the kernel applies it only in namespaces whose root is the host id the
+ * writer's root was.
  *
  * @example Usage
  * ```ts
@@ -95,6 +134,7 @@ function recordTree(
   const buf = new Uint8Array(1 << 20);
   let files = 0, bytes = 0;
   const filter = options.xattrs;
+  const uids = new Set<number>(), gids = new Set<number>();
 
   const root = openat(AT.FDCWD, dir, O.RDONLY | O.DIRECTORY, 0);
   if (root < 0) return Promise.reject(new ErrnoError("open", -root, dir));
@@ -106,6 +146,7 @@ function recordTree(
     names.sort();
     let s = "";
     for (const n of names) {
+      if (n === "security.capability") uids.add(0);
       if (filter && !filter(n)) continue;
       const v = fd >= 0 ? fgetxattr(fd, n) : lgetxattrAt(dirfd, name, n);
       s += ` x:${n}=${typeof v === "number" ? "?" : hex(v)}`;
@@ -115,6 +156,8 @@ function recordTree(
 
   const entry = (dirfd: number, name: string, path: string, st: Stat): void => {
     files++;
+    uids.add(st.uid);
+    gids.add(st.gid);
     const type = st.mode & S.IFMT;
     const dirMtime = type === S.IFDIR && options.ignoreDirMtimes;
     let line = `${JSON.stringify(path)} ${(st.mode >>> 0).toString(8)} ${st.uid}:${st.gid}` +
@@ -217,5 +260,11 @@ function recordTree(
   } finally {
     close(root);
   }
-  return Promise.resolve({ digest: `sha256:${total.digest("hex")}`, files, bytes, lines });
+  return Promise.resolve({
+    digest: `sha256:${total.digest("hex")}`,
+    files,
+    bytes,
+    ids: { uid: idSpans(uids), gid: idSpans(gids) },
+    lines,
+  });
 }

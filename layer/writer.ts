@@ -69,7 +69,14 @@ export type ToWorker =
 export type FromWorker =
   | { t: "ack"; buf: Uint8Array }
   | { t: "warn"; m: string }
-  | { t: "done"; entries: number; bytes: number; warnings: string[]; dependsOnLowers: boolean }
+  | {
+    t: "done";
+    entries: number;
+    bytes: number;
+    warnings: string[];
+    dependsOnLowers: boolean;
+    ownersLost: boolean;
+  }
   | { t: "error"; e: SerializedError }
   | { t: "aborted" };
 
@@ -173,6 +180,13 @@ export class LayerWriter implements TarSink {
    * marker, or replaced something it did not write.
    */
   dependsOnLowers = false;
+  /**
+   * Some owner could not be set (ids this user namespace does not map): the
+   * tree holds the applier's ids where the layer named others, so it is this
+   * mapping's tree, not the layer's (a cache must not share it with
+   * mappings that can set them).
+   */
+  ownersLost = false;
   /** Entries seen. */
   entries = 0;
   /** File bytes written. */
@@ -1010,6 +1024,7 @@ export class LayerWriter implements TarSink {
   #chown(r: number, h: TarHeader, stat?: () => Stat | number): number {
     if (r >= 0) return 0o7777;
     if (r === -EINVAL || r === -EPERM) {
+      this.ownersLost = true;
       this.#warn(
         "chown",
         `cannot set owners (first: ${h.uid}:${h.gid} on ${JSON.stringify(h.name)}, ${
@@ -1164,7 +1179,11 @@ export class LayerWriter implements TarSink {
       if (typeof target === "number") throw new Fail(-target, "readlinkat");
       const r = symlinkat(target, pfd, base);
       if (r < 0) throw new Fail(-r, "symlinkat");
-      fchownat(pfd, base, stat.uid, stat.gid, AT.SYMLINK_NOFOLLOW);
+      this.#chown(fchownat(pfd, base, stat.uid, stat.gid, AT.SYMLINK_NOFOLLOW), {
+        ...this.#hdr!,
+        uid: stat.uid,
+        gid: stat.gid,
+      });
       utimensat(pfd, base, mtime, mtime, AT.SYMLINK_NOFOLLOW, nsec, nsec);
       this.#copiedUp.add(path);
       this.dependsOnLowers = true;

@@ -1,6 +1,6 @@
 /**
  * The cache directory: where it is by default, its layout (every directory
- * 0700), and `idmap.json`, the uid/gid mapping its files were written under.
+ * 0700), and the uid/gid mapping of this process.
  *
  * Layout of a cache root:
  * - `layers/sha256-<hex>/` one published layer keyed by diff_id: `fs/` (an
@@ -9,9 +9,10 @@
  *   `layers/sha256-<hex>@<chain id hex>/`, one per chain of parents.
  * - `tmp/<random>/` work in progress; reclaimed when its owner is gone.
  * - `locks/` flock(2) lock files.
+ * - `layers/<key>~<id map key>/` a layer extracted for one uid/gid mapping
+ *   alone (see `idmap.ts`): the shared copy's owners would read wrong under
+ *   it, or it could not set the owners the layer names.
  * - `images/` image metadata; `containers/<id>/` live bundles.
- * - `idmap.json` the uid/gid mapping of the user namespace the cache was
- *   written from.
  *
  * @module
  */
@@ -114,33 +115,6 @@ export function idMapCompatible(recorded: IdMap, current: IdMap): boolean {
   return covers(current.uid, recorded.uid) && covers(current.gid, recorded.gid);
 }
 
-/** The cache was written under a uid/gid mapping the current process does not have. */
-export class IdMapMismatchError extends Error {
-  /** The cache root. */
-  readonly cacheRoot: string;
-  /** The mapping recorded in `idmap.json`. */
-  readonly recorded: IdMap;
-  /** The mapping of this process. */
-  readonly current: IdMap;
-  /** Creates the error. */
-  constructor(cacheRoot: string, recorded: IdMap, current: IdMap) {
-    super(
-      `Cannot use the cache ${cacheRoot}: it was written under uid map [${
-        formatRanges(recorded.uid)
-      }] gid map [${formatRanges(recorded.gid)}], but this process runs under uid map [${
-        formatRanges(current.uid)
-      }] gid map [${
-        formatRanges(current.gid)
-      }]; its files would show wrong owners. Use another cache (STRATA_CACHE) or the same mapping ` +
-        "(the same user, with the same /etc/subuid and /etc/subgid ranges)",
-    );
-    this.name = "IdMapMismatchError";
-    this.cacheRoot = cacheRoot;
-    this.recorded = recorded;
-    this.current = current;
-  }
-}
-
 function isRealRoot(): boolean {
   if (Deno.uid() !== 0) return false;
   try {
@@ -202,12 +176,11 @@ export function onOverlayfs(root: string): string {
 }
 
 /**
- * Creates the cache layout (every directory 0700) and checks, or records,
- * `idmap.json`. A process whose mapping covers the recorded one (same host
- * ids for every recorded id) may use the cache, and records its own mapping
- * when it is larger; any other mapping is refused.
- *
- * @throws {IdMapMismatchError} when the cache was written under another mapping.
+ * Creates the cache layout (every directory 0700) and returns it with this
+ * process's uid/gid mapping. Which layers the mapping may read is decided
+ * per layer, from what each one's `layer.json` records (see `idmap.ts`):
+ * the cache itself is open to any mapping. (An older strata kept one
+ * mapping for the whole cache in `idmap.json`; it is left alone, unread.)
  *
  * @example Usage
  * ```ts ignore
@@ -215,49 +188,14 @@ export function onOverlayfs(root: string): string {
  * const { idmap } = await openCache("/var/lib/strata");
  * ```
  */
-export async function openCache(root: string): Promise<{ root: string; idmap: IdMap }> {
-  mkdir700(root);
-  // Below a 0700 root nobody else can have made them: one existence check
-  // each (no Deno.statSync and its FileInfo) unless they are missing.
-  for (const d of CACHE_DIRS) if (!accessible(join(root, d))) mkdir700(join(root, d));
-  const current = currentIdMap();
-  const file = join(root, "idmap.json");
-  let recorded: IdMap | undefined;
+export function openCache(root: string): Promise<{ root: string; idmap: IdMap }> {
   try {
-    recorded = JSON.parse(Deno.readTextFileSync(file)) as IdMap;
+    mkdir700(root);
+    // Below a 0700 root nobody else can have made them: one existence check
+    // each (no Deno.statSync and its FileInfo) unless they are missing.
+    for (const d of CACHE_DIRS) if (!accessible(join(root, d))) mkdir700(join(root, d));
+    return Promise.resolve({ root, idmap: currentIdMap() });
   } catch (e) {
-    if (!(e instanceof Deno.errors.NotFound)) {
-      throw new Error(`Cannot read ${file}: ${(e as Error).message}`, { cause: e });
-    }
+    return Promise.reject(e);
   }
-  if (recorded !== undefined && !isIdMap(recorded)) {
-    throw new Error(
-      `Cannot read ${file}: not a uid/gid mapping ({"uid": [[inside, outside, count], ...], "gid": [...]})`,
-    );
-  }
-  if (recorded) {
-    if (!idMapCompatible(recorded, current)) throw new IdMapMismatchError(root, recorded, current);
-    if (idMapCompatible(current, recorded)) return { root, idmap: current };
-  }
-  // Record (or widen) the mapping: written to a temp name, then renamed.
-  const tmp = `${file}.${crypto.randomUUID()}`;
-  try {
-    await Deno.writeTextFile(tmp, JSON.stringify(current, null, 2) + "\n", { mode: 0o600 });
-    await Deno.rename(tmp, file);
-  } catch (e) {
-    await Deno.remove(tmp).catch(() => {}); // a full disk leaves no half-written file
-    throw e;
-  }
-  return { root, idmap: current };
-}
-
-/** A recorded mapping's shape: `uid` and `gid` lists of `[inside, outside, count]` ids. */
-function isIdMap(v: unknown): v is IdMap {
-  const ranges = (rs: unknown) =>
-    Array.isArray(rs) && rs.every((r) =>
-      Array.isArray(r) && r.length === 3 &&
-      r.every((n) => Number.isSafeInteger(n) && n >= 0)
-    );
-  return typeof v === "object" && v !== null && ranges((v as IdMap).uid) &&
-    ranges((v as IdMap).gid);
 }

@@ -17,6 +17,7 @@ export * from "./workdir.ts";
 export * from "./resolver.ts";
 export * from "./prefetch.ts";
 export * from "./cache.ts";
+export * from "./idmap.ts";
 export * from "./lock.ts";
 export * from "./userns.ts";
 export {

@@ -7,13 +7,22 @@
  */
 import { join } from "@std/path";
 import { sha256Hex } from "../sys/sha256.ts";
-import { accessible } from "../sys/fs.ts";
+import { accessible, readSmallText } from "../sys/fs.ts";
+import type { TreeIds } from "../layer/record.ts";
 import type { Layer } from "../image/types.ts";
 // The extraction code (the applicator, the tar parser, the tree record, the
 // workdir overlay) loads when a layer is actually extracted: a warm run
 // resolves every layer with one stat and must not pay for ~150 KB of modules.
 import type { ApplyOptions, ApplyResult } from "../layer/applicator.ts";
 import { type IdMap, onOverlayfs, openCache } from "./cache.ts";
+import {
+  describeMisfit,
+  idMapKey,
+  type IdMisfit,
+  isIdMap,
+  isTreeIds,
+  layerMisfit,
+} from "./idmap.ts";
 import { FileLock, reclaimTemp, TempWork } from "./lock.ts";
 import { mountOf } from "../sys/mount.ts";
 import type { NewOverlayMountFn } from "./workdir.ts";
@@ -75,6 +84,14 @@ export interface CachingLayerResolverOptions {
   onWarning?: (message: string) => void;
   /** Receives what the resolver does. */
   onEvent?: (event: ResolverEvent) => void;
+  /**
+   * A cached layer whose files would show other owners under this process's
+   * uid/gid mapping (see `idmap.ts`) is extracted again under this mapping,
+   * into a directory of its own (`layers/<key>~<id map key>`), instead of
+   * being refused with a {@linkcode LayerIdMapError}. The shared copy stays
+   * as it is. Default false. (The CLI's `--reextract-unmapped`.)
+   */
+  reextractUnmapped?: boolean;
 }
 
 /** `layer.json`: what a published layer is. */
@@ -96,11 +113,27 @@ export interface LayerRecord {
   size: number;
   /** `treeRecord` of `fs/` as published (`strata verify` compares against it). */
   record: { digest: string; files: number; bytes: number };
+  /**
+   * The uids and gids of every inode of `fs/` (its root, implied parent
+   * directories and whiteouts included), as the extracting process saw them:
+   * sorted `[first, count]` runs. Absent in layers an older strata wrote.
+   */
+  ids?: TreeIds;
+  /**
+   * Some owner could not be set at extraction (the files kept the extracting
+   * user's ids): the tree is right for {@linkcode idmap} alone.
+   */
+  ownersLost?: boolean;
+  /**
+   * Set on a layer extracted for one mapping alone, published as
+   * `layers/<key>~<idMapKey>`: {@linkcode idMapKey} of {@linkcode idmap}.
+   */
+  idmapKey?: string;
   /** When it was published (RFC 3339). */
   created: string;
   /** How it was extracted. */
   mode: ResolveMode;
-  /** The uid/gid mapping it was written under. */
+  /** The uid/gid mapping of the process that extracted it (inside to host). */
   idmap: IdMap;
   /** Warnings from the applicator. */
   warnings: string[];
@@ -115,6 +148,37 @@ export class LayerResolveError extends Error {
     super(`Cannot resolve layer ${diffID}: ${message}`, options);
     this.name = "LayerResolveError";
     this.diffID = diffID;
+  }
+}
+
+/**
+ * A cached layer's files would show other owners under this process's
+ * uid/gid mapping than those they were extracted with (see `idmap.ts`): the
+ * message names the layer, its directory, the id, and both mappings.
+ */
+export class LayerIdMapError extends LayerResolveError {
+  /** The layer's directory in the cache (`layers/<key>`). */
+  readonly dir: string;
+  /** Why it does not read back the same. */
+  readonly misfit: IdMisfit;
+  /** The mapping it was extracted under. */
+  readonly written: IdMap;
+  /** This process's mapping. */
+  readonly current: IdMap;
+  /** Creates the error. */
+  constructor(diffID: string, dir: string, misfit: IdMisfit, written: IdMap, current: IdMap) {
+    super(
+      diffID,
+      `its cached copy ${dir} was ${
+        describeMisfit(misfit, written, current)
+      }: its files would show wrong owners here. Pass --reextract-unmapped (the ` +
+        "reextractUnmapped option) to extract it again under this mapping, into a copy of its own",
+    );
+    this.name = "LayerIdMapError";
+    this.dir = dir;
+    this.misfit = misfit;
+    this.written = written;
+    this.current = current;
   }
 }
 
@@ -200,8 +264,27 @@ const chainKeys = new Map<string, string>();
  * ```
  */
 export function keyOfLayerDir(name: string): string | undefined {
-  const m = /^([a-z0-9]+(?:[.+_-][a-z0-9]+)*-[a-f0-9]{32,})(?:@[a-f0-9]{32,})?$/.exec(name);
+  const m = /^([a-z0-9]+(?:[.+_-][a-z0-9]+)*-[a-f0-9]{32,})(?:@[a-f0-9]{32,})?(?:~[a-f0-9]{16})?$/
+    .exec(name);
   return m?.[1];
+}
+
+/** A lower directory of a layer extracted for one mapping alone (`layers/<key>~<id map key>/fs`). */
+function isOwnCopy(fs: string): boolean {
+  return /~[a-f0-9]{16}\/fs$/.test(fs);
+}
+
+/**
+ * The name, in a published layer's directory beside `fs/` and `layer.json`,
+ * of the empty file that says which mapping extracted it
+ * (`idmap-<idMapKey of layer.json's idmap>`): a process under that same
+ * mapping knows with one `faccessat(2)` that the layer reads back as
+ * extracted, without reading `layer.json`, and a verdict kept in memory
+ * stays good while the file that named its mapping is there (a layer dir
+ * replaced by another mapping's extraction has another one).
+ */
+export function idmapMarker(mapKey: string): string {
+  return `idmap-${mapKey}`;
 }
 
 /**
@@ -221,6 +304,17 @@ export function keyOfLayerDir(name: string): string | undefined {
  *   promise; other processes wait on the flock(2) `locks/<key>.lock`, which a
  *   crashed holder does not keep.
  * - Leftovers of dead processes in `tmp/` are reclaimed at creation.
+ * - One cache for every uid/gid mapping: a cached layer is used when its
+ *   files show, under this process's mapping, the owners they were
+ *   extracted with (the ids its `layer.json` records, see `idmap.ts`; read
+ *   once per layer and process by a mapping other than the one that
+ *   extracted it, never a tree walk). One that would show others is
+ *   refused with a {@linkcode LayerIdMapError} before anything is extracted,
+ *   or, with `reextractUnmapped`, extracted again under this mapping into
+ *   `layers/<key>~<id map key>/`. So is a layer whose owners this mapping
+ *   cannot set (a user namespace mapping only root): its tree, whose files
+ *   kept the extracting user's ids, never takes the shared key, and neither
+ *   does a layer whose tree depends on such a parent.
  *
  * @example Usage
  * ```ts ignore
@@ -244,6 +338,15 @@ export class CachingLayerResolver implements LayerResolver {
   /** Whether the cache's filesystem can hold layers (checked before the first extraction). */
   #fsChecked?: Promise<void>;
   #inflight = new Map<string, Promise<string>>();
+  /**
+   * Per published layer directory read here: the key of the mapping that
+   * extracted it (its {@linkcode idmapMarker}), and why this mapping may not
+   * use it, if so.
+   */
+  #fits = new Map<string, { writer: string; refusal?: LayerIdMapError }>();
+  #mapKey?: string;
+  /** `<root>/layers`, normalised once. */
+  #layers?: string;
 
   private constructor(root: string, idmap: IdMap, o: CachingLayerResolverOptions) {
     this.root = root;
@@ -292,18 +395,137 @@ export class CachingLayerResolver implements LayerResolver {
 
   /**
    * The published lower directory of the layer with this diff_id over
-   * `parents` (bottom first), or undefined: `layers/<key>/fs` (a layer whose
-   * tree does not depend on its parents), else `layers/<key>@<chain hex>/fs`.
-   * One stat, two when the first misses.
+   * `parents` (bottom first) that this process may use, or undefined:
+   * `layers/<key>/fs` (a layer whose tree does not depend on its parents),
+   * else `layers/<key>@<chain hex>/fs`, when its files show the owners they
+   * were extracted with under this process's mapping; else this mapping's
+   * own copy, `layers/<key>[@<chain hex>]~<id map key>/fs`. One
+   * `faccessat(2)` per directory looked at (two the first time in a
+   * process); under another mapping than the one that extracted the layer,
+   * a read of its `layer.json` too, once per process.
+   *
+   * @throws {LayerResolveError} when the layer's `layer.json` cannot be read.
    */
   cachedPath(
     diffID: string,
     parents: readonly (string | { diffID: string })[] = [],
   ): string | undefined {
-    const shared = join(this.root, "layers", layerKey(diffID), "fs");
-    if (accessible(shared)) return shared;
-    const chained = join(this.root, "layers", chainKey(diffID, parents), "fs");
-    return accessible(chained) ? chained : undefined;
+    return this.#lookup(diffID, parents).path;
+  }
+
+  /**
+   * Finds the layer: the path this process may use, or why the cached copy
+   * (if any) may not be used.
+   */
+  #lookup(
+    diffID: string,
+    parents: readonly (string | { diffID: string })[],
+  ): { path?: string; refusal?: LayerIdMapError } {
+    const key = layerKey(diffID);
+    const layers = this.#layers ??= join(this.root, "layers");
+    let dir = `${layers}/${key}`;
+    let v = this.#verdict(diffID, dir);
+    if (v === "absent") {
+      dir = `${layers}/${chainKey(diffID, parents)}`;
+      v = this.#verdict(diffID, dir);
+    }
+    if (v === "fits") return { path: `${dir}/fs` };
+    // This mapping's own copies: none unless the shared key was taken by a
+    // copy it cannot use, or it could not set a layer's owners.
+    const mapKey = this.#mapKey ??= idMapKey(this.idmap);
+    for (const name of [`${key}~${mapKey}`, `${chainKey(diffID, parents)}~${mapKey}`]) {
+      const own = `${layers}/${name}`;
+      const r = this.#verdict(diffID, own);
+      if (r === "absent") continue;
+      if (r !== "fits") throw r; // its record says another mapping wrote it: damaged
+      return { path: `${own}/fs` };
+    }
+    return { refusal: v === "absent" ? undefined : v };
+  }
+
+  /**
+   * Whether the published layer directory `dir` is there and this
+   * process's mapping shows its files with the owners they were extracted
+   * with: `fits`, `absent`, or the error to refuse it with. One
+   * `faccessat(2)` when this mapping extracted it (its marker file) or was
+   * told before in this process; else decided from its `layer.json`.
+   */
+  #verdict(diffID: string, dir: string): "fits" | "absent" | LayerIdMapError {
+    // Paths built by hand: `dir` is already normal, and a warm run makes a
+    // few of them per layer.
+    const known = this.#fits.get(dir);
+    if (known) {
+      if (accessible(`${dir}/${idmapMarker(known.writer)}`)) return known.refusal ?? "fits";
+      this.#fits.delete(dir); // replaced, or removed
+    }
+    if (!accessible(`${dir}/fs`)) return "absent";
+    const mapKey = this.#mapKey ??= idMapKey(this.idmap);
+    if (accessible(`${dir}/${idmapMarker(mapKey)}`)) {
+      this.#remember(dir, { writer: mapKey });
+      return "fits";
+    }
+    const file = `${dir}/layer.json`;
+    let record: LayerRecord;
+    try {
+      record = JSON.parse(readSmallText(file));
+    } catch (e) {
+      throw new LayerResolveError(
+        diffID,
+        `its record ${file} cannot be read (${(e as Error).message}); \`strata verify\` ` +
+          "removes a damaged layer so that the next pull extracts it again",
+        { cause: e },
+      );
+    }
+    if (
+      typeof record !== "object" || record === null || !isIdMap(record.idmap) ||
+      (record.ids !== undefined && !isTreeIds(record.ids))
+    ) {
+      throw new LayerResolveError(
+        diffID,
+        `its record ${file} does not say which uid/gid mapping and ids its files were ` +
+          "extracted with; `strata verify` removes a damaged layer so that the next pull " +
+          "extracts it again",
+      );
+    }
+    const misfit = layerMisfit(record, this.idmap);
+    const refusal = misfit
+      ? new LayerIdMapError(diffID, dir, misfit, record.idmap, this.idmap)
+      : undefined;
+    // Kept while the marker of the mapping that wrote it is there. An older
+    // strata's layer has none: it gets one (it only repeats what layer.json
+    // says), so later lookups and processes need no read either.
+    const writer = idMapKey(record.idmap);
+    const marker = `${dir}/${idmapMarker(writer)}`;
+    if (!accessible(marker)) {
+      try {
+        Deno.writeFileSync(marker, new Uint8Array(), { mode: 0o600, createNew: true });
+      } catch {
+        return refusal ?? "fits"; // a read-only cache: read again next time
+      }
+    }
+    this.#remember(dir, { writer, refusal });
+    return refusal ?? "fits";
+  }
+
+  #remember(dir: string, verdict: { writer: string; refusal?: LayerIdMapError }): void {
+    if (this.#fits.size >= 4096) this.#fits.clear();
+    this.#fits.set(dir, verdict);
+  }
+
+  /**
+   * The refusal of the first of `layers` (bottom first, each over those
+   * before it) that is cached in a copy this mapping may not use and has no
+   * copy of its own here; undefined when there is none or re-extraction was
+   * asked for. Checked before anything is extracted, so that a refused image
+   * changes nothing in the cache.
+   */
+  #firstRefusal(layers: readonly Layer[], from = 0): LayerIdMapError | undefined {
+    if (this.#o.reextractUnmapped) return undefined;
+    for (let i = from; i < layers.length; i++) {
+      const r = this.#lookup(layers[i].diffID, layers.slice(0, i)).refusal;
+      if (r) return r;
+    }
+    return undefined;
   }
 
   /**
@@ -327,13 +549,17 @@ export class CachingLayerResolver implements LayerResolver {
       else if (Array.isArray(a)) parents.push(...a);
       else parents.push(a as Layer);
     }
-    let fs: string | undefined;
     try {
-      fs = this.cachedPath(layer.diffID, parents);
+      const found = this.#lookup(layer.diffID, parents);
+      if (found.path) return Promise.resolve(found.path);
+      // Refused: this layer, or a parent that would be extracted first.
+      const refusal = this.#o.reextractUnmapped
+        ? undefined
+        : found.refusal ?? this.#firstRefusal(parents);
+      if (refusal) return Promise.reject(refusal);
     } catch (e) {
       return Promise.reject(e);
     }
-    if (fs) return Promise.resolve(fs);
     const key = chainKey(layer.diffID, parents);
     let p = this.#inflight.get(key);
     if (!p) {
@@ -368,6 +594,10 @@ export class CachingLayerResolver implements LayerResolver {
       for (let i = 0; i < layers.length; i++) {
         const path = this.cachedPath(layers[i].diffID, layers.slice(0, i));
         if (path === undefined) {
+          // A layer cached in a copy this mapping may not use: refused
+          // before anything is fetched or extracted.
+          const refusal = this.#firstRefusal(layers, i);
+          if (refusal) return Promise.reject(refusal);
           return import("./prefetch.ts").then((m) => m.resolveLayers(this, layers, options));
         }
         paths.push(path);
@@ -420,8 +650,9 @@ export class CachingLayerResolver implements LayerResolver {
     const lock = await FileLock.acquire(join(this.root, "locks", `${key}.lock`), signal);
     try {
       // Another process published it while we waited.
-      const published = this.cachedPath(layer.diffID, parents);
-      if (published) return published;
+      const published = this.#lookup(layer.diffID, parents);
+      if (published.path) return published.path;
+      if (published.refusal && !this.#o.reextractUnmapped) throw published.refusal;
       let dest = join(this.root, "layers", key);
       this.#o.onEvent?.({ type: "extract", diffID: layer.diffID, path: dest });
       const started = performance.now();
@@ -436,7 +667,16 @@ export class CachingLayerResolver implements LayerResolver {
             });
           });
         const { treeRecord } = await import("../layer/record.ts");
-        if (result.dependsOnLowers) dest = join(this.root, "layers", chained);
+        const tree = await treeRecord(join(staged, "fs"));
+        // This mapping's own copy, never the shared key: when the shared
+        // copy is one it may not use, when it could not set the owners the
+        // layer names (that tree is right for this mapping only), or when
+        // the tree took metadata from a parent that is such a copy.
+        const own = published.refusal !== undefined || result.ownersLost ||
+          (result.dependsOnLowers && lowerDirs.some(isOwnCopy));
+        const mapKey = this.#mapKey ??= idMapKey(this.idmap);
+        const name = (result.dependsOnLowers ? chained : key) + (own ? `~${mapKey}` : "");
+        dest = join(this.root, "layers", name);
         const fs = join(dest, "fs");
         const record: LayerRecord = {
           diffID: layer.diffID,
@@ -445,11 +685,10 @@ export class CachingLayerResolver implements LayerResolver {
           digest: layer.digest,
           mediaType: layer.mediaType,
           size: layer.size,
-          record: await treeRecord(join(staged, "fs")).then((r) => ({
-            digest: r.digest,
-            files: r.files,
-            bytes: r.bytes,
-          })),
+          record: { digest: tree.digest, files: tree.files, bytes: tree.bytes },
+          ids: tree.ids,
+          ownersLost: result.ownersLost,
+          ...(own ? { idmapKey: mapKey } : {}),
           created: new Date().toISOString(),
           mode: this.mode,
           idmap: this.idmap,
@@ -460,13 +699,18 @@ export class CachingLayerResolver implements LayerResolver {
           JSON.stringify(record, null, 2) + "\n",
           { mode: 0o600 },
         );
+        await Deno.writeFile(join(staged, idmapMarker(mapKey)), new Uint8Array(), { mode: 0o600 });
         try {
           await Deno.rename(staged, dest);
         } catch (e) {
           // Another process won the race (possible only if the lock file was
-          // removed under us, e.g. by prune): its copy is as good as ours.
+          // removed under us, e.g. by prune): its copy is as good as ours,
+          // if this mapping may use it.
           const code = (e as { code?: string }).code;
           if (!(e instanceof Deno.errors.AlreadyExists) && code !== "ENOTEMPTY") throw e;
+          const theirs = this.#lookup(layer.diffID, parents);
+          if (!theirs.path) throw theirs.refusal ?? e;
+          return theirs.path;
         }
         this.#o.onEvent?.({
           type: "published",

@@ -276,3 +276,86 @@ export async function withOverlayView<T>(
     await Deno.remove(view).catch(() => {});
   }
 }
+
+/** A user namespace's maps, as `/proc/PID/uid_map` takes them: `inside outside count` lines. */
+export interface UsernsMaps {
+  uid: string;
+  gid: string;
+}
+
+/**
+ * Runs `argv` as uid 0 and gid 0 of a new user namespace whose maps root
+ * writes itself (any maps: newuidmap refuses root the ones it has no
+ * /etc/subuid range for), in a private mount namespace of its own, killed
+ * after `timeout` seconds. A process holding the user namespace is made
+ * first, its maps written, then `argv` is entered into it (nsenter, then
+ * `unshare --mount`): a program executed in the namespace before its maps
+ * exist would lose its capabilities there. Root only.
+ */
+export async function runInUserns(
+  maps: UsernsMaps,
+  argv: string[],
+  options: { env?: Record<string, string>; timeout?: number; cwd?: string } = {},
+): Promise<RunResult> {
+  const holder = new Deno.Command("unshare", {
+    args: ["--user", "--", "sleep", "600"],
+    stdin: "null",
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  try {
+    const ours = await Deno.readLink("/proc/self/ns/user");
+    for (let i = 0; i < 500; i++) {
+      const theirs = await Deno.readLink(`/proc/${holder.pid}/ns/user`).catch(() => ours);
+      if (theirs !== ours) break;
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    await Deno.writeTextFile(`/proc/${holder.pid}/uid_map`, maps.uid);
+    await Deno.writeTextFile(`/proc/${holder.pid}/gid_map`, maps.gid);
+    const env = { ...Deno.env.toObject(), ...options.env };
+    delete env.STRATA_CACHE;
+    delete env.NODE_EXTRA_CA_CERTS;
+    return await run("timeout", [
+      "-s",
+      "KILL",
+      String(options.timeout ?? 120),
+      "nsenter",
+      "--user",
+      "--target",
+      String(holder.pid),
+      "--setuid",
+      "0",
+      "--setgid",
+      "0",
+      "--",
+      "unshare",
+      "--mount",
+      "--propagation",
+      "private",
+      "--",
+      ...argv,
+    ], { env, clearEnv: true, cwd: options.cwd ?? "/" });
+  } finally {
+    try {
+      holder.kill("SIGKILL");
+    } catch {
+      // already gone
+    }
+    await holder.status;
+  }
+}
+
+/** The first subordinate uid and gid /etc/subuid and /etc/subgid give {@linkcode TEST_USER}, and how many. */
+export async function testUserSubids(): Promise<{ start: number; count: number }> {
+  await ensureTestUser();
+  const line = (await Deno.readTextFile("/etc/subuid")).split("\n")
+    .find((l) => l.startsWith(`${TEST_USER}:`))!;
+  const gline = (await Deno.readTextFile("/etc/subgid")).split("\n")
+    .find((l) => l.startsWith(`${TEST_USER}:`))!;
+  const [, start, count] = line.split(":").map(Number);
+  const [, gstart, gcount] = gline.split(":").map(Number);
+  if (start !== gstart || count !== gcount) {
+    throw new Error(`${TEST_USER}'s subordinate uids and gids differ: ${line} / ${gline}`);
+  }
+  return { start, count };
+}

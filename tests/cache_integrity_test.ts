@@ -233,35 +233,54 @@ Deno.test("cache: docker-archive manifest.json entries of the wrong type are nam
 });
 
 // ---------------------------------------------------------------------------
-// idmap.json
+// layer.json: the mapping and ids a layer's owners are read by
 
-Deno.test("cache: an idmap.json of the wrong shape is named, not 'not iterable'", async (t) => {
+Deno.test("cache: a layer.json whose mapping or ids are of the wrong shape is named; verify removes it", async (t) => {
   await using tmp = await tempDir("strata-cache-test-");
   const layout = await buildOciLayout(join(String(tmp), "image"), {
     layers: [{ tar: new TarWriter({ defaultMtime: 1 }).file("a", "a").bytes() }],
     tag: "v1",
   });
-  for (
-    const [name, text] of [["an array", "[1,2]"], ["no gid", '{"uid":[[0,0,1]]}'], [
-      "a range of strings",
-      '{"uid":[["0","0","1"]],"gid":[[0,0,1]]}',
-    ]]
-  ) {
+  const cache = join(String(tmp), "cache");
+  const cases: [string, (rec: Record<string, unknown>) => unknown][] = [
+    ["no idmap", ({ idmap: _, ...rec }) => rec],
+    ["an idmap of strings", (rec) => ({ ...rec, idmap: { uid: [["0", "0", "1"]], gid: [] } })],
+    ["ids an array", (rec) => ({ ...rec, ids: [1, 2] })],
+    ["an id run of count 0", (rec) => ({ ...rec, ids: { uid: [[0, 0]], gid: [[0, 1]] } })],
+    ["not an object", () => null],
+  ];
+  for (const [name, damage] of cases) {
     await t.step(name, async () => {
-      const cache = join(String(tmp), name);
-      await Deno.mkdir(cache, { recursive: true });
-      await Deno.writeTextFile(join(cache, "idmap.json"), text);
+      const pulled = await strata(["pull", "-q", "--cache", cache, layout.ref]);
+      assertEquals(pulled.code, 0, pulled.stderr);
+      const [dir] = names(join(cache, "layers"));
+      const file = join(cache, "layers", dir, "layer.json");
+      const text = JSON.stringify(damage(JSON.parse(await Deno.readTextFile(file))));
+      await Deno.writeTextFile(file, text);
+      // Under the mapping that extracted it, a run trusts the layer's marker
+      // file and reads no layer.json (as a warm run read none before);
+      // verify finds the damage.
+      const marker = names(join(cache, "layers", dir)).find((n) => n.startsWith("idmap-"))!;
+      const trusted = await strata(["pull", "-q", "--cache", cache, layout.ref]);
+      assertEquals(trusted.code, 0, trusted.stderr);
+      // Without the marker (an older strata's layer, or read by another
+      // mapping) layer.json is read, and its damage named.
+      await Deno.remove(join(cache, "layers", dir, marker));
       const r = await strata(["pull", "-q", "--cache", cache, layout.ref]);
       assertEquals(r.code, 1, r.stderr);
-      const line = assertOneErrorLine(r, [join(cache, "idmap.json")]);
+      const line = assertOneErrorLine(r, [file]);
       assert(!/iterable|Cannot read properties/.test(line), line);
-      assertEquals(await Deno.readTextFile(join(cache, "idmap.json")), text, "left as it was");
+      assertEquals(await Deno.readTextFile(file), text, "left as it was");
+      const v = await strata(["verify", "--cache", cache]);
+      assertEquals(v.code, 1, v.stderr);
+      assertStringIncludes(v.stdout, `damaged ${layout.layers[0].diffID}`);
+      assertEquals(names(join(cache, "layers")), [], "removed, to be extracted again");
     });
   }
 });
 
 Deno.test({
-  name: "cache: a disk too full for idmap.json leaves no temp file beside it",
+  name: "cache: a disk too full for the first layer leaves no layer and no temp dir",
   ignore: !isRoot,
   fn: async () => {
     await using tmp = await tempDir("strata-cache-test-");
@@ -272,7 +291,7 @@ Deno.test({
     })
       .output();
     assertEquals(m.code, 0, new TextDecoder().decode(m.stderr));
-    // Fill it (tmpfs pages): the cache's directories fit, idmap.json's data does not.
+    // Fill it (tmpfs pages): the cache's directories fit, the layer's data does not.
     await Deno.writeFile(join(fs, "filler"), new Uint8Array(64 << 10)).catch(() => {});
     const layout = await buildOciLayout(join(String(tmp), "image"), {
       layers: [{ tar: new TarWriter({ defaultMtime: 1 }).file("a", "a").bytes() }],
@@ -284,7 +303,8 @@ Deno.test({
       assertEquals(r.code, 1, r.stderr);
       assertOneErrorLine(r, ["No space left on device"]);
     }
-    assertEquals(names(cache).filter((n) => n.startsWith("idmap.json")), []);
+    assertEquals(names(join(cache, "layers")), []);
+    assertEquals(names(join(cache, "tmp")), []);
   },
 });
 

@@ -245,7 +245,7 @@ async function inIdentityUserns(
 
 Deno.test({
   name:
-    "root's cache is read from a user namespace root made (identity map), refused under root-only",
+    "root's cache is read from a user namespace root made (identity map), refused by layer under root-only",
   ignore: !isRoot,
   async fn() {
     await using tmp = await tempDir();
@@ -259,7 +259,8 @@ Deno.test({
     assertEquals(res.info.uidMap, [[0, 0, 4294967295]]);
     assertEquals(res.events, [], "all cached: nothing extracted");
     assertEquals(res.tree, expected);
-    // In a namespace that maps only root, uid 1000 would read as nobody: refused.
+    // In a namespace that maps only root, uid 1000 would read as nobody: the
+    // first layer holding it is refused by name (layer 0 holds only root's).
     const r = await run("unshare", [
       "--user",
       "--map-root-user",
@@ -268,8 +269,11 @@ Deno.test({
       ...denoArgs(script, [root, "direct", "0"]),
     ]);
     const bad = parse(r);
-    assertStringIncludes(bad.error!, "IdMapMismatchError");
-    assertStringIncludes(bad.error!, "0 0 1");
+    assertStringIncludes(bad.error!, "LayerIdMapError");
+    assertStringIncludes(bad.error!, sampleImage(5)[1].diffID);
+    assertStringIncludes(bad.error!, "uid 1000 (host uid 1000)");
+    assertStringIncludes(bad.error!, "uid map [0 0 1]");
+    assertEquals(bad.events, [], "nothing extracted");
     assertEquals(await mountsBelow(dir), []);
   },
 });

@@ -30,7 +30,7 @@ import {
   withReadonlyRootFS,
   withUser,
 } from "../bundle/options.ts";
-import { ensureTestUser, isRoot, repoRoot, tempDir } from "./_helpers.ts";
+import { ensureTestUser, isRoot, repoRoot, run, tempDir } from "./_helpers.ts";
 import {
   busyboxRootfs,
   plainBundle,
@@ -67,6 +67,16 @@ Deno.test({
     const id = "strata-test-sig";
     const p = runContainer(b, { runtime, stateDir, id, ...piped });
     await waitFor(async () => (await stateEntries(stateDir)).includes(id));
+    // Killed once it runs `sleep`: a kill between runc's create and start
+    // (the container made, not yet started; runc run then fails with
+    // "container process is already dead") is a failure to run it, not an
+    // exit status, and runc takes longer there with a seccomp filter to build.
+    await waitFor(async () => {
+      const st = await run("runc", ["--root", stateDir, "state", id]);
+      if (st.code !== 0) return false;
+      const pid = (JSON.parse(st.stdout) as { pid?: number }).pid;
+      return (await Deno.readTextFile(`/proc/${pid}/comm`).catch(() => "")) === "sleep\n";
+    });
     await waitFor(async () => (await runcKill(stateDir, id, "KILL")).code === 0);
     assertEquals((await p).status, 128 + 9);
     assertEquals(await stateEntries(stateDir), []);

@@ -3,8 +3,9 @@
  * passes on a fresh Debian machine: OCI runtimes (runc, crun), image tools
  * (skopeo, umoci, buildah, podman), a real registry (docker-registry,
  * htpasswd, openssl for a self-signed HTTPS one), uid mapping helpers (uidmap), busybox-static for images, zstd,
- * attr (getfattr/setfattr), libcap2-bin (setcap) and debootstrap (the
- * benchmark's Debian rootfs). Run by `deno task test` and `deno task bench`
+ * attr (getfattr/setfattr), libcap2-bin (setcap), debootstrap (the
+ * benchmark's Debian rootfs) and keyutils (keyctl, which the seccomp tests
+ * run in a container). Run by `deno task test` and `deno task bench`
  * before anything else; as root it apt-get installs what is missing, as
  * anyone else it says what to run.
  *
@@ -28,8 +29,10 @@ export const PACKAGES: Record<string, string> = {
   htpasswd: "apache2-utils",
   openssl: "openssl",
   debootstrap: "debootstrap",
+  keyctl: "keyutils",
   unshare: "util-linux",
   setpriv: "util-linux",
+  nsenter: "util-linux",
   mount: "mount",
   tar: "tar",
   gzip: "gzip",
