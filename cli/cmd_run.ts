@@ -6,7 +6,6 @@
  *
  * @module
  */
-import { join } from "@std/path";
 import { CachingBundler } from "../bundle/bundler.ts";
 import {
   type BindMount,
@@ -26,32 +25,8 @@ import {
   withTerminal,
   withUser,
 } from "../bundle/options.ts";
-import {
-  defaultStateDir,
-  findRuntime,
-  runContainer,
-  type RuntimeChoice,
-  selectRuntime,
-} from "../bundle/run.ts";
-import { inUserNamespace, outsideUid } from "../bundle/host.ts";
-import {
-  codeIdentity,
-  hostKey,
-  programStamp,
-  RUN_RECORD_FORMAT,
-  type RunRecord,
-  runRecordPath,
-  SPEC_ARGS,
-  SPEC_ROOTFS,
-} from "./cmd_run_warm.ts";
-import { runTemplate } from "../bundle/run_template.ts";
-import type { CachedBundle } from "../bundle/bundler.ts";
-import { isShortName, parseRef } from "../image/ref.ts";
-import { canonicalName, ImageStore } from "../image/store.ts";
-import { OciLayoutSource, selectFromIndex } from "../image/layout.ts";
-import { chainKey, layerKey } from "../overlay/resolver.ts";
-import { currentIdMap } from "../overlay/cache.ts";
-import { idMapKey } from "../overlay/idmap.ts";
+import { runContainer, selectRuntime } from "../bundle/run.ts";
+import { recordRun } from "./run_records.ts";
 import { SpecError, type SpecOption } from "../bundle/spec.ts";
 import type { SourceImage } from "../image/source.ts";
 import type { CachingLayerResolver } from "../overlay/resolver.ts";
@@ -366,109 +341,5 @@ export async function runCommand(ctx: Context): Promise<number> {
     // A failure before the run must not exit in the middle of a first probe
     // (its probe container and directory would be left behind).
     await choosing;
-  }
-}
-
-/**
- * Writes the run record for `ref` (cmd_run_warm.ts), so that the next
- * `strata run` of it takes the short way: for an OCI layout or a pulled,
- * fully qualified registry name, run as root without `--platform`, while the
- * bundle's rootfs is fresh (the record's spec looks the image's user up in
- * it). A run whose record would say what this one's says writes it again all
- * the same: it costs this (long) run a millisecond.
- */
-async function recordRun(
-  ctx: Context,
-  ref: string,
-  image: SourceImage,
-  bundle: CachedBundle,
-  rt: RuntimeChoice,
-): Promise<void> {
-  if (ctx.options.platform !== undefined) return;
-  const path = runRecordPath(ctx.cacheRoot, ref);
-  if (path === undefined) return;
-  const parsed = parseRef(ref);
-  if (parsed.transport !== "oci" && parsed.transport !== "docker") return;
-  // A short name means what registries.conf makes of it, and a digest the
-  // first name holding it: both are looked up the long way.
-  if (
-    parsed.transport === "docker" && (isShortName(ref) || /^[a-z0-9]+:[0-9a-f]{32,}$/i.test(ref))
-  ) {
-    return;
-  }
-  if (inUserNamespace() || outsideUid() !== 0) return; // rootless: the long way
-  let lookup = image.digest;
-  let lookupSize = image.manifestBytes.length;
-  let lookupMediaType = image.manifest.mediaType ?? "";
-  if (parsed.transport === "oci") {
-    // The entry of index.json the tag selects, as the layout gives it.
-    const source = new OciLayoutSource(parsed.path, image.name);
-    const entry = selectFromIndex(await source.readIndex(), parsed.tag, source.name);
-    if (entry.digest !== (image.indexDigest ?? image.digest)) return;
-    lookup = entry.digest;
-    lookupSize = entry.size;
-    lookupMediaType = entry.mediaType;
-  }
-  const template = await runTemplate(image.config, bundle.rootfs, image.name ?? image.digest);
-  const host = hostKey("root", 0);
-  const code = codeIdentity();
-  if (!template || host === undefined || code === undefined) return;
-  const store = await ImageStore.create(ctx.cacheRoot);
-  const name = canonicalName(ref);
-  let crun: [string, number, number] | null | undefined;
-  if (rt.name === "runc") {
-    const found = findRuntime("crun");
-    const st = found ? programStamp(found) : undefined;
-    if (found && !st) return;
-    crun = found && st ? [found, ...st] : null;
-  }
-  const spec = template.spec;
-  const args = spec.process!.args ?? [];
-  spec.root!.path = SPEC_ROOTFS;
-  spec.process!.args = [SPEC_ARGS];
-  const record: RunRecord = {
-    format: RUN_RECORD_FORMAT,
-    ref,
-    name,
-    refFile: await store.refFile(name),
-    lookup,
-    lookupSize,
-    lookupMediaType,
-    digest: image.digest,
-    mapKey: idMapKey(currentIdMap()),
-    layers: image.layers.map((l, i) => ({
-      diffID: l.diffID,
-      dirs: [layerKey(l.diffID), chainKey(l.diffID, image.layers.slice(0, i))],
-    })),
-    entrypoint: template.entrypoint,
-    args,
-    spec: JSON.stringify(spec),
-    runtime: {
-      name: rt.name,
-      path: rt.path,
-      ...(rt.reason ? { reason: rt.reason } : {}),
-      ...(crun !== undefined ? { crun } : {}),
-    },
-    stateDir: defaultStateDir(rt.name),
-    host,
-    code,
-  };
-  writeRunRecord(path, record);
-}
-
-/** Writes `record` to `path`: a temporary file renamed into place (a reader sees one or the other). */
-function writeRunRecord(path: string, record: RunRecord): void {
-  Deno.mkdirSync(join(path, ".."), { recursive: true, mode: 0o700 });
-  const tmp = `${path}.tmp-${crypto.randomUUID().slice(0, 8)}`;
-  try {
-    Deno.writeTextFileSync(tmp, JSON.stringify(record), { mode: 0o600 });
-    Deno.renameSync(tmp, path);
-  } catch (e) {
-    try {
-      Deno.removeSync(tmp);
-    } catch {
-      // not written
-    }
-    throw e;
   }
 }
