@@ -12,7 +12,7 @@ import { inUserNamespace, outsideUid } from "../bundle/host.ts";
 import { defaultStateDir, findRuntime, type RuntimeChoice } from "../bundle/run.ts";
 import { runTemplate } from "../bundle/run_template.ts";
 import { digestOf } from "../image/blob.ts";
-import { OciLayoutSource, selectFromIndex } from "../image/layout.ts";
+import { OciLayoutSource, openOciLayout, selectFromIndex } from "../image/layout.ts";
 import { isShortName, parseRef } from "../image/ref.ts";
 import type { SourceImage } from "../image/source.ts";
 import { canonicalName, ImageStore } from "../image/store.ts";
@@ -80,10 +80,13 @@ export async function recordRun(
   let lookupSize = image.manifestBytes.length;
   let lookupMediaType = image.manifest.mediaType ?? "";
   if (parsed.transport === "oci") {
-    // The entry of index.json the tag selects, as the layout gives it.
+    // The entry of index.json the tag selects, as the layout gives it, and
+    // only when the layout itself still yields this image (not when this run
+    // fell back to the stored one, which the long way says every time).
     const source = new OciLayoutSource(parsed.path, image.name);
     const entry = selectFromIndex(await source.readIndex(), parsed.tag, source.name);
     if (entry.digest !== (image.indexDigest ?? image.digest)) return;
+    if ((await openOciLayout(parsed.path, parsed.tag)).digest !== image.digest) return;
     lookup = entry.digest;
     lookupSize = entry.size;
     lookupMediaType = entry.mediaType;
