@@ -132,6 +132,20 @@ export interface RunRecord {
   host: string;
   /** The code it was built by. */
   code: RunRecordCode;
+  /** Unprivileged: the user namespace the run was made in, made again the same way. */
+  userns?: RunRecordUserns;
+}
+
+/** How an unprivileged run's user namespace is made, and what it maps. */
+export interface RunRecordUserns {
+  /** The `unshare` arguments (before `--`) that made it (overlay/userns.ts). */
+  unshare: string[];
+  /** Its `/proc/self/uid_map`, as `inside outside count` numbers on one line. */
+  uidMap: string;
+  /** Its `/proc/self/gid_map`, the same way. */
+  gidMap: string;
+  /** The warning a run in it says (only root mapped), when there is one. */
+  warning?: string;
 }
 
 // ---- libc -----------------------------------------------------------------
@@ -169,7 +183,6 @@ const X_OK = 1;
 const LOCK_EX = 2;
 const EINTR = 4;
 const EBUSY = 16;
-const ENOENT = 2;
 const CLONE_NEWNS = 0x20000;
 const MS_REC = 0x4000;
 const MS_PRIVATE = 1 << 18;
@@ -418,6 +431,14 @@ export function isRunRecord(r: unknown): r is RunRecord {
   }
   if (rt.reason !== undefined && typeof rt.reason !== "string") return false;
   if (rt.crun !== undefined && rt.crun !== null && !isStamped(rt.crun, 3)) return false;
+  if (v.userns !== undefined) {
+    const u = v.userns;
+    if (typeof u !== "object" || u === null || !isStrings(u.unshare) || !u.unshare.length) {
+      return false;
+    }
+    if (!/^[0-9 ]+$/.test(u.uidMap) || !/^[0-9 ]+$/.test(u.gidMap)) return false;
+    if (u.warning !== undefined && typeof u.warning !== "string") return false;
+  }
   if (typeof v.code?.root !== "string") return false;
   if (v.code.files !== undefined) {
     if (!Array.isArray(v.code.files) || !v.code.files.every((f) => isStamped(f, 4))) return false;
@@ -434,14 +455,24 @@ function isStamped(f: unknown, n: number): boolean {
 const HOST_ENV = ["PATH", "STRATA_MOUNT_BACKEND", "XDG_RUNTIME_DIR"];
 /** The lines of `/proc/self/status` a spec can depend on. */
 const STATUS_LINES = /^(Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs|Seccomp):.*$/gm;
+/**
+ * Of those, what a new user namespace inherits: its own capability sets are
+ * full (the bounding set too, whatever the outside's).
+ */
+const STATUS_LINES_USERNS = /^(NoNewPrivs|Seccomp):.*$/gm;
 
 /**
  * What a run record depends on in the host and in this process, as one
  * string: the boot (`boot_id`: the kernel, its version and what was probed
  * of it, such as whether crun works), the resource limits, the capability
- * and seccomp lines of `/proc/self/status`, the cgroup, the user, and the
- * environment the runtime, its state directory and the mounts are found by.
- * Undefined when `/proc` cannot be read.
+ * and seccomp lines of `/proc/self/status`, the cgroup, the (outside) user,
+ * and the environment the runtime, its state directory and the mounts are
+ * found by. In a user namespace (`userns`): only what the namespace
+ * inherits from the process that makes it, so that a run inside it and the
+ * process about to make one compute the same key, and what decides how it
+ * is made: `/etc/subuid`, `/etc/subgid`, and `newuidmap` and `newgidmap` on
+ * PATH (their change times: a setcap changes them too). Undefined when
+ * `/proc` cannot be read.
  *
  * @example Usage
  * ```ts ignore
@@ -449,7 +480,7 @@ const STATUS_LINES = /^(Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs|Seccomp):.*$/gm;
  * console.log(hostKey("root", 0));
  * ```
  */
-export function hostKey(mode: "root", uid: number): string | undefined {
+export function hostKey(mode: "root" | "userns", uid: number): string | undefined {
   if (!ffi()) return undefined;
   const status = readText("/proc/self/status");
   const boot = readText("/proc/sys/kernel/random/boot_id");
@@ -458,14 +489,32 @@ export function hostKey(mode: "root", uid: number): string | undefined {
   if (status === undefined || boot === undefined || limits === undefined || cgroup === undefined) {
     return undefined;
   }
+  const subids = mode === "root" ? [] : [
+    ...["/etc/subuid", "/etc/subgid"].map((p) => `${p} ${changed(p)}`),
+    ...["newuidmap", "newgidmap"].map((n) => {
+      const p = onPath(n);
+      return `${n} ${p ?? "none"} ${p ? changed(p) : ""}`;
+    }),
+  ];
   return [
     `mode ${mode} uid ${uid}`,
     boot.trim(),
-    ...(status.match(STATUS_LINES) ?? []),
+    ...(status.match(mode === "root" ? STATUS_LINES : STATUS_LINES_USERNS) ?? []),
     limits,
     cgroup,
     ...HOST_ENV.map((k) => `${k}=${Deno.env.get(k) ?? ""}`),
+    ...subids,
   ].join("\n");
+}
+
+/** A file's mode, size and change time (followed), or `none`. */
+function changed(path: string): string {
+  const r = sys(NR.statx, AT_FDCWD, c(path), 0, 0x7ff, at(stxBuf));
+  release();
+  if (r < 0) return "none";
+  return `${stx.getUint16(28, true).toString(8)} ${stx.getBigUint64(40, true)} ${
+    stx.getBigInt64(96, true)
+  }.${stx.getUint32(104, true)}`;
 }
 
 /** The directories whose files a record follows from, below the package root. */
@@ -528,6 +577,7 @@ function sameCode(code: RunRecordCode): boolean {
 /** What `--cache`, `-q`, `-i` and the rest of a `run` command line hold, when nothing else is there. */
 interface FastArgs {
   cache?: string;
+  quiet: boolean;
   ref: string;
   argv: string[];
 }
@@ -543,6 +593,7 @@ export function fastArgs(args: readonly string[]): FastArgs | undefined {
   if (args[0] !== "run") return undefined;
   let cache: string | undefined;
   let ref: string | undefined;
+  let quiet = false;
   let end = false;
   for (let i = 1; i < args.length; i++) {
     const a = args[i];
@@ -551,18 +602,17 @@ export function fastArgs(args: readonly string[]): FastArgs | undefined {
         ref = a;
         continue;
       }
-      return { cache, ref, argv: args.slice(i) };
+      return { cache, quiet, ref, argv: args.slice(i) };
     }
     if (a === "--") end = true;
     else if (a === "--cache") {
       if (i + 1 >= args.length) return undefined;
       cache = args[++i];
     } else if (a.startsWith("--cache=")) cache = a.slice("--cache=".length);
-    else if (a !== "-q" && a !== "--quiet" && a !== "-i" && a !== "--interactive") {
-      return undefined;
-    }
+    else if (a === "-q" || a === "--quiet") quiet = true;
+    else if (a !== "-i" && a !== "--interactive") return undefined;
   }
-  return ref === undefined ? undefined : { cache, ref, argv: [] };
+  return ref === undefined ? undefined : { cache, quiet, ref, argv: [] };
 }
 
 /** A path `@std/path`'s `join`/`resolve` would leave as it is. */
@@ -707,28 +757,45 @@ function lowerDirs(cacheRoot: string, rec: RunRecord): string[] | undefined {
   return out;
 }
 
-/** The cache root `cli.ts` would use: `--cache`, `$STRATA_CACHE`, or root's. */
-function cacheRoot(given: string | undefined): string | undefined {
-  const root = given ?? (Deno.env.get("STRATA_CACHE") || "/var/lib/strata");
-  return CLEAN(root) ? root : undefined;
+/**
+ * The cache root cli/cmd_main.ts would use (overlay/cache.ts
+ * `defaultCacheRoot`): `--cache`, `$STRATA_CACHE`, root's, or the user's.
+ */
+function cacheRoot(given: string | undefined, uid: number): string | undefined {
+  let root = given ?? Deno.env.get("STRATA_CACHE");
+  if (!root && given === undefined) {
+    const xdg = Deno.env.get("XDG_CACHE_HOME");
+    const home = Deno.env.get("HOME");
+    root = uid === 0
+      ? "/var/lib/strata"
+      : xdg
+      ? `${xdg}/strata`
+      : home
+      ? `${home}/.cache/strata`
+      : "";
+  }
+  return root && CLEAN(root) ? root : undefined;
 }
 
 /** The record for the run `a` asks for, when every check holds. */
 async function checkedRecord(
   a: FastArgs,
   root: string,
+  uid: number,
 ): Promise<{ rec: RunRecord; lower: string[] } | undefined> {
   if (!initialIdMaps()) return undefined;
   const path = runRecordPath(root, a.ref);
   const rec = path === undefined ? undefined : await readRunRecord(path);
-  if (!rec || rec.ref !== a.ref) return undefined;
+  if (!rec || rec.ref !== a.ref || (rec.userns === undefined) !== (uid === 0)) return undefined;
   if (a.ref.startsWith("oci:") ? !layoutStillNames(rec, a.ref) : !nameStillNames(rec)) {
     return undefined;
   }
-  if (rec.host !== hostKey("root", 0) || !sameCode(rec.code)) return undefined;
+  if (rec.host !== hostKey(uid === 0 ? "root" : "userns", uid) || !sameCode(rec.code)) {
+    return undefined;
+  }
   if (!warningSaid(root, rec) || !sameRuntime(rec)) return undefined;
   const st = stamp(rec.stateDir);
-  if (!st || (st.mode & S_IFMT) !== S_IFDIR || st.uid !== 0) return undefined;
+  if (!st || (st.mode & S_IFMT) !== S_IFDIR || st.uid !== uid) return undefined;
   const lower = lowerDirs(root, rec);
   return lower && { rec, lower };
 }
@@ -757,6 +824,8 @@ function undo(m: Made): void {
     // What is left: the bundle's mountpoint (empty once unmounted), the
     // lock and bundle.json; anything else the long way's prune reclaims.
     sys(NR.unlinkat, AT_FDCWD, c(`${dir}/bundle`), AT_REMOVEDIR);
+    sys(NR.unlinkat, AT_FDCWD, c(`${dir}/started`), 0);
+    sys(NR.unlinkat, AT_FDCWD, c(`${dir}/runtime.log`), 0);
     sys(NR.unlinkat, AT_FDCWD, c(`${dir}/bundle.json`), 0);
     sys(NR.unlinkat, AT_FDCWD, c(`${dir}/lock`), 0);
     sys(NR.unlinkat, AT_FDCWD, c(dir), AT_REMOVEDIR);
@@ -804,18 +873,12 @@ const escapeOption = (p: string) => p.replace(/[\\,:]/g, (ch) => "\\" + ch);
 const OPTION_BUDGET = 3800;
 
 /**
- * Claims the container (`claimContainer`), enters a private mount namespace
- * for this thread, and mounts and writes the bundle (`bootstrapBundle`, the
- * spec writer); false when any of it fails (undone by the caller).
+ * Claims the container as bundle/bundler.ts `claimContainer` does
+ * (`containers/.tmp-<random>` with its `lock` held and `bundle.json`,
+ * renamed to `containers/<id>`); false when any of it fails (undone by the
+ * caller).
  */
-function makeBundle(
-  m: Made,
-  rec: RunRecord,
-  lower: string[],
-  argv: string[],
-  root: string,
-  id: string,
-): boolean {
+function claim(m: Made, rec: RunRecord, root: string, id: string): boolean {
   const containers = `${root}/containers`;
   const tmp = `${containers}/.tmp-${crypto.randomUUID().slice(0, 13)}`;
   if (!mkdir(tmp, 0o700)) return false;
@@ -840,7 +903,42 @@ function makeBundle(
   if (r !== 0) return false;
   m.tmp = undefined;
   m.dir = dir;
+  return mkdir(`${dir}/bundle`, 0o700);
+}
 
+/** The overlay's options, as sys/mount.ts gives them to `mount(2)`; undefined when they do not fit. */
+function overlayOptions(lower: string[], bundle: string): string | undefined {
+  const data = `lowerdir=${[...lower].reverse().map(escapeOption).join(":")},upperdir=${
+    escapeOption(`${bundle}/upper`)
+  },workdir=${escapeOption(`${bundle}/work`)},userxattr`;
+  // Longer options (or a long multi-byte path) need the long way's mount backends.
+  if (data.length * 3 > OPTION_BUDGET && encoder.encode(data).length > OPTION_BUDGET) {
+    return undefined;
+  }
+  return data;
+}
+
+/** The recorded spec with this run's rootfs and command in place; undefined without a command. */
+function specFor(rec: RunRecord, rootfs: string, argv: string[]): string | undefined {
+  const args = argv.length ? [...rec.entrypoint, ...argv] : rec.args;
+  if (args.length === 0) return undefined; // no command: the long way says so
+  const rootfsJSON = JSON.stringify(SPEC_ROOTFS);
+  const argsJSON = JSON.stringify([SPEC_ARGS]);
+  const i = rec.spec.indexOf(rootfsJSON);
+  const j = rec.spec.indexOf(argsJSON);
+  if (i < 0 || j < 0 || rec.spec.indexOf(rootfsJSON, i + 1) >= 0) return undefined;
+  if (rec.spec.indexOf(argsJSON, j + 1) >= 0) return undefined;
+  return rec.spec.replace(rootfsJSON, () => JSON.stringify(rootfs))
+    .replace(argsJSON, () => JSON.stringify(args));
+}
+
+/**
+ * As root: moves this thread into a private mount namespace, and mounts and
+ * writes the bundle (bundle/bootstrap.ts `bootstrapBundle`, the spec
+ * writer); false when any of it fails (undone by the caller).
+ */
+function mountBundle(m: Made, rec: RunRecord, lower: string[], argv: string[]): boolean {
+  const bundle = `${m.dir}/bundle`;
   // As overlay/userns.ts enterThreadMountNamespace: this thread alone, all private.
   if (sys(NR.unshare, CLONE_NEWNS) !== 0) return false;
   if (!mount("none", "/", "", MS_REC | MS_PRIVATE, "")) {
@@ -849,14 +947,10 @@ function makeBundle(
     );
   }
 
-  const bundle = `${dir}/bundle`;
   const [upper, work, rootfs] = [`${bundle}/upper`, `${bundle}/work`, `${bundle}/rootfs`];
-  const data = `lowerdir=${[...lower].reverse().map(escapeOption).join(":")},upperdir=${
-    escapeOption(upper)
-  },workdir=${escapeOption(work)},userxattr`;
-  // Longer options (or a long multi-byte path) need the long way's mount backends.
-  if (data.length * 3 > OPTION_BUDGET && encoder.encode(data).length > OPTION_BUDGET) return false;
-  if (!mkdir(bundle, 0o700)) return false;
+  const data = overlayOptions(lower, bundle);
+  const spec = specFor(rec, rootfs, argv);
+  if (data === undefined || spec === undefined) return false;
   if (!mount("tmpfs", bundle, "tmpfs", 0, "mode=700")) return false;
   m.mounts.push(bundle);
   for (const d of [upper, work, rootfs]) if (!mkdir(d, 0o700)) return false;
@@ -866,19 +960,32 @@ function makeBundle(
   if (ch !== 0) return false;
   if (!mount("overlay", rootfs, "overlay", 0, data)) return false;
   m.mounts.push(rootfs);
-
-  const args = argv.length ? [...rec.entrypoint, ...argv] : rec.args;
-  if (args.length === 0) return false; // no command: the long way says so
-  const rootfsJSON = JSON.stringify(SPEC_ROOTFS);
-  const argsJSON = JSON.stringify([SPEC_ARGS]);
-  const i = rec.spec.indexOf(rootfsJSON);
-  const j = rec.spec.indexOf(argsJSON);
-  if (i < 0 || j < 0 || rec.spec.indexOf(rootfsJSON, i + 1) >= 0) return false;
-  if (rec.spec.indexOf(argsJSON, j + 1) >= 0) return false;
-  const spec = rec.spec.replace(rootfsJSON, () => JSON.stringify(rootfs))
-    .replace(argsJSON, () => JSON.stringify(args));
   return writeFile(`${bundle}/config.json`, spec, O_EXCL, 0o600);
 }
+
+/**
+ * What runs in the user namespace of an unprivileged run, made by `unshare`
+ * as overlay/userns.ts makes it: checks that the namespace maps what the
+ * record says, mounts the bundle's tmpfs and overlay, writes the spec
+ * (handed over in `STRATA_SPEC`), marks that all that was done, and becomes
+ * the runtime. Only mount(8), mkdir(1) and the shell's builtins run before
+ * the runtime: the mounts live in the namespace, and go with it when the
+ * runtime exits, as with the long way.
+ */
+const IN_USERNS = `B=$1 D=$2 DATA=$3 UM=$4 GM=$5; shift 5
+m=; while read -r a b c; do m="$m $a $b $c"; done < /proc/self/uid_map
+[ "$m" = " $UM" ] || exit 121
+m=; while read -r a b c; do m="$m $a $b $c"; done < /proc/self/gid_map
+[ "$m" = " $GM" ] || exit 121
+umask 077
+mount -t tmpfs -o mode=700 tmpfs "$B" || exit 121
+mkdir "$B/work" "$B/rootfs" || exit 121
+mkdir -m 755 "$B/upper" || exit 121
+printf '%s' "$STRATA_SPEC" > "$B/config.json" || exit 121
+unset STRATA_SPEC
+LIBMOUNT_FORCE_MOUNT2=always mount -t overlay -o "$DATA" overlay "$B/rootfs" || exit 121
+: > "$D/started" || exit 121
+exec "$@"`;
 
 const SIGNALS: [Deno.Signal, number][] = [["SIGINT", 2], ["SIGTERM", 15], ["SIGHUP", 1]];
 
@@ -903,21 +1010,27 @@ async function runtimeCommand(path: string, args: string[]): Promise<void> {
     .output().catch(() => {});
 }
 
-/** Starts `path args...` through posix_spawn, as sys/spawn.ts spawnInherited does. */
-function spawn(path: string, args: string[]): number {
+/**
+ * Starts `path args...` through posix_spawn, as sys/spawn.ts spawnInherited
+ * does; with `env` (`K=V` strings) instead of this process' environment.
+ */
+function spawn(path: string, args: string[], env?: string[]): number {
   const strings = [path, ...args].map((s) => encoder.encode(s + "\0"));
   const argv = new BigUint64Array(strings.length + 1);
   strings.forEach((s, i) => argv[i] = BigInt(at(s)));
+  const envStrings = env?.map((s) => encoder.encode(s + "\0"));
+  const envp = envStrings && new BigUint64Array(envStrings.length + 1);
+  envStrings?.forEach((s, i) => envp![i] = BigInt(at(s)));
   // glibc's posix_spawnattr_t: flags SETSIGDEF|SETSIGMASK at 0, SIGPIPE
   // reset to its default (bit 12 of the set at 8), nothing blocked (136).
   const attr = new Uint8Array(512);
   attr[0] = 0x04 | 0x08;
   attr[8 + 1] |= 1 << 4;
   const pid = new Int32Array(1);
-  const environ = new Deno.UnsafePointerView(lib!.environ!).getPointer();
   const P = Deno.UnsafePointer;
+  const environ = envp ? P.of(envp) : new Deno.UnsafePointerView(lib!.environ!).getPointer();
   const r = lib!.posix_spawn(P.of(pid), P.of(strings[0]), null, P.of(attr), P.of(argv), environ);
-  void strings.length;
+  void [strings, envStrings, envp, attr];
   if (r !== 0) throw new Error(`cannot start ${path}: errno ${r}`);
   return pid[0];
 }
@@ -955,12 +1068,17 @@ export async function fastRun(args: readonly string[]): Promise<number | undefin
   if (!a || !ffi()) return undefined;
   let checked: Awaited<ReturnType<typeof checkedRecord>>;
   let root: string | undefined;
+  let uid: number;
+  let unshare: string | undefined;
   try {
-    // Root in the initial namespaces, not re-executed by strata, default mounts.
-    if (sys(NR.getuid) !== 0 || Deno.env.get("STRATA_NAMESPACE") !== undefined) return undefined;
+    // Not re-executed by strata, default mounts; root in the initial
+    // namespaces, or a user about to make one.
+    if (Deno.env.get("STRATA_NAMESPACE") !== undefined) return undefined;
     if (Deno.env.get("STRATA_MOUNT_BACKEND") !== undefined) return undefined;
-    root = cacheRoot(a.cache);
-    checked = root === undefined ? undefined : await checkedRecord(a, root);
+    uid = sys(NR.getuid);
+    if (uid !== 0 && (unshare = onPath("unshare")) === undefined) return undefined;
+    root = cacheRoot(a.cache, uid);
+    checked = root === undefined ? undefined : await checkedRecord(a, root, uid);
   } catch {
     return undefined; // a permission missing: the long way says which
   }
@@ -970,42 +1088,84 @@ export async function fastRun(args: readonly string[]): Promise<number | undefin
   let child: number | undefined;
   let received = 0;
   const id = `strata-${crypto.randomUUID().replaceAll("-", "").slice(0, 12)}`;
+  const inUserns = (argv: string[]) => [...rec.userns!.unshare, "--", ...argv];
+  const runtime = (...argv: string[]) =>
+    unshare
+      ? runtimeCommand(unshare, inUserns([rec.runtime.path, ...argv]))
+      : runtimeCommand(rec.runtime.path, argv);
   const forward = SIGNALS.map(([sig, n]) => {
     const h = () => {
       received++;
       if (child === undefined) early ??= n;
-      else if (received > 1) {
-        runtimeCommand(rec.runtime.path, ["--root", rec.stateDir, "kill", id, "KILL"]);
-      } else sys(NR.kill, child, n);
+      else if (received > 1) runtime("--root", rec.stateDir, "kill", id, "KILL");
+      else sys(NR.kill, child, n);
     };
     Deno.addSignalListener(sig, h);
     return [sig, h] as const;
   });
   const m: Made = { mounts: [] };
-  let made = false;
   try {
+    let made = false;
     try {
-      made = makeBundle(m, rec, lower, a.argv, root, id);
+      made = claim(m, rec, root, id) && (uid !== 0 || mountBundle(m, rec, lower, a.argv));
     } finally {
       release();
     }
     if (!made) return undefined;
     if (early !== undefined) return 128 + early;
-    const bundle = `${m.dir}/bundle`;
-    const log = `${bundle}/runtime.log`;
-    child = spawn(rec.runtime.path, [
-      "--root",
-      rec.stateDir,
-      "--log",
-      log,
-      "--log-format",
-      "json",
-      "run",
-      "--bundle",
-      bundle,
-      id,
-    ]);
+    const dir = m.dir!;
+    const bundle = `${dir}/bundle`;
+    let log = `${bundle}/runtime.log`;
+    const runtimeArgs = ["run", "--bundle", bundle, id];
+    if (unshare === undefined) {
+      child = spawn(rec.runtime.path, [
+        "--root",
+        rec.stateDir,
+        "--log",
+        log,
+        "--log-format",
+        "json",
+        ...runtimeArgs,
+      ]);
+    } else {
+      // Unprivileged: the mounts are made in the namespace (IN_USERNS), and
+      // the log kept outside its tmpfs, which goes with it.
+      const data = overlayOptions(lower, bundle);
+      const spec = specFor(rec, `${bundle}/rootfs`, a.argv);
+      if (data === undefined || spec === undefined) return undefined;
+      log = `${dir}/runtime.log`;
+      if (rec.userns!.warning && !a.quiet) writeStderr(rec.userns!.warning + "\n");
+      const env = Object.entries(Deno.env.toObject()).map(([k, v]) => `${k}=${v}`);
+      child = spawn(
+        unshare,
+        inUserns([
+          "/bin/sh",
+          "-c",
+          IN_USERNS,
+          "strata",
+          bundle,
+          dir,
+          data,
+          rec.userns!.uidMap,
+          rec.userns!.gidMap,
+          rec.runtime.path,
+          "--root",
+          rec.stateDir,
+          "--log",
+          log,
+          "--log-format",
+          "json",
+          ...runtimeArgs,
+        ]),
+        [...env, `STRATA_SPEC=${spec}`],
+      );
+    }
     const status = await wait(child);
+    if (unshare !== undefined && !exists(`${dir}/started`)) {
+      // The namespace could not be made as recorded: nothing ran. Unless
+      // interrupted, the long way tries (and says why it cannot).
+      return received ? 128 + (early ?? 2) : undefined;
+    }
     if (status !== 0) {
       const err = loggedError(log);
       if (err) {
@@ -1017,11 +1177,15 @@ export async function fastRun(args: readonly string[]): Promise<number | undefin
   } finally {
     // `run` deletes the container when it exits; only an interrupted runtime leaves state.
     if (child !== undefined && exists(`${rec.stateDir}/${id}`)) {
-      await runtimeCommand(rec.runtime.path, ["--root", rec.stateDir, "delete", "--force", id]);
+      await runtime("--root", rec.stateDir, "delete", "--force", id);
     }
     undo(m);
     for (const [sig, h] of forward) Deno.removeSignalListener(sig, h);
     void keep;
-    void ENOENT;
   }
+}
+
+function writeStderr(text: string): void {
+  let b = encoder.encode(text);
+  while (b.length > 0) b = b.subarray(Deno.stderr.writeSync(b));
 }

@@ -20,6 +20,9 @@ import type { ImageConfig, ImageManifest } from "../image/types.ts";
 import { currentIdMap } from "../overlay/cache.ts";
 import { idMapKey } from "../overlay/idmap.ts";
 import { chainKey, layerKey } from "../overlay/resolver.ts";
+import { collapsedWarning, USERNS_ARGS_ENV } from "../overlay/userns.ts";
+import { readProcText } from "../sys/proc.ts";
+import { escapeControls } from "./output.ts";
 import type { Context } from "./context.ts";
 import {
   codeIdentity,
@@ -30,6 +33,7 @@ import {
   RUN_RECORD_FORMAT,
   type RunRecord,
   runRecordPath,
+  type RunRecordUserns,
   SPEC_ARGS,
   SPEC_ROOTFS,
 } from "./cmd_run_warm.ts";
@@ -51,7 +55,8 @@ export function recordFile(record: RunRecord): string {
 /**
  * Writes the run record for `ref` (cmd_run_warm.ts), so that the next
  * `strata run` of it takes the short way: for an OCI layout or a pulled,
- * fully qualified registry name, run as root without `--platform`, while the
+ * fully qualified registry name, run without `--platform` (as root, or in the
+ * user namespace strata made), while the
  * bundle's rootfs is fresh (the record's spec looks the image's user up in
  * it). A run whose record would say what this one's says writes it again all
  * the same: it costs this (long) run a millisecond.
@@ -75,7 +80,22 @@ export async function recordRun(
   ) {
     return;
   }
-  if (inUserNamespace() || outsideUid() !== 0) return; // rootless: the long way
+  // Unprivileged: how the namespace was made (overlay/userns.ts), and what it maps.
+  let userns: RunRecordUserns | undefined;
+  if (inUserNamespace()) {
+    const made = JSON.parse(Deno.env.get(USERNS_ARGS_ENV) ?? "null") as unknown;
+    if (!Array.isArray(made) || !made.length || !made.every((a) => typeof a === "string")) return;
+    const line = (path: string) =>
+      readProcText(path).split("\n").map((l) => l.trim().split(/\s+/).join(" ")).filter(Boolean)
+        .join(" ");
+    const warning = await collapsedWarning();
+    userns = {
+      unshare: made,
+      uidMap: line("/proc/self/uid_map"),
+      gidMap: line("/proc/self/gid_map"),
+      ...(warning ? { warning: escapeControls(warning) } : {}),
+    };
+  } else if (outsideUid() !== 0) return;
   let lookup = image.digest;
   let lookupSize = image.manifestBytes.length;
   let lookupMediaType = image.manifest.mediaType ?? "";
@@ -92,7 +112,7 @@ export async function recordRun(
     lookupMediaType = entry.mediaType;
   }
   const template = await runTemplate(image.config, bundle.rootfs, image.name ?? image.digest);
-  const host = hostKey("root", 0);
+  const host = hostKey(userns ? "userns" : "root", outsideUid());
   const code = codeIdentity();
   if (!template || host === undefined || code === undefined) return;
   const store = await ImageStore.create(ctx.cacheRoot);
@@ -134,6 +154,7 @@ export async function recordRun(
     stateDir: defaultStateDir(rt.name),
     host,
     code,
+    ...(userns ? { userns } : {}),
   };
   writeRunRecord(path, record);
 }
