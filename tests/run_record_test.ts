@@ -26,7 +26,18 @@ import {
   SPEC_ARGS,
   SPEC_ROOTFS,
 } from "../cli/cmd_run_warm.ts";
-import { isRoot, mountsBelow, repoRoot, run, runCli, tempDir } from "./_helpers.ts";
+import {
+  denoPath,
+  ensureTestUser,
+  isRoot,
+  mountsBelow,
+  repoRoot,
+  run,
+  runAsUser,
+  runCli,
+  sh,
+  tempDir,
+} from "./_helpers.ts";
 
 const skip = !isRoot;
 
@@ -308,6 +319,59 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name: "run record: an unprivileged warm run takes the short way, as the long way runs it",
+  ignore: skip,
+  fn: async () => {
+    const { uid, gid } = await ensureTestUser();
+    await using d = await tempDir("strata-record-");
+    const dir = String(d);
+    const built = await buildDemoImage(join(dir, "layout"));
+    const rt = await capturingRuntime(dir);
+    const home = join(dir, "home");
+    await Deno.mkdir(home);
+    await sh("chmod", ["-R", "a+rX", dir]);
+    await sh("chown", [`${uid}:${gid}`, home, rt.out]);
+    const cache = join(home, "cache");
+    const env = { PATH: `${rt.bin}:${Deno.env.get("PATH")}`, STRATA_TEST_CAPTURE: rt.out };
+    const strata = (args: string[]) =>
+      runAsUser(
+        [denoPath, "run", "-A", join(repoRoot, "cli.ts"), "run", "--cache", cache, ...args],
+        {
+          env,
+        },
+      );
+    // The image runs as app (uid 1000), who owns /home/app: with subordinate ids, 1000 inside.
+    const cmd = ["sh", "-c", "id -u; stat -c %u /home/app; cat /etc/motd"];
+    const long = await strata([built.ref, ...cmd]);
+    assertEquals(long.code, 0, long.stderr);
+    assertEquals(long.stdout, "1000\n1000\nhello from layer 2 (it overrides layer 1)\n");
+    const inode = recordInode(cache, built.ref);
+    assert(inode !== undefined, "the long way recorded the run");
+    const short = await strata(["-q", built.ref, ...cmd]);
+    assertEquals([short.code, short.stdout, short.stderr], [0, long.stdout, ""]);
+    assertEquals(recordInode(cache, built.ref), inode, "the short way");
+    if ((await Array.fromAsync(Deno.readDir(rt.out))).length === 2) {
+      assertEquals(await captured(rt.out, 1), await captured(rt.out, 0));
+    }
+    assertEquals((await strata([built.ref, "sh", "-c", "exit 7"])).code, 7);
+    assertEquals(recordInode(cache, built.ref), inode);
+
+    // A record saying another mapping (its digest made again): the namespace
+    // made does not map what it says, so nothing runs the short way.
+    const { recordFile } = await import("../cli/run_records.ts");
+    const file = runRecordPath(cache, built.ref)!;
+    const rec = JSON.parse((await Deno.readTextFile(file)).split("\n")[0]);
+    rec.userns.uidMap = rec.userns.uidMap.replace(/^0 \d+/, "0 12345");
+    await Deno.writeTextFile(file, recordFile(rec));
+    const other = await strata([built.ref, ...cmd]);
+    assertEquals([other.code, other.stdout], [0, long.stdout], other.stderr);
+    assertNotEquals(recordInode(cache, built.ref), inode, "the long way, which recorded it again");
+    assertEquals(await mountsBelow(cache), []);
+    assertEquals([...Deno.readDirSync(join(cache, "containers"))], []);
+  },
+});
+
 Deno.test("run record: the short way's parser reads command lines as cli/args.ts does", () => {
   const globals = [...GLOBAL_OPTIONS, ...TOP_OPTIONS];
   const words = [
@@ -351,9 +415,10 @@ Deno.test("run record: the short way's parser reads command lines as cli/args.ts
       `${JSON.stringify(args)}: options ${keys}`,
     );
     assertEquals(
-      { cache: fast.cache, ref: fast.ref, argv: fast.argv },
+      { cache: fast.cache, quiet: fast.quiet, ref: fast.ref, argv: fast.argv },
       {
         cache: parsed.options.cache as string | undefined,
+        quiet: parsed.options.quiet === true,
         ref: parsed.positionals[0],
         argv: parsed.argv,
       },
@@ -364,6 +429,7 @@ Deno.test("run record: the short way's parser reads command lines as cli/args.ts
   assert(compared > 300, `only ${compared} command lines compared`);
   assertEquals(fastArgs(["run", "--cache", "/c", "img", "-q", "ls", "-q"]), {
     cache: "/c",
+    quiet: true,
     ref: "img",
     argv: ["ls", "-q"],
   });
