@@ -225,7 +225,9 @@ export async function commandLine(
       return 0;
     }
     if (o.version) throw new UsageError(`unknown option --version for ${spec.name}`, spec.name);
-    if (ENTER_FIRST.has(spec.name) && spec.name !== "run") {
+    // Root pulls mount nothing (layers are extracted straight into their
+    // directories): no namespace, so no second Deno start either.
+    if (ENTER_FIRST.has(spec.name) && spec.name !== "run" && !(spec.name === "pull" && isRoot())) {
       await (await load<Reexec>("reexec")).enterNamespaceEarly(out);
     }
     const handler = spec.name === "run" ? runHandler : await loadHandler(spec.name);

@@ -7,6 +7,14 @@
 import type { Context } from "./context.ts";
 import { enterNamespace, pullImage } from "./pipeline.ts";
 
+function isRoot(): boolean {
+  try {
+    return Deno.uid() === 0;
+  } catch {
+    return false;
+  }
+}
+
 /**
  * Runs `strata pull`.
  *
@@ -17,7 +25,9 @@ import { enterNamespace, pullImage } from "./pipeline.ts";
  * ```
  */
 export async function pullCommand(ctx: Context): Promise<number> {
-  await enterNamespace(ctx);
+  // Extraction mounts nothing (the resolver's direct mode): root needs no
+  // namespace of its own for it; a user needs one to own the layers' ids.
+  if (!isRoot()) await enterNamespace(ctx);
   const ref = ctx.args.positionals[0];
   const { image } = await pullImage(ctx, ref, "always");
   ctx.out.result(image.digest);
