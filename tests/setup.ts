@@ -37,6 +37,7 @@ export const PACKAGES: Record<string, string> = {
   tar: "tar",
   gzip: "gzip",
   script: "bsdutils",
+  hyperfine: "hyperfine",
 };
 
 function onPath(cmd: string): boolean {
