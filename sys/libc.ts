@@ -9,6 +9,7 @@
  * @module
  */
 import { encodeNameInto } from "./name.ts";
+import { granted, grantedSeen } from "./permissions.ts";
 
 /** Errno numbers (x86_64 and aarch64 Linux agree on all of these). */
 export const Errno = {
@@ -211,6 +212,30 @@ const symbols = {
   waitpid: { parameters: ["i32", "pointer", "i32"], result: "i32" },
   kill: { parameters: ["i32", "i32"], result: "i32" },
   environ: { type: "pointer" },
+  // sys/env.ts, sys/process.ts, sys/files.ts: what Deno's API gives only
+  // with --allow-env, --allow-sys or --allow-read/--allow-write.
+  getenv: { parameters: ["buffer"], result: "pointer" },
+  setenv: { parameters: ["buffer", "buffer", "i32"], result: "i32" },
+  unsetenv: { parameters: ["buffer"], result: "i32" },
+  getcwd: { parameters: ["buffer", "usize"], result: "pointer" },
+  uname: { parameters: ["buffer"], result: "i32" },
+  realpath: { parameters: ["buffer", "buffer"], result: "pointer" },
+  strerror: { parameters: ["i32"], result: "pointer" },
+  // On Deno's blocking pool, so a large read or a wait for a lock does not
+  // stop the event loop; errno is that thread's (see sys/files.ts).
+  read_async: {
+    name: "read",
+    parameters: ["i32", "buffer", "usize"],
+    result: "isize",
+    nonblocking: true,
+  },
+  pread_async: {
+    name: "pread",
+    parameters: ["i32", "buffer", "usize", "i64"],
+    result: "isize",
+    nonblocking: true,
+  },
+  flock_async: { name: "flock", parameters: ["i32", "i32"], result: "i32", nonblocking: true },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The libc symbols strata binds. */
@@ -224,7 +249,7 @@ function open<S extends Deno.ForeignLibraryInterface>(syms: S): Deno.DynamicLibr
   try {
     const l = Deno.dlopen("libc.so.6", syms);
     handles.push(l);
-    ffiGranted = true; // it just worked: no need to ask Deno (the first query costs ~2 ms)
+    grantedSeen("ffi"); // it just worked: no need to ask Deno
     return l;
   } catch (e) {
     if (e instanceof Deno.errors.NotCapable || e instanceof Deno.errors.PermissionDenied) {
@@ -317,17 +342,9 @@ export function bindLibc(names: readonly (keyof LibcSymbols)[]): void {
  * ```
  */
 export function ffiAvailable(): boolean {
-  // A grant is remembered: every /proc read asks, and asking Deno costs
-  // ~0.1 ms (2 ms the first time). strata never revokes its permissions.
-  if (ffiGranted) return true;
-  try {
-    return ffiGranted = Deno.permissions.querySync({ name: "ffi" }).state === "granted";
-  } catch {
-    return false;
-  }
+  // Asked once (sys/permissions.ts): every /proc read asks.
+  return granted("ffi");
 }
-
-let ffiGranted = false;
 
 /**
  * Reads errno of the calling thread; call it straight after the failing call.
