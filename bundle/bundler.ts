@@ -34,7 +34,7 @@ import {
 import { withImageConfig, withRootFS } from "./options.ts";
 import type { SpecOption } from "./spec.ts";
 import { JSONSpecWriter, type RuntimeSpecWriter } from "./writer.ts";
-import { exists } from "../sys/fs.ts";
+import { exists } from "../sys/files.ts";
 import { MAX_LOWER_LAYERS } from "../sys/mount.ts";
 
 /** What `containers/<id>/bundle.json` records. */

@@ -28,7 +28,7 @@ export interface CachedLayer {
   record?: LayerRecord;
 }
 
-import { exists } from "../sys/fs.ts";
+import { exists } from "../sys/files.ts";
 export { exists };
 
 /**

@@ -829,26 +829,6 @@ export function removeAt(dirfd: number, name: string): number {
 }
 
 /**
- * Tells whether `path` exists, without following a final symlink (a dangling
- * link exists). Errors other than "not found" are thrown.
- *
- * @example Usage
- * ```ts
- * import { exists } from "./fs.ts";
- * console.log(await exists("/")); // true
- * ```
- */
-export async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.lstat(path);
-    return true;
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return false;
-    throw e;
-  }
-}
-
-/**
  * Tells whether `path` (symlinks followed) exists, or with `executable`
  * whether this process may execute it: `faccessat(2)` when FFI is
  * permitted, so that a miss is an errno rather than a thrown `NotFound`
@@ -871,7 +851,7 @@ export function accessible(path: string, mode: "exists" | "executable" = "exists
     throw new ErrnoError("access", e, path);
   }
   try {
-    const st = Deno.statSync(path);
+    const st = Deno.statSync(path); // no FFI: Deno's own (needs --allow-read)
     return mode === "exists" || ((st.mode ?? 0o111) & 0o111) !== 0;
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) return false;
