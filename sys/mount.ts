@@ -30,6 +30,9 @@
 import { join } from "@std/path";
 import { AT_FDCWD, check, cstr, errno, ErrnoError, ffiAvailable, libc } from "./libc.ts";
 import { readProcText } from "./proc.ts";
+import { makeTempDirSync, realPath, remove, removeSync, symlinkSync } from "./files.ts";
+import { getEnv } from "./env.ts";
+import { osRelease } from "./process.ts";
 
 export { ErrnoError };
 
@@ -188,8 +191,8 @@ function overlayData(
 
 /** Makes a directory of symlinks named `links[i].name`; returns its path. */
 function makeLinkDir(links: { name: string; target: string }[]): string {
-  const dir = Deno.makeTempDirSync({ prefix: "strata-l-" });
-  for (const l of links) Deno.symlinkSync(l.target, join(dir, l.name));
+  const dir = makeTempDirSync({ prefix: "strata-l-" });
+  for (const l of links) symlinkSync(l.target, join(dir, l.name));
   return dir;
 }
 
@@ -337,7 +340,7 @@ class Mount2Backend implements MountBackend {
       // The target is absolute, the lowers are relative to the link dir.
       inThreadCwd(dir, () => this.#mount("overlay", "overlay", target, flags, data));
     } finally {
-      Deno.removeSync(dir, { recursive: true });
+      removeSync(dir, { recursive: true });
     }
     return Promise.resolve();
   }
@@ -393,7 +396,7 @@ class CommandBackend implements MountBackend {
     try {
       await this.#run(args, "mount(8) overlay", target, dir);
     } finally {
-      await Deno.remove(dir, { recursive: true });
+      await remove(dir, { recursive: true });
     }
   }
 
@@ -449,7 +452,7 @@ export function mountBackend(name: MountBackendName): MountBackend {
 }
 
 function kernelAtLeast(major: number, minor: number): boolean {
-  const m = /^(\d+)\.(\d+)/.exec(Deno.osRelease());
+  const m = /^(\d+)\.(\d+)/.exec(osRelease());
   if (!m) return false;
   const [a, b] = [Number(m[1]), Number(m[2])];
   return a > major || (a === major && b >= minor);
@@ -517,7 +520,7 @@ class OnePageFirstBackend implements MountBackend {
 }
 
 function probe(): MountBackendChoice {
-  const forced = Deno.env.get("STRATA_MOUNT_BACKEND");
+  const forced = getEnv("STRATA_MOUNT_BACKEND");
   if (forced) {
     const backend = mountBackend(forced as MountBackendName);
     return { backend, name: backend.name, reason: `STRATA_MOUNT_BACKEND=${forced} asks for it` };
@@ -553,7 +556,7 @@ function probeNewApi(): MountBackendChoice {
       return {
         backend: new FsopenBackend(),
         name: "fsopen",
-        reason: `new mount API on Linux ${Deno.osRelease()} (>= 6.8); probing it said ${why}: ` +
+        reason: `new mount API on Linux ${osRelease()} (>= 6.8); probing it said ${why}: ` +
           "no mount privilege here yet (run as root or inside a user namespace)",
       };
     }
@@ -582,7 +585,7 @@ function probeNewApi(): MountBackendChoice {
     backend: new FsopenBackend(),
     name: "fsopen",
     reason: `new mount API: fsopen("overlay") works and overlayfs takes one "lowerdir+" per ` +
-      `layer (Linux ${Deno.osRelease()}), so no limit on layer count or path length below 500 layers`,
+      `layer (Linux ${osRelease()}), so no limit on layer count or path length below 500 layers`,
   };
 }
 
@@ -649,7 +652,7 @@ function unescapeMountinfo(s: string): string {
  * ```
  */
 export async function mountOf(path: string): Promise<MountInfo> {
-  const real = await Deno.realPath(path);
+  const real = await realPath(path);
   const text = readProcText("/proc/self/mountinfo");
   let best: MountInfo | undefined;
   for (const line of text.split("\n")) {
@@ -684,7 +687,7 @@ export async function mountOf(path: string): Promise<MountInfo> {
 export async function mountsBelow(path: string): Promise<string[]> {
   let real: string;
   try {
-    real = await Deno.realPath(path);
+    real = await realPath(path);
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) return [];
     throw e;
