@@ -33,6 +33,7 @@ import { readProcText } from "./proc.ts";
 import { makeTempDirSync, realPath, remove, removeSync, symlinkSync } from "./files.ts";
 import { getEnv } from "./env.ts";
 import { osRelease } from "./process.ts";
+import { commandOutput } from "./spawn.ts";
 
 export { ErrnoError };
 
@@ -373,13 +374,13 @@ class CommandBackend implements MountBackend {
   readonly name = "command" as const;
 
   async #run(args: string[], what: string, path: string, cwd?: string): Promise<void> {
-    const out = await new Deno.Command(args[0], {
+    const out = await commandOutput(args[0], {
       args: args.slice(1),
       cwd,
       stdin: "null",
       stdout: "null",
       stderr: "piped",
-    }).output();
+    });
     if (!out.success) {
       const text = new TextDecoder().decode(out.stderr);
       throw new MountError(what, guessErrno(text), path, text);
