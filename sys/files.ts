@@ -1039,8 +1039,16 @@ export interface OpenFile extends Disposable {
   statSync(): Deno.FileInfo;
   /** Waits for a flock(2) lock, exclusive or shared. */
   lock(exclusive?: boolean): Promise<void>;
+  /** {@linkcode OpenFile.lock}, waiting on this thread. */
+  lockSync(exclusive?: boolean): void;
+  /** Takes the lock if it is free; false when another open file holds it. */
+  tryLock(exclusive?: boolean): Promise<boolean>;
+  /** {@linkcode OpenFile.tryLock}, on this thread. */
+  tryLockSync(exclusive?: boolean): boolean;
   /** Drops the lock. */
   unlock(): Promise<void>;
+  /** {@linkcode OpenFile.unlock}, on this thread. */
+  unlockSync(): void;
   /** Sets the size. */
   truncate(len?: number): Promise<void>;
   /** Closes it. */
@@ -1200,10 +1208,34 @@ class FdFile implements OpenFile {
     }
   }
 
+  lockSync(exclusive = false): void {
+    const fd = this.#live();
+    while (libc().flock(fd, exclusive ? LOCK_EX : LOCK_SH) < 0) {
+      const e = errno();
+      if (e !== EINTR) throw fsError(e, "flock");
+    }
+  }
+
+  tryLockSync(exclusive = false): boolean {
+    const fd = this.#live();
+    for (;;) {
+      if (libc().flock(fd, (exclusive ? LOCK_EX : LOCK_SH) | LOCK_NB) === 0) return true;
+      const e = errno();
+      if (e === EWOULDBLOCK) return false;
+      if (e !== EINTR) throw fsError(e, "flock");
+    }
+  }
+
+  tryLock(exclusive = false): Promise<boolean> {
+    return settle(() => this.tryLockSync(exclusive));
+  }
+
+  unlockSync(): void {
+    if (libc().flock(this.#live(), LOCK_UN) < 0) throw fsError(errno(), "flock");
+  }
+
   unlock(): Promise<void> {
-    return settle(() => {
-      if (libc().flock(this.#live(), LOCK_UN) < 0) throw fsError(errno(), "flock");
-    });
+    return settle(() => this.unlockSync());
   }
 
   truncate(len = 0): Promise<void> {

@@ -9,7 +9,7 @@
  * @module
  */
 import { encodeNameInto } from "./name.ts";
-import { granted, grantedSeen } from "./permissions.ts";
+import { granted, grantedSeen, MissingPermissionError } from "./permissions.ts";
 
 /** Errno numbers (x86_64 and aarch64 Linux agree on all of these). */
 export const Errno = {
@@ -121,14 +121,17 @@ function strerrorText(errno: number): string {
 /**
  * Raised when FFI is needed but `--allow-ffi` was not granted; the message
  * names the flag.
+ *
+ * @example Usage
+ * ```ts
+ * import { FfiPermissionError } from "./libc.ts";
+ * console.log(new FfiPermissionError().flag); // "--allow-ffi"
+ * ```
  */
-export class FfiPermissionError extends Error {
+export class FfiPermissionError extends MissingPermissionError {
   /** Creates the error; `cause` is Deno's own permission error. */
   constructor(options?: ErrorOptions) {
-    super(
-      "strata needs libc through Deno FFI for this: run deno with --allow-ffi (or -A)",
-      options,
-    );
+    super("ffi", undefined, options);
     this.name = "FfiPermissionError";
   }
 }
