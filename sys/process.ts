@@ -18,11 +18,11 @@ import { decodeName } from "./name.ts";
  *
  * @example Usage
  * ```ts
- * import { uid } from "./process.ts";
- * console.log(uid() === 0 ? "root" : "a user");
+ * import { getUid } from "./process.ts";
+ * console.log(getUid() === 0 ? "root" : "a user");
  * ```
  */
-export function uid(): number {
+export function getUid(): number {
   return granted("sys") ? Deno.uid() ?? libc().getuid() : libc().getuid();
 }
 
@@ -31,11 +31,11 @@ export function uid(): number {
  *
  * @example Usage
  * ```ts
- * import { gid } from "./process.ts";
- * console.log(gid());
+ * import { getGid } from "./process.ts";
+ * console.log(getGid());
  * ```
  */
-export function gid(): number {
+export function getGid(): number {
   return granted("sys") ? Deno.gid() ?? libc().getgid() : libc().getgid();
 }
 
