@@ -18,6 +18,17 @@
 import { join } from "@std/path";
 import { readProcText } from "../sys/proc.ts";
 import { accessible } from "../sys/fs.ts";
+import { getEnv } from "../sys/env.ts";
+import {
+  chmodSync,
+  mkdirSync,
+  readTextFileSync,
+  remove,
+  rename,
+  statSync,
+  writeTextFile,
+} from "../sys/files.ts";
+import { getUid } from "../sys/process.ts";
 
 /** The sub-directories of a cache root. */
 export const CACHE_DIRS = ["layers", "tmp", "locks", "images", "containers"] as const;
@@ -142,7 +153,7 @@ export class IdMapMismatchError extends Error {
 }
 
 function isRealRoot(): boolean {
-  if (Deno.uid() !== 0) return false;
+  if (getUid() !== 0) return false;
   try {
     return isIdentityMap({
       uid: parseMap(readProcText("/proc/self/uid_map")),
@@ -166,12 +177,12 @@ function isRealRoot(): boolean {
  * ```
  */
 export function defaultCacheRoot(): string {
-  const env = Deno.env.get("STRATA_CACHE");
+  const env = getEnv("STRATA_CACHE");
   if (env) return env;
   if (isRealRoot()) return "/var/lib/strata";
-  const xdg = Deno.env.get("XDG_CACHE_HOME");
+  const xdg = getEnv("XDG_CACHE_HOME");
   if (xdg) return join(xdg, "strata");
-  const home = Deno.env.get("HOME");
+  const home = getEnv("HOME");
   if (!home) throw new Error("Cannot find a cache directory: set STRATA_CACHE or HOME");
   return join(home, ".cache", "strata");
 }
@@ -180,9 +191,9 @@ export function defaultCacheRoot(): string {
 // this thread than a round trip each through Deno's thread pool (every
 // command opens the cache, a warm `strata run` included).
 function mkdir700(path: string): void {
-  Deno.mkdirSync(path, { recursive: true, mode: 0o700 });
-  const st = Deno.statSync(path);
-  if (st.mode !== null && (st.mode & 0o777) !== 0o700) Deno.chmodSync(path, 0o700);
+  mkdirSync(path, { recursive: true, mode: 0o700 });
+  const st = statSync(path);
+  if (st.mode !== null && (st.mode & 0o777) !== 0o700) chmodSync(path, 0o700);
 }
 
 /**
@@ -224,7 +235,7 @@ export async function openCache(root: string): Promise<{ root: string; idmap: Id
   const file = join(root, "idmap.json");
   let recorded: IdMap | undefined;
   try {
-    recorded = JSON.parse(Deno.readTextFileSync(file)) as IdMap;
+    recorded = JSON.parse(readTextFileSync(file)) as IdMap;
   } catch (e) {
     if (!(e instanceof Deno.errors.NotFound)) {
       throw new Error(`Cannot read ${file}: ${(e as Error).message}`, { cause: e });
@@ -242,10 +253,10 @@ export async function openCache(root: string): Promise<{ root: string; idmap: Id
   // Record (or widen) the mapping: written to a temp name, then renamed.
   const tmp = `${file}.${crypto.randomUUID()}`;
   try {
-    await Deno.writeTextFile(tmp, JSON.stringify(current, null, 2) + "\n", { mode: 0o600 });
-    await Deno.rename(tmp, file);
+    await writeTextFile(tmp, JSON.stringify(current, null, 2) + "\n", { mode: 0o600 });
+    await rename(tmp, file);
   } catch (e) {
-    await Deno.remove(tmp).catch(() => {}); // a full disk leaves no half-written file
+    await remove(tmp).catch(() => {}); // a full disk leaves no half-written file
     throw e;
   }
   return { root, idmap: current };

@@ -18,6 +18,7 @@ import { FileLock, reclaimTemp, TempWork } from "./lock.ts";
 import { mountOf } from "../sys/mount.ts";
 import type { NewOverlayMountFn } from "./workdir.ts";
 import type { ResolveAllOptions } from "./prefetch.ts";
+import { mkdir, readTextFile, rename, writeTextFile } from "../sys/files.ts";
 
 /** Resolves a layer to a path suitable for use as an overlayfs lower directory. */
 export interface LayerResolver {
@@ -393,7 +394,7 @@ export class CachingLayerResolver implements LayerResolver {
     parents: readonly (string | { diffID: string })[] = [],
   ): Promise<LayerRecord> {
     return JSON.parse(
-      await Deno.readTextFile(join(this.layerDir(diffID, parents), "layer.json")),
+      await readTextFile(join(this.layerDir(diffID, parents), "layer.json")),
     );
   }
 
@@ -428,7 +429,7 @@ export class CachingLayerResolver implements LayerResolver {
       const work = await TempWork.create(this.root);
       try {
         const staged = join(work.path, "layer");
-        await Deno.mkdir(staged, { mode: 0o700 });
+        await mkdir(staged, { mode: 0o700 });
         const result = await this.#applyTo(layer, join(staged, "fs"), work.path, lowerDirs, signal)
           .catch((e) => {
             throw new LayerResolveError(layer.diffID, `extraction failed: ${e.message}`, {
@@ -455,13 +456,13 @@ export class CachingLayerResolver implements LayerResolver {
           idmap: this.idmap,
           warnings: result.warnings,
         };
-        await Deno.writeTextFile(
+        await writeTextFile(
           join(staged, "layer.json"),
           JSON.stringify(record, null, 2) + "\n",
           { mode: 0o600 },
         );
         try {
-          await Deno.rename(staged, dest);
+          await rename(staged, dest);
         } catch (e) {
           // Another process won the race (possible only if the lock file was
           // removed under us, e.g. by prune): its copy is as good as ours.
@@ -492,7 +493,7 @@ export class CachingLayerResolver implements LayerResolver {
   ): Promise<ApplyResult> {
     const onWarning = this.#o.onWarning;
     if (this.mode === "direct") {
-      await Deno.mkdir(fs, { mode: 0o755 });
+      await mkdir(fs, { mode: 0o755 });
       return await this.#apply(layer, fs, { whiteouts: "direct", lowerDirs, signal, onWarning });
     }
     const workdir = await import("./workdir.ts");
@@ -507,7 +508,7 @@ export class CachingLayerResolver implements LayerResolver {
         onWarning,
       });
       await wd.seal();
-      await Deno.rename(wd.resultPath(), fs);
+      await rename(wd.resultPath(), fs);
       return r;
     } finally {
       await wd.cleanup();
