@@ -25,6 +25,9 @@ import { detectMode, Output, type OutputSinks, processSinks } from "./cli/output
 
 export type { OutputSinks };
 import type { Context } from "./cli/context.ts";
+import { getEnv } from "./sys/env.ts";
+import { statSync } from "./sys/files.ts";
+import { getUid } from "./sys/process.ts";
 
 /** strata's version, from deno.json. */
 export const VERSION: string = denoJson.version;
@@ -70,7 +73,7 @@ async function enterNamespaceEarly(out: Output): Promise<void> {
  */
 function isRoot(): boolean {
   try {
-    return Deno.uid() === 0;
+    return getUid() === 0;
   } catch {
     return false;
   }
@@ -92,7 +95,7 @@ async function rerunForCertificate(e: unknown): Promise<void> {
   if ((e as Error)?.name !== "UnverifiedCertificateError") return;
   const host = (e as { hostname?: string }).hostname;
   try {
-    if (!host || Deno.env.get(TLS_RERUN_ENV) !== undefined) return;
+    if (!host || getEnv(TLS_RERUN_ENV) !== undefined) return;
     const { rerunWithDenoFlags } = await import("./overlay/userns.ts");
     await rerunWithDenoFlags([`--unsafely-ignore-certificate-errors=${host}`], {
       [TLS_RERUN_ENV]: host,
@@ -167,7 +170,7 @@ function cacheProblem(root: string | undefined, e: unknown): Error | undefined {
   if (!root) return undefined;
   let st: Deno.FileInfo;
   try {
-    st = Deno.statSync(root);
+    st = statSync(root);
   } catch {
     return undefined;
   }
@@ -176,7 +179,7 @@ function cacheProblem(root: string | undefined, e: unknown): Error | undefined {
     /EACCES|Permission denied \(os error 13\)/.test(String((e as Error)?.message ?? e));
   let mine = true;
   try {
-    mine = st.uid === null || st.uid === Deno.uid();
+    mine = st.uid === null || st.uid === getUid();
   } catch { /* no --allow-sys: say nothing more */ }
   if (denied && !mine) {
     return new Error(

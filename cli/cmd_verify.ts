@@ -16,13 +16,14 @@ import { formatBytes, formatMs, shortDigest } from "./output.ts";
 import { enterNamespace } from "./pipeline.ts";
 import { cachedLayers, exists, removeLayer } from "./cache_scan.ts";
 import { ImageStore } from "../image/store.ts";
+import { readDir, readFile, remove } from "../sys/files.ts";
 
 async function* storeBlobs(root: string): AsyncGenerator<{ digest: string; path: string }> {
   const base = join(root, "images", "blobs");
   if (!(await exists(base))) return;
-  for await (const alg of Deno.readDir(base)) {
+  for await (const alg of readDir(base)) {
     if (!alg.isDirectory) continue;
-    for await (const b of Deno.readDir(join(base, alg.name))) {
+    for await (const b of readDir(join(base, alg.name))) {
       if (b.isFile && /^[a-f0-9]+$/.test(b.name)) {
         yield { digest: `${alg.name}:${b.name}`, path: join(base, alg.name, b.name) };
       }
@@ -84,9 +85,9 @@ export async function verifyCommand(ctx: Context): Promise<number> {
   let blobs = 0;
   for await (const b of storeBlobs(root)) {
     blobs++;
-    const actual = digestOf(await Deno.readFile(b.path), b.digest.split(":")[0]);
+    const actual = digestOf(await readFile(b.path), b.digest.split(":")[0]);
     if (actual === b.digest) continue;
-    await Deno.remove(b.path).catch(() => {});
+    await remove(b.path).catch(() => {});
     ctx.out.note(
       `image blob ${shortDigest(b.digest)}: DAMAGED (content is ${
         shortDigest(actual)
@@ -99,7 +100,7 @@ export async function verifyCommand(ctx: Context): Promise<number> {
   // guess what it named; without it the next pull saves the name again.
   if (await exists(join(root, "images", "refs"))) {
     for (const r of await (await ImageStore.create(root)).damagedRecords()) {
-      await Deno.remove(r.path).catch(() => {});
+      await remove(r.path).catch(() => {});
       const file = r.path.slice(root.length + 1);
       ctx.out.note(
         `image name record ${file}: DAMAGED (${r.reason}); removed, pull the image again`,
