@@ -12,7 +12,7 @@ import { cstr, ffiAvailable, libc } from "../sys/libc.ts";
 import { deleteEnv, getEnv, setEnv } from "../sys/env.ts";
 import { readTextFile, stat } from "../sys/files.ts";
 import { execPath, getUid } from "../sys/process.ts";
-import { granted } from "../sys/permissions.ts";
+import { granted, MissingPermissionError } from "../sys/permissions.ts";
 import { commandOutput, spawnCommand } from "../sys/spawn.ts";
 
 /**
@@ -283,6 +283,7 @@ async function tryUnshare(args: string[]): Promise<{ ok: boolean; stderr: string
     });
     return { ok: out.success, stderr: new TextDecoder().decode(out.stderr).trim() };
   } catch (e) {
+    if (e instanceof MissingPermissionError) throw e; // --allow-run: not a kernel refusal
     return { ok: false, stderr: (e as Error).message };
   }
 }
