@@ -1,14 +1,14 @@
 /**
  * The process environment: through `Deno.env` when `--allow-env` is granted,
- * else through libc (`getenv`, `setenv`, `unsetenv`, `environ`), which needs
- * only `--allow-ffi`. Both read and change the same table (Deno's `Deno.env`
+ * else through libc (`environ`, read as `getenv` reads it; `setenv`,
+ * `unsetenv`), which needs only `--allow-ffi`. Both read and change the same table (Deno's `Deno.env`
  * is libc's environment), and both refuse the same names and values with the
  * same errors, so which one is used changes nothing else. Code outside
  * `sys/` calls these, never `Deno.env` (tests/permission_guard_test.ts).
  *
  * @module
  */
-import { cstr, libc } from "./libc.ts";
+import { cstr, environTable, libc } from "./libc.ts";
 import { granted } from "./permissions.ts";
 
 const strict = new TextDecoder("utf-8", { fatal: true });
@@ -62,13 +62,13 @@ function quoteBytes(b: Uint8Array): string {
   return `"${out}"`;
 }
 
-/** Decodes a C string of the environment as Deno does (invalid UTF-8 is refused). */
-function decodeC(p: Deno.PointerObject): string | Uint8Array {
+/** Decodes the C string at `p` + `offset` as Deno does (bytes that are not UTF-8 come back as bytes). */
+function decodeC(p: Deno.PointerObject, offset = 0): string | Uint8Array {
   const view = new Deno.UnsafePointerView(p);
-  let n = 0;
+  let n = offset;
   while (view.getUint8(n) !== 0) n++;
-  const bytes = new Uint8Array(n);
-  view.copyInto(bytes);
+  const bytes = new Uint8Array(n - offset);
+  view.copyInto(bytes, offset);
   try {
     return strict.decode(bytes);
   } catch {
@@ -91,11 +91,30 @@ function decodeC(p: Deno.PointerObject): string | Uint8Array {
 export function getEnv(name: string): string | undefined {
   if (granted("env")) return Deno.env.get(name);
   checkKey(name);
-  const p = libc().getenv(cstr(name));
-  if (p === null) return undefined;
-  const v = decodeC(p);
-  if (typeof v === "string") return v;
+  const v = lookup(encoder.encode(name));
+  if (v === undefined || typeof v === "string") return v;
   throw new Deno.errors.InvalidData(`environment variable was not valid unicode: ${quoteBytes(v)}`);
+}
+
+const encoder = new TextEncoder();
+
+/**
+ * The value of `key` in `environ`, as getenv(3) finds it (the first entry
+ * `key=...`): scanned here rather than through a bound `getenv`, which would
+ * cost every process without `--allow-env` one more FFI trampoline.
+ */
+function lookup(key: Uint8Array): string | Uint8Array | undefined {
+  const table = environTable();
+  if (table === null) return undefined;
+  const entries = new Deno.UnsafePointerView(table);
+  for (let i = 0;; i++) {
+    const p = entries.getPointer(i * 8);
+    if (p === null) return undefined;
+    const e = new Deno.UnsafePointerView(p);
+    let j = 0;
+    while (j < key.length && e.getUint8(j) === key[j]) j++;
+    if (j === key.length && e.getUint8(j) === 0x3d) return decodeC(p, j + 1);
+  }
 }
 
 /**
@@ -149,9 +168,8 @@ export function deleteEnv(name: string): void {
  */
 export function envObject(): Record<string, string> {
   if (granted("env")) return Deno.env.toObject();
-  const c = libc();
   const out: Record<string, string> = {};
-  const table = new Deno.UnsafePointerView(c.environ!).getPointer();
+  const table = environTable();
   if (table === null) return out;
   const view = new Deno.UnsafePointerView(table);
   for (let i = 0;; i++) {

@@ -10,10 +10,12 @@
  * route. Code outside `sys/` calls these, never `Deno.readFile` and the like
  * (tests/permission_guard_test.ts keeps it so).
  *
- * The libc route runs every call synchronously on the calling thread, the
- * asynchronous functions included (they return settled promises), except
- * reads of an open file and waits for a lock, which go to Deno's blocking
- * pool so that a large read does not stop the event loop. A thread that
+ * The libc route makes its system calls through libc's `syscall(2)` (one
+ * FFI trampoline for all of them, see `sys` in libc.ts), synchronously on
+ * the calling thread, the asynchronous functions included (they return
+ * settled promises), except reads of an open file and waits for a lock,
+ * which go to Deno's blocking pool so that a large read does not stop the
+ * event loop. A thread that
  * entered a mount namespace of its own (overlay/userns.ts
  * `enterThreadMountNamespace`) sees its own mounts through the synchronous
  * functions on both routes; Deno's asynchronous ones run on its thread pool,
@@ -22,11 +24,11 @@
  *
  * @module
  */
-import { cstr, errno, errnoName, libc } from "./libc.ts";
+import { addr, cstr, errno, errnoName, libc, NR, sys } from "./libc.ts";
 import { granted } from "./permissions.ts";
 import { getEnv } from "./env.ts";
-import { AT, close as closeFd, DT, O, openat, readDir as getdents, S } from "./fs.ts";
-import { decodeName } from "./name.ts";
+import { AT, DT, O, readDir as getdents, S } from "./fs.ts";
+import { decodeName, encodeNameInto } from "./name.ts";
 
 const EINTR = 4;
 const EEXIST = 17;
@@ -133,6 +135,34 @@ export function fsError(n: number, op?: string, path?: string, to?: string): Err
   return e;
 }
 
+const AT_FDCWD = AT.FDCWD;
+const paths = [new Uint8Array(4097), new Uint8Array(4097)];
+
+/**
+ * `s` as a NUL-terminated C string in scratch slot `slot` (reused by the next
+ * call with the same slot; a longer path gets its own buffer), or null when
+ * it holds a NUL byte.
+ */
+function cpath(s: string, slot = 0): Uint8Array | null {
+  let b = paths[slot];
+  if (s.length * 3 + 1 > b.length) b = new Uint8Array(s.length * 3 + 1);
+  const n = encodeNameInto(s, b); // names that are not UTF-8 keep their bytes (sys/name.ts)
+  if (b.subarray(0, n).includes(0)) return null;
+  b[n] = 0;
+  return b;
+}
+
+/** `openat(2)` (O_CLOEXEC added): the fd or `-errno`. */
+function openRaw(dirfd: number, name: string, flags: number, mode: number): number {
+  const p = cpath(name);
+  if (!p) return -EINVAL;
+  return sys(NR.openat, dirfd, addr(p), flags | O.CLOEXEC, mode);
+}
+
+function closeFd(fd: number): void {
+  sys(NR.close, fd);
+}
+
 /** Deno's error for a path holding a NUL byte, which C would read as a shorter path. */
 function nulError(op: string, path: string, to?: string): Error {
   const e = new TypeError(
@@ -145,7 +175,7 @@ function nulError(op: string, path: string, to?: string): Error {
 }
 
 /** Throws Deno's error for a `-errno` result `r`, else returns it. */
-function ok(r: number, op: string, path?: string, to?: string): number {
+function ok(r: number, op?: string, path?: string, to?: string): number {
   if (r < 0) throw fsError(-r, op, path, to);
   return r;
 }
@@ -153,23 +183,22 @@ function ok(r: number, op: string, path?: string, to?: string): number {
 /** Opens `path` with `flags` (O_CLOEXEC added); returns the fd or throws as Deno would for `op`. */
 function openFd(path: string, flags: number, mode: number, op: string): number {
   if (path.includes("\0")) throw nulError(op, path);
-  return ok(openat(AT.FDCWD, path, flags, mode), op, path);
+  return ok(openRaw(AT_FDCWD, path, flags, mode), op, path);
 }
 
 let readBuf: Uint8Array<ArrayBuffer> | undefined;
 
 /** Reads `fd` to its end; errors name `op` and `path`. */
 function readAllFd(fd: number, op: string, path: string): Uint8Array<ArrayBuffer> {
-  const c = libc();
   const buf = readBuf ??= new Uint8Array(256 * 1024);
+  const at = addr(buf);
   const chunks: Uint8Array[] = [];
   let total = 0;
   for (;;) {
-    const n = Number(c.read(fd, buf, BigInt(buf.length)));
+    const n = sys(NR.read, fd, at, buf.length);
     if (n < 0) {
-      const e = errno();
-      if (e === EINTR) continue;
-      throw fsError(e, op, path);
+      if (n === -EINTR) continue;
+      throw fsError(-n, op, path);
     }
     if (n === 0) break;
     chunks.push(buf.slice(0, n));
@@ -187,15 +216,13 @@ function readAllFd(fd: number, op: string, path: string): Uint8Array<ArrayBuffer
 
 /** Writes all of `data` to `fd`; errors name `op` and `path`. */
 function writeAllFd(fd: number, data: Uint8Array, op: string, path: string): void {
-  const c = libc();
   let off = 0;
   while (off < data.length) {
-    const chunk = (off === 0 ? data : data.subarray(off)) as Uint8Array<ArrayBuffer>;
-    const n = Number(c.write(fd, chunk, BigInt(chunk.length)));
+    const chunk = off === 0 ? data : data.subarray(off);
+    const n = sys(NR.write, fd, addr(chunk), chunk.length);
     if (n < 0) {
-      const e = errno();
-      if (e === EINTR) continue;
-      throw fsError(e, op, path);
+      if (n === -EINTR) continue;
+      throw fsError(-n, op, path);
     }
     off += n;
   }
@@ -293,9 +320,7 @@ export function writeFileSync(path: string, data: Uint8Array, options: WriteOpti
   const fd = openFd(path, flags, options.mode ?? 0o666, "writefile");
   try {
     // Deno sets the mode it is given on an existing file too, umask aside.
-    if (options.mode !== undefined && libc().fchmod(fd, options.mode) < 0) {
-      throw fsError(errno(), "writefile", path);
-    }
+    if (options.mode !== undefined) ok(sys(NR.fchmod, fd, options.mode), "writefile", path);
     writeAllFd(fd, data, "writefile", path);
   } finally {
     closeFd(fd);
@@ -372,10 +397,13 @@ function msAt(off: number): number {
 }
 
 /** statx of `name` in `dirfd` as Deno's `FileInfo`, or `-errno`. */
+let stxAddr: number | bigint | undefined;
+
 function fileInfoAt(dirfd: number, name: string, flags: number): Deno.FileInfo | number {
-  if (name.includes("\0")) return -EINVAL;
-  const r = libc().statx(dirfd, cstr(name), flags, STATX_BASIC_AND_BTIME, stxBuf);
-  if (r < 0) return -errno();
+  const p = cpath(name);
+  if (!p) return -EINVAL;
+  const r = sys(NR.statx, dirfd, addr(p), flags, STATX_BASIC_AND_BTIME, stxAddr ??= addr(stxBuf));
+  if (r < 0) return r;
   const v = stxView;
   const mode = v.getUint16(28, true);
   const type = mode & S.IFMT;
@@ -475,8 +503,9 @@ export function lstat(path: string): Promise<Deno.FileInfo> {
  */
 export function chmodSync(path: string, mode: number): void {
   if (writes()) return Deno.chmodSync(path, mode);
-  if (path.includes("\0")) throw nulError("chmod", path);
-  if (libc().fchmodat(AT.FDCWD, cstr(path), mode, 0) < 0) throw fsError(errno(), "chmod", path);
+  const p = cpath(path);
+  if (!p) throw nulError("chmod", path);
+  ok(sys(NR.fchmodat, AT_FDCWD, addr(p), mode), "chmod", path);
 }
 
 /**
@@ -579,8 +608,9 @@ function mkdirs(path: string, mode: number, top: string): void {
 }
 
 function mkdirRaw(path: string, mode: number): number {
-  if (path.includes("\0")) return -EINVAL;
-  return libc().mkdirat(AT.FDCWD, cstr(path), mode) < 0 ? -errno() : 0;
+  const p = cpath(path);
+  if (!p) return -EINVAL;
+  return sys(NR.mkdirat, AT_FDCWD, addr(p), mode);
 }
 
 /**
@@ -618,26 +648,26 @@ export interface RemoveOptions {
   recursive?: boolean;
 }
 
+function unlinkRaw(dirfd: number, name: string, flags: number): number {
+  const p = cpath(name);
+  if (!p) return -EINVAL;
+  return sys(NR.unlinkat, dirfd, addr(p), flags);
+}
+
 function removeRaw(path: string, recursive: boolean): number {
   if (path.includes("\0")) return -EINVAL;
-  if (recursive) return removeTreeAt(AT.FDCWD, path);
-  const c = libc();
-  const p = cstr(path);
-  if (c.unlinkat(AT.FDCWD, p, 0) === 0) return 0;
-  const e = errno();
-  if (e !== EISDIR && e !== 1) return -e;
-  return c.unlinkat(AT.FDCWD, p, AT.REMOVEDIR) < 0 ? -errno() : 0;
+  if (recursive) return removeTreeAt(AT_FDCWD, path);
+  const r = unlinkRaw(AT_FDCWD, path, 0);
+  if (r !== -EISDIR && r !== -1) return r;
+  return unlinkRaw(AT_FDCWD, path, AT.REMOVEDIR);
 }
 
 /** Removes `name` in `dirfd` and, when it is a directory, all below it; never follows a symlink. */
 function removeTreeAt(dirfd: number, name: string): number {
-  const c = libc();
-  const p = cstr(name);
-  if (c.unlinkat(dirfd, p, 0) === 0) return 0;
-  const first = errno();
-  if (first !== EISDIR && first !== 1) return -first;
-  const fd = openat(dirfd, name, O.RDONLY | O.DIRECTORY | O.NOFOLLOW, 0);
-  if (fd < 0) return fd === -ENOTDIR ? -first : fd;
+  const first = unlinkRaw(dirfd, name, 0);
+  if (first !== -EISDIR && first !== -1) return first;
+  const fd = openRaw(dirfd, name, O.RDONLY | O.DIRECTORY | O.NOFOLLOW, 0);
+  if (fd < 0) return fd === -ENOTDIR ? first : fd;
   try {
     // Listed again until empty: an entry made meanwhile is removed too.
     for (;;) {
@@ -649,12 +679,13 @@ function removeTreeAt(dirfd: number, name: string): number {
         if (r < 0 && r !== -ENOENT) return r;
       }
       // getdents continues from the directory's offset: rewind for the next pass.
-      if (Number(c.lseek(fd, 0n, 0)) < 0) return -errno();
+      const r = sys(NR.lseek, fd, 0, 0);
+      if (r < 0) return r;
     }
   } finally {
     closeFd(fd);
   }
-  return c.unlinkat(dirfd, cstr(name), AT.REMOVEDIR) < 0 ? -errno() : 0;
+  return unlinkRaw(dirfd, name, AT.REMOVEDIR);
 }
 
 /**
@@ -700,10 +731,9 @@ export function remove(path: string, options: RemoveOptions = {}): Promise<void>
  */
 export function renameSync(from: string, to: string): void {
   if (writes()) return Deno.renameSync(from, to);
-  if (from.includes("\0") || to.includes("\0")) throw nulError("rename", from, to);
-  if (libc().renameat2(AT.FDCWD, cstr(from), AT.FDCWD, cstr(to), 0) < 0) {
-    throw fsError(errno(), "rename", from, to);
-  }
+  const a = cpath(from), b = cpath(to, 1);
+  if (!a || !b) throw nulError("rename", from, to);
+  ok(sys(NR.renameat2, AT_FDCWD, addr(a), AT_FDCWD, addr(b), 0), "rename", from, to);
 }
 
 /**
@@ -732,8 +762,8 @@ export interface TempOptions {
 
 function tempName(options: TempOptions): string {
   const dir = options.dir ?? getEnv("TMPDIR") ?? "/tmp";
-  const bytes = crypto.getRandomValues(new Uint8Array(8));
-  const hex = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  // A random 64-bit number in hex, unpadded, as Deno names them.
+  const hex = crypto.getRandomValues(new BigUint64Array(1))[0].toString(16);
   const name = `${options.prefix ?? ""}${hex}${options.suffix ?? ""}`;
   return dir === "" ? name : dir.endsWith("/") ? dir + name : `${dir}/${name}`;
 }
@@ -788,7 +818,7 @@ export function makeTempFileSync(options: TempOptions = {}): string {
   if (writes()) return Deno.makeTempFileSync(options);
   for (;;) {
     const path = tempName(options);
-    const fd = openat(AT.FDCWD, path, O.RDWR | O.CREAT | O.EXCL, 0o600);
+    const fd = openRaw(AT_FDCWD, path, O.RDWR | O.CREAT | O.EXCL, 0o600);
     if (fd >= 0) {
       closeFd(fd);
       return path;
@@ -824,10 +854,9 @@ export function makeTempFile(options: TempOptions = {}): Promise<string> {
  */
 export function symlinkSync(target: string, path: string): void {
   if (writes()) return Deno.symlinkSync(target, path);
-  if (target.includes("\0") || path.includes("\0")) throw nulError("symlink", target, path);
-  if (libc().symlinkat(cstr(target), AT.FDCWD, cstr(path)) < 0) {
-    throw fsError(errno(), "symlink", target, path);
-  }
+  const t = cpath(target, 1), p = cpath(path);
+  if (!t || !p) throw nulError("symlink", target, path);
+  ok(sys(NR.symlinkat, addr(t), AT_FDCWD, addr(p)), "symlink", target, path);
 }
 
 /**
@@ -857,9 +886,13 @@ const linkBuf = new Uint8Array(4097);
  */
 export function readLinkSync(path: string): string {
   if (reads()) return Deno.readLinkSync(path);
-  if (path.includes("\0")) throw nulError("readlink", path);
-  const n = Number(libc().readlinkat(AT.FDCWD, cstr(path), linkBuf, BigInt(linkBuf.length)));
-  if (n < 0) throw fsError(errno(), "readlink", path);
+  const p = cpath(path);
+  if (!p) throw nulError("readlink", path);
+  const n = ok(
+    sys(NR.readlinkat, AT_FDCWD, addr(p), addr(linkBuf), linkBuf.length),
+    "readlink",
+    path,
+  );
   return decodeName(linkBuf.subarray(0, n));
 }
 
@@ -889,6 +922,16 @@ export function readLink(path: string): Promise<string> {
 export function realPathSync(path: string): string {
   if (reads()) return Deno.realPathSync(path);
   if (path.includes("\0")) throw nulError("realpath", path);
+  // The kernel's own answer: open the path (following every link) and ask
+  // /proc/self/fd which file that is; realpath(3) without /proc mounted.
+  const fd = ok(openRaw(AT_FDCWD, path, O.PATH, 0), "realpath", path);
+  try {
+    const p = cpath(`/proc/self/fd/${fd}`);
+    const n = sys(NR.readlinkat, AT_FDCWD, addr(p!), addr(linkBuf), linkBuf.length);
+    if (n > 0 && linkBuf[0] === 0x2f) return decodeName(linkBuf.subarray(0, n));
+  } finally {
+    closeFd(fd);
+  }
   linkBuf.fill(0);
   if (libc().realpath(cstr(path), linkBuf) === null) throw fsError(errno(), "realpath", path);
   return decodeName(linkBuf.subarray(0, linkBuf.indexOf(0)));
@@ -929,18 +972,18 @@ function copyFileFfi(from: string, to: string): void {
     throw fsError(e, "copy", from, to);
   };
   if (from.includes("\0") || to.includes("\0")) throw nulError("copy", from, to);
-  const src = openat(AT.FDCWD, from, O.RDONLY, 0);
+  const src = openRaw(AT_FDCWD, from, O.RDONLY, 0);
   if (src < 0) fail(-src);
   try {
     const st = fileInfoAt(src, "", AT.EMPTY_PATH);
     if (typeof st === "number") return fail(-st);
     if (!st.isFile) fail(EINVAL); // as std::fs::copy: "the source path is not an existing regular file"
     const perm = (st.mode ?? 0o644) & 0o7777;
-    const dst = openat(AT.FDCWD, to, O.WRONLY | O.CREAT | O.TRUNC, perm);
+    const dst = openRaw(AT_FDCWD, to, O.WRONLY | O.CREAT | O.TRUNC, perm);
     if (dst < 0) fail(-dst);
     try {
-      const c = libc();
-      if (c.fchmod(dst, perm) < 0) fail(errno());
+      const r = sys(NR.fchmod, dst, perm);
+      if (r < 0) fail(-r);
       copyData(src, dst, fail);
     } finally {
       closeFd(dst);
@@ -952,23 +995,21 @@ function copyFileFfi(from: string, to: string): void {
 
 /** Copies `src` to `dst` from their offsets: read and write, 1 MiB at a time. */
 function copyData(src: number, dst: number, fail: (e: number) => never): void {
-  const c = libc();
   const buf = copyBuf ??= new Uint8Array(1 << 20);
+  const at = addr(buf);
   for (;;) {
-    const n = Number(c.read(src, buf, BigInt(buf.length)));
+    const n = sys(NR.read, src, at, buf.length);
     if (n < 0) {
-      const e = errno();
-      if (e === EINTR) continue;
-      fail(e);
+      if (n === -EINTR) continue;
+      fail(-n);
     }
     if (n === 0) return;
     let off = 0;
     while (off < n) {
-      const w = Number(c.write(dst, buf.subarray(off, n), BigInt(n - off)));
+      const w = sys(NR.write, dst, addr(buf.subarray(off, n)), n - off);
       if (w < 0) {
-        const e = errno();
-        if (e === EINTR) continue;
-        fail(e);
+        if (w === -EINTR) continue;
+        fail(-w);
       }
       off += w;
     }
@@ -1140,11 +1181,10 @@ class FdFile implements OpenFile {
     const fd = this.#live();
     if (p.length === 0) return 0;
     for (;;) {
-      const n = Number(libc().read(fd, p as Uint8Array<ArrayBuffer>, BigInt(p.length)));
+      const n = sys(NR.read, fd, addr(p), p.length);
       if (n > 0) return n;
       if (n === 0) return null;
-      const e = errno();
-      if (e !== EINTR) throw fsError(e, "read");
+      if (n !== -EINTR) throw fsError(-n);
     }
   }
 
@@ -1163,10 +1203,9 @@ class FdFile implements OpenFile {
   writeSync(p: Uint8Array): number {
     const fd = this.#live();
     for (;;) {
-      const n = Number(libc().write(fd, p as Uint8Array<ArrayBuffer>, BigInt(p.length)));
+      const n = sys(NR.write, fd, addr(p), p.length);
       if (n >= 0) return n;
-      const e = errno();
-      if (e !== EINTR) throw fsError(e, "write");
+      if (n !== -EINTR) throw fsError(-n);
     }
   }
 
@@ -1175,8 +1214,8 @@ class FdFile implements OpenFile {
   }
 
   seekSync(offset: number | bigint, whence: Deno.SeekMode): number {
-    const r = Number(libc().lseek(this.#live(), BigInt(offset), whence));
-    if (r < 0) throw fsError(errno(), "seek");
+    const r = sys(NR.lseek, this.#live(), offset, whence);
+    if (r < 0) throw fsError(-r);
     return r;
   }
 
@@ -1186,7 +1225,7 @@ class FdFile implements OpenFile {
 
   statSync(): Deno.FileInfo {
     const r = fileInfoAt(this.#live(), "", AT.EMPTY_PATH);
-    if (typeof r === "number") throw fsError(-r, "fstat");
+    if (typeof r === "number") throw fsError(-r);
     return r;
   }
 
@@ -1202,27 +1241,29 @@ class FdFile implements OpenFile {
       // without waiting, for its errno: EWOULDBLOCK means the wait was cut
       // short (EINTR), so wait again.
       if (await libc().flock_async(fd, op) === 0) return;
-      if (libc().flock(fd, op | LOCK_NB) === 0) return;
-      const e = errno();
-      if (e !== EWOULDBLOCK && e !== EINTR) throw fsError(e, "flock");
+      const r = sys(NR.flock, fd, op | LOCK_NB);
+      if (r === 0) return;
+      const e = -r;
+      if (e !== EWOULDBLOCK && e !== EINTR) throw fsError(e);
     }
   }
 
   lockSync(exclusive = false): void {
     const fd = this.#live();
-    while (libc().flock(fd, exclusive ? LOCK_EX : LOCK_SH) < 0) {
-      const e = errno();
-      if (e !== EINTR) throw fsError(e, "flock");
+    for (;;) {
+      const r = sys(NR.flock, fd, exclusive ? LOCK_EX : LOCK_SH);
+      if (r === 0) return;
+      if (r !== -EINTR) throw fsError(-r);
     }
   }
 
   tryLockSync(exclusive = false): boolean {
     const fd = this.#live();
     for (;;) {
-      if (libc().flock(fd, (exclusive ? LOCK_EX : LOCK_SH) | LOCK_NB) === 0) return true;
-      const e = errno();
-      if (e === EWOULDBLOCK) return false;
-      if (e !== EINTR) throw fsError(e, "flock");
+      const r = sys(NR.flock, fd, (exclusive ? LOCK_EX : LOCK_SH) | LOCK_NB);
+      if (r === 0) return true;
+      if (r === -EWOULDBLOCK) return false;
+      if (r !== -EINTR) throw fsError(-r);
     }
   }
 
@@ -1231,7 +1272,7 @@ class FdFile implements OpenFile {
   }
 
   unlockSync(): void {
-    if (libc().flock(this.#live(), LOCK_UN) < 0) throw fsError(errno(), "flock");
+    ok(sys(NR.flock, this.#live(), LOCK_UN));
   }
 
   unlock(): Promise<void> {
@@ -1240,7 +1281,7 @@ class FdFile implements OpenFile {
 
   truncate(len = 0): Promise<void> {
     return settle(() => {
-      if (libc().ftruncate(this.#live(), BigInt(len)) < 0) throw fsError(errno(), "ftruncate");
+      ok(sys(NR.ftruncate, this.#live(), len));
     });
   }
 

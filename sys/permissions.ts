@@ -60,7 +60,7 @@ export function grantedSeen(name: PermissionName): void {
 /** What each permission is used for, for the error message. */
 const USES: Record<string, string> = {
   run: "to start unshare, the OCI runtime and mount(8)",
-  ffi: "to call libc (mounts, files, namespaces, the environment)",
+  ffi: "to call libc: mounts, files, namespaces, the environment",
   net: "to reach registries",
   read: "to read files",
   write: "to write files",
@@ -79,7 +79,7 @@ const USES: Record<string, string> = {
  * import { MissingPermissionError } from "./permissions.ts";
  * const e = new MissingPermissionError("net", "registry.example:443");
  * console.log(e.message);
- * // strata needs --allow-net to reach registries (registry.example:443): run deno with --allow-net
+ * // strata needs --allow-net for registry.example:443 (to reach registries): run deno with --allow-net
  * ```
  */
 export class MissingPermissionError extends Error {
@@ -97,12 +97,8 @@ export class MissingPermissionError extends Error {
   ) {
     const flag = `--allow-${permission}`;
     const use = options?.use ?? USES[permission] ?? "";
-    super(
-      `strata needs ${flag}${use ? ` ${use}` : ""}${
-        target ? ` (${target})` : ""
-      }: run deno with ${flag}`,
-      options,
-    );
+    const what = target ? ` for ${target}` : "";
+    super(`strata needs ${flag}${what}${use ? ` (${use})` : ""}: run deno with ${flag}`, options);
     this.name = "MissingPermissionError";
     this.permission = permission;
     this.flag = flag;

@@ -21,7 +21,7 @@ const O_CLOEXEC = 0o2000000;
 export class ProcPermissionError extends MissingPermissionError {
   /** Creates the error for `path`; `cause` is Deno's own error. */
   constructor(path: string, options?: ErrorOptions) {
-    super("ffi", path, { ...options, use: "to read /proc (id maps, mounts, limits)" });
+    super("ffi", path, { ...options, use: "to read /proc: id maps, mounts, limits" });
     this.name = "ProcPermissionError";
   }
 }

@@ -2,14 +2,14 @@
  * Who and where this process is: its user and group ids, its executable,
  * its working directory, the kernel release. Through Deno's API when the
  * permission it needs is granted (`--allow-sys` for ids and the release,
- * `--allow-read` for paths), else through libc (`getuid`, `getgid`,
- * `getcwd`, `uname`, `readlink("/proc/self/exe")`), which needs only
- * `--allow-ffi`; both give the same answer. Code outside `sys/` calls these,
+ * `--allow-read` for paths), else through the kernel (`getuid`, `getgid`,
+ * `getcwd`, `uname`, `readlink("/proc/self/exe")` by libc's `syscall(2)`),
+ * which needs only `--allow-ffi`; both give the same answer. Code outside `sys/` calls these,
  * never `Deno.uid()` and the like (tests/permission_guard_test.ts).
  *
  * @module
  */
-import { cstr, errno, ErrnoError, libc } from "./libc.ts";
+import { addr, cstr, ErrnoError, NR, sys } from "./libc.ts";
 import { granted } from "./permissions.ts";
 import { decodeName } from "./name.ts";
 
@@ -23,7 +23,7 @@ import { decodeName } from "./name.ts";
  * ```
  */
 export function getUid(): number {
-  return granted("sys") ? Deno.uid() ?? libc().getuid() : libc().getuid();
+  return granted("sys") ? Deno.uid() ?? sys(NR.getuid) : sys(NR.getuid);
 }
 
 /**
@@ -36,7 +36,7 @@ export function getUid(): number {
  * ```
  */
 export function getGid(): number {
-  return granted("sys") ? Deno.gid() ?? libc().getgid() : libc().getgid();
+  return granted("sys") ? Deno.gid() ?? sys(NR.getgid) : sys(NR.getgid);
 }
 
 const pathBuf = new Uint8Array(4097);
@@ -53,8 +53,9 @@ const pathBuf = new Uint8Array(4097);
  */
 export function execPath(): string {
   if (granted("read")) return Deno.execPath();
-  const n = Number(libc().readlinkat(-100, cstr("/proc/self/exe"), pathBuf, 4096n));
-  if (n < 0) throw new ErrnoError("readlink", errno(), "/proc/self/exe");
+  const exe = cstr("/proc/self/exe");
+  const n = sys(NR.readlinkat, -100, addr(exe), addr(pathBuf), 4096);
+  if (n < 0) throw new ErrnoError("readlink", -n, "/proc/self/exe");
   return decodeName(pathBuf.subarray(0, n));
 }
 
@@ -69,8 +70,8 @@ export function execPath(): string {
  */
 export function cwd(): string {
   if (granted("read")) return Deno.cwd();
-  const p = libc().getcwd(pathBuf, BigInt(pathBuf.length));
-  if (p === null) throw new ErrnoError("getcwd", errno());
+  const r = sys(NR.getcwd, addr(pathBuf), pathBuf.length);
+  if (r < 0) throw new ErrnoError("getcwd", -r);
   return decodeName(pathBuf.subarray(0, pathBuf.indexOf(0)));
 }
 
@@ -91,7 +92,8 @@ export function osRelease(): string {
   if (granted("sys")) return release = Deno.osRelease();
   // struct utsname: six fields of 65 bytes; the release is the third.
   const buf = new Uint8Array(6 * 65);
-  if (libc().uname(buf) !== 0) throw new ErrnoError("uname", errno());
+  const r = sys(NR.uname, addr(buf));
+  if (r < 0) throw new ErrnoError("uname", -r);
   const field = buf.subarray(2 * 65, 3 * 65);
   return release = new TextDecoder().decode(field.subarray(0, field.indexOf(0)));
 }
