@@ -532,7 +532,7 @@ export class RegistryClient {
       // token service or a blob store the registry redirects to): say so.
       throw asMissingPermission(
         e,
-        "to reach registries (the registry, its token service and the hosts it redirects blobs to)",
+        "to reach registries: the registry, its token service and the hosts it redirects blobs to",
       );
     }
     if (!res.body || res.status < 200 || res.status > 599) {

@@ -818,7 +818,7 @@ Deno.test("cli: a missing Deno permission names the flag to add", async () => {
   // Without --allow-env the environment is read through libc: --allow-ffi is what is missing.
   const noFfi = await strata(["ls"], { flags: ["--allow-read", "--no-prompt"] });
   assertEquals(noFfi.code, 1);
-  assertOneErrorLine(noFfi, "strata needs --allow-ffi to call libc");
+  assertOneErrorLine(noFfi, "strata needs --allow-ffi (to call libc");
   // Mounting commands read /proc/self (id maps, mount namespace) through libc.
   const r = await strata(["pull", img.ref, "--cache", cache], {
     flags: [
@@ -846,7 +846,7 @@ Deno.test("cli: a missing Deno permission names the flag to add", async () => {
       env: { DENO_DIR: join(home, ".deno"), STRATA_CACHE: join(home, "cache-noperm") },
     });
     assertEquals(user.code, 1);
-    assertOneErrorLine(user, "strata needs --allow-run to start unshare");
+    assertOneErrorLine(user, "strata needs --allow-run for unshare (to start unshare");
     assert(!user.stderr.includes("Cannot create a user namespace"), user.stderr);
   }
   // With the named permissions (no -A) the same pull works.

@@ -189,8 +189,8 @@ Deno.test({
 
     const denied = await asRoot(NARROW)(["pull", ref, ...c]);
     assertEquals(denied.code, 1);
-    assertOneErrorLine(denied, `strata needs --allow-net to reach registries`);
-    assertStringIncludes(denied.stderr, `(${reg.host}): run deno with --allow-net`);
+    assertOneErrorLine(denied, `strata needs --allow-net for ${reg.host} (to reach registries`);
+    assertStringIncludes(denied.stderr, "): run deno with --allow-net");
 
     const strata = asRoot([...NARROW, "--allow-net"]);
     const pulled = await strata(["pull", "-q", ref, ...c]);
@@ -206,9 +206,9 @@ Deno.test({
     const onlyRegistry = asRoot([...NARROW, `--allow-net=${front.host}`]);
     const r = await onlyRegistry(["pull", viaFront, "--cache", join(String(dir), "c2"), ...c]);
     assertEquals(r.code, 1);
-    assertOneErrorLine(r, "strata needs --allow-net to reach registries");
-    assert(!r.stderr.includes(`(${front.host})`), "the registry itself was allowed");
-    assertMatch(r.stderr, /\(127\.0\.0\.1:\d+\): run deno with --allow-net/);
+    assertOneErrorLine(r, "(to reach registries: the registry, its token service and the hosts");
+    assert(!r.stderr.includes(`for ${front.host} `), "the registry itself was allowed");
+    assertMatch(r.stderr, /strata needs --allow-net for 127\.0\.0\.1:\d+ \(/);
     const all = await strata(["pull", "-q", viaFront, "--cache", join(String(dir), "c2"), ...c]);
     assertEquals(all.code, 0, all.stderr);
   },
