@@ -1,7 +1,8 @@
 /**
- * strata's command line: `deno run -A cli.ts COMMAND ...`, or installed as
- * `strata` with `deno install -A -n strata jsr:@strata/store/cli` (or a local
- * path to this file).
+ * strata's command line: `deno run --allow-run --allow-ffi cli.ts COMMAND ...`
+ * (plus `--allow-net` for registries), or installed as `strata` with
+ * `deno install -g --allow-run --allow-ffi --allow-net -n strata jsr:@strata/store/cli`
+ * (or a local path to this file).
  *
  * ```sh
  * strata pull docker://127.0.0.1:5000/busybox:latest --tls-verify=false
