@@ -214,6 +214,45 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name:
+    "narrow permissions: credentials from an auth file, and a self-signed registry with --tls-verify=false",
+  ignore: !isRoot,
+  async fn() {
+    await using dir = await tempDir("strata-narrow-auth-");
+    const img = await images(join(String(dir), "img"));
+    const strata = asRoot([...NARROW, "--allow-net"]);
+    // Basic auth: the login comes from $REGISTRY_AUTH_FILE, read without --allow-env/-read.
+    await using reg = await Registry.start({ user: "alice", pass: "s3cret" });
+    await reg.push(img.layout, "demo/busybox:v1", { creds: "alice:s3cret" });
+    const authFile = join(String(dir), "auth.json");
+    await Deno.writeTextFile(
+      authFile,
+      JSON.stringify({ auths: { [reg.host]: { auth: btoa("alice:s3cret") } } }),
+    );
+    const ref = `${reg.host}/demo/busybox:v1`;
+    const c = ["--cache", join(String(dir), "cache"), "--tls-verify=false", "-q"];
+    const anonymous = await strata(["pull", ref, ...c]);
+    assertEquals(anonymous.code, 1, "refused without the login");
+    const pulled = await strata(["pull", ref, ...c], { env: { REGISTRY_AUTH_FILE: authFile } });
+    assertEquals(pulled.code, 0, pulled.stderr);
+    // HTTPS with a certificate nobody signed: strata runs itself again with
+    // Deno's --unsafely-ignore-certificate-errors, and keeps the narrow flags.
+    await using tls = await Registry.start(undefined, undefined, { tls: true });
+    await tls.push(img.layout, "demo/busybox:v1");
+    const tlsRef = `docker://${tls.host}/demo/busybox:v1`;
+    const again = await strata([
+      "pull",
+      tlsRef,
+      "--cache",
+      join(String(dir), "c2"),
+      "--tls-verify=false",
+    ]);
+    assertEquals(again.code, 0, again.stderr);
+    assertStringIncludes(again.stderr, "TLS certificate validation is disabled for: 127.0.0.1");
+  },
+});
+
 Deno.test("narrow permissions: the library throws MissingPermissionError naming --allow-net", async () => {
   await using reg = await Registry.start();
   await using dir = await tempDir("strata-narrow-lib-");
