@@ -281,3 +281,58 @@ Deno.test("narrow permissions: the library throws MissingPermissionError naming 
   );
   assertStringIncludes(got.message, "run deno with --allow-net");
 });
+
+/** Runs `source` (a module importing strata by absolute URL) with `flags`, as root or as the test user. */
+async function script(
+  dir: string,
+  source: string,
+  flags: string[],
+  asTestUser: boolean,
+): Promise<RunResult> {
+  const file = join(dir, "script.ts");
+  await Deno.writeTextFile(file, source);
+  await Deno.chmod(dir, 0o755);
+  const argv = [
+    denoPath,
+    "run",
+    "--quiet",
+    "--config",
+    join(repoRoot, "deno.json"),
+    ...flags,
+    file,
+  ];
+  if (!asTestUser) return await run(argv[0], argv.slice(1), { cwd: repoRoot });
+  const { home } = await ensureTestUser();
+  return await runAsUser(argv, { cwd: repoRoot, env: { DENO_DIR: join(home, ".deno") } });
+}
+
+Deno.test({
+  name: "narrow permissions: the program re-executed under unshare keeps its own narrow flags",
+  ignore: !isRoot,
+  async fn() {
+    await using dir = await tempDir("strata-narrow-reexec-");
+    const source = [
+      `import { ensureUserNamespace, namespaceInfo } from "file://${repoRoot}/mod.ts";`,
+      "await ensureUserNamespace({ quiet: true });",
+      "const info = await namespaceInfo();",
+      "const state = (name: Deno.PermissionName) => Deno.permissions.querySync({ name }).state;",
+      "console.log(JSON.stringify({",
+      "  reexecuted: info.reexecuted, mode: info.mode,",
+      '  run: state("run"), ffi: state("ffi"), read: state("read"), env: state("env"),',
+      "}));",
+    ].join("\n");
+    for (const asTestUser of [false, true]) {
+      const r = await script(String(dir), source, NARROW, asTestUser);
+      assertEquals(r.code, 0, r.stderr);
+      const got = JSON.parse(r.stdout);
+      assertEquals(got, {
+        reexecuted: true,
+        mode: asTestUser ? "userns" : "root",
+        run: "granted",
+        ffi: "granted",
+        read: "prompt",
+        env: "prompt",
+      }, asTestUser ? "as a user" : "as root");
+    }
+  },
+});
