@@ -1,7 +1,7 @@
 /**
  * The process environment: through `Deno.env` when `--allow-env` is granted,
- * else through libc (`environ`, read as `getenv` reads it; `setenv`,
- * `unsetenv`), which needs only `--allow-ffi`. Both read and change the same table (Deno's `Deno.env`
+ * else through libc (`getenv`, `setenv`, `unsetenv`, `environ`), which needs
+ * only `--allow-ffi`. Both read and change the same table (Deno's `Deno.env`
  * is libc's environment), and both refuse the same names and values with the
  * same errors, so which one is used changes nothing else. Code outside
  * `sys/` calls these, never `Deno.env` (tests/permission_guard_test.ts).
@@ -62,13 +62,16 @@ function quoteBytes(b: Uint8Array): string {
   return `"${out}"`;
 }
 
-/** Decodes the C string at `p` + `offset` as Deno does (bytes that are not UTF-8 come back as bytes). */
-function decodeC(p: Deno.PointerObject, offset = 0): string | Uint8Array {
+/** Decodes the C string at `p` as Deno does (bytes that are not UTF-8 come back as bytes). */
+function decodeC(p: Deno.PointerObject): string | Uint8Array {
+  const text = Deno.UnsafePointerView.getCString(p);
+  if (!text.includes("\uFFFD")) return text;
+  // A replacement character: invalid UTF-8, or a real U+FFFD. Ask the bytes.
   const view = new Deno.UnsafePointerView(p);
-  let n = offset;
+  let n = 0;
   while (view.getUint8(n) !== 0) n++;
-  const bytes = new Uint8Array(n - offset);
-  view.copyInto(bytes, offset);
+  const bytes = new Uint8Array(n);
+  view.copyInto(bytes);
   try {
     return strict.decode(bytes);
   } catch {
@@ -91,30 +94,12 @@ function decodeC(p: Deno.PointerObject, offset = 0): string | Uint8Array {
 export function getEnv(name: string): string | undefined {
   if (granted("env")) return Deno.env.get(name);
   checkKey(name);
-  const v = lookup(encoder.encode(name));
-  if (v === undefined || typeof v === "string") return v;
+  environTable(); // binds getenv with the other symbols of the libc routes, once
+  const p = libc().getenv(cstr(name));
+  if (p === null) return undefined;
+  const v = decodeC(p);
+  if (typeof v === "string") return v;
   throw new Deno.errors.InvalidData(`environment variable was not valid unicode: ${quoteBytes(v)}`);
-}
-
-const encoder = new TextEncoder();
-
-/**
- * The value of `key` in `environ`, as getenv(3) finds it (the first entry
- * `key=...`): scanned here rather than through a bound `getenv`, which would
- * cost every process without `--allow-env` one more FFI trampoline.
- */
-function lookup(key: Uint8Array): string | Uint8Array | undefined {
-  const table = environTable();
-  if (table === null) return undefined;
-  const entries = new Deno.UnsafePointerView(table);
-  for (let i = 0;; i++) {
-    const p = entries.getPointer(i * 8);
-    if (p === null) return undefined;
-    const e = new Deno.UnsafePointerView(p);
-    let j = 0;
-    while (j < key.length && e.getUint8(j) === key[j]) j++;
-    if (j === key.length && e.getUint8(j) === 0x3d) return decodeC(p, j + 1);
-  }
 }
 
 /**

@@ -595,7 +595,8 @@ function isDirAt(path: string): boolean {
 }
 
 function mkdirs(path: string, mode: number, top: string): void {
-  if (path === "") return;
+  // As Rust's create_dir_all, and so Deno: a directory already there costs one stat.
+  if (path === "" || isDirAt(path)) return;
   const r = mkdirRaw(path, mode);
   if (r === 0 || (r === -EEXIST && isDirAt(path))) return;
   if (r !== -ENOENT) throw fsError(-r, "mkdir", top);

@@ -217,6 +217,7 @@ const symbols = {
   environ: { type: "pointer" },
   // sys/env.ts, sys/files.ts: what Deno's API gives only with --allow-env or
   // --allow-read/--allow-write, beyond the system calls made through `sys`.
+  getenv: { parameters: ["buffer"], result: "pointer" },
   setenv: { parameters: ["buffer", "buffer", "i32"], result: "i32" },
   unsetenv: { parameters: ["buffer"], result: "i32" },
   realpath: { parameters: ["buffer", "buffer"], result: "pointer" },
@@ -430,7 +431,8 @@ let raw: ((...args: (number | bigint)[]) => number | bigint) | undefined;
  * One call trampoline serves every call: Deno builds one per bound symbol
  * (~0.15 ms each), and the libc routes of sys/ that stand in for Deno's file,
  * environment and process API would otherwise bind a dozen more on every
- * warm `strata run` without `--allow-read`.
+ * warm `strata run` without `--allow-read`. The first call binds `syscall`,
+ * `environ` and `getenv` in one `dlopen`.
  *
  * @example Usage
  * ```ts ignore
@@ -448,7 +450,7 @@ export function sys(
   f: number | bigint = 0,
 ): number {
   if (!raw) {
-    bindLibc(["syscall", "environ"]);
+    bindLibc(["syscall", "environ", "getenv"]);
     raw = libc().syscall as unknown as typeof raw;
   }
   const r = Number(raw!(nr, a, b, c, d, e, f));
@@ -466,7 +468,7 @@ export function sys(
  * ```
  */
 export function environTable(): Deno.PointerValue {
-  if (!raw) sys(NR.getuid); // binds syscall and environ together, once
+  if (!raw) sys(NR.getuid); // binds syscall, environ and getenv together, once
   return new Deno.UnsafePointerView(libc().environ!).getPointer();
 }
 
@@ -482,9 +484,11 @@ export function environTable(): Deno.PointerValue {
  * sys(NR.getcwd, addr(buf), buf.length);
  * ```
  */
-export function addr(buf: Uint8Array): number | bigint {
+export function addr(buf: Uint8Array): number {
   if (buf.length === 0) return 0;
-  return Deno.UnsafePointer.value(Deno.UnsafePointer.of(buf as Uint8Array<ArrayBuffer>));
+  // A number, not the bigint Deno gives: user-space addresses fit in 53 bits,
+  // and a bigint argument takes FFI's slow path (~20x slower per call, cold).
+  return Number(Deno.UnsafePointer.value(Deno.UnsafePointer.of(buf as Uint8Array<ArrayBuffer>)));
 }
 
 /** `AT_FDCWD`: resolve relative paths against the working directory. */
