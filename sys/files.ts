@@ -8,7 +8,9 @@
  * message: `No such file or directory (os error 2): readfile '/x'`) and the
  * file modes are the same on both, so granting more changes nothing but the
  * route. Code outside `sys/` calls these, never `Deno.readFile` and the like
- * (tests/permission_guard_test.ts keeps it so).
+ * (tests/permission_guard_test.ts keeps it so). One difference is kept on
+ * purpose: a file name that is not UTF-8 keeps its bytes on the libc route
+ * (sys/name.ts), where Deno's API cannot name such a file at all.
  *
  * The libc route makes its system calls through libc's `syscall(2)` (one
  * FFI trampoline for all of them, see `sys` in libc.ts), synchronously on
