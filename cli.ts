@@ -1,7 +1,8 @@
 /**
- * strata's command line: `deno run -A cli.ts COMMAND ...`, or installed as
- * `strata` with `deno install -A -n strata jsr:@strata/store/cli` (or a local
- * path to this file).
+ * strata's command line: `deno run --allow-run --allow-ffi cli.ts COMMAND ...`
+ * (plus `--allow-net` for registries), or installed as `strata` with
+ * `deno install -g --allow-run --allow-ffi --allow-net -n strata jsr:@strata/store/cli`
+ * (or a local path to this file).
  *
  * ```sh
  * strata pull docker://127.0.0.1:5000/busybox:latest --tls-verify=false
@@ -25,6 +26,9 @@ import { detectMode, Output, type OutputSinks, processSinks } from "./cli/output
 
 export type { OutputSinks };
 import type { Context } from "./cli/context.ts";
+import { getEnv } from "./sys/env.ts";
+import { statSync } from "./sys/files.ts";
+import { getUid } from "./sys/process.ts";
 
 /** strata's version, from deno.json. */
 export const VERSION: string = denoJson.version;
@@ -70,7 +74,7 @@ async function enterNamespaceEarly(out: Output): Promise<void> {
  */
 function isRoot(): boolean {
   try {
-    return Deno.uid() === 0;
+    return getUid() === 0;
   } catch {
     return false;
   }
@@ -95,7 +99,7 @@ async function rerunForCertificate(e: unknown): Promise<void> {
   if ((e as Error)?.name !== "UnverifiedCertificateError") return;
   const host = (e as { hostname?: string }).hostname;
   try {
-    const done = Deno.env.get(TLS_RERUN_ENV)?.split(",") ?? [];
+    const done = getEnv(TLS_RERUN_ENV)?.split(",") ?? [];
     if (!host || done.includes(host)) return;
     const { rerunWithDenoFlags } = await import("./overlay/userns.ts");
     await rerunWithDenoFlags([`--unsafely-ignore-certificate-errors=${host}`], {
@@ -171,7 +175,7 @@ function cacheProblem(root: string | undefined, e: unknown): Error | undefined {
   if (!root) return undefined;
   let st: Deno.FileInfo;
   try {
-    st = Deno.statSync(root);
+    st = statSync(root);
   } catch {
     return undefined;
   }
@@ -180,7 +184,7 @@ function cacheProblem(root: string | undefined, e: unknown): Error | undefined {
     /EACCES|Permission denied \(os error 13\)/.test(String((e as Error)?.message ?? e));
   let mine = true;
   try {
-    mine = st.uid === null || st.uid === Deno.uid();
+    mine = st.uid === null || st.uid === getUid();
   } catch { /* no --allow-sys: say nothing more */ }
   if (denied && !mine) {
     return new Error(

@@ -24,6 +24,7 @@ import {
   type SeccompRule,
   type SeccompRuleFilter,
 } from "./seccomp.ts";
+import { readTextFileSync } from "../sys/files.ts";
 
 /** The actions the runtime spec defines. */
 export const SECCOMP_ACTIONS: readonly SeccompAction[] = [
@@ -560,7 +561,7 @@ export function parseSeccompProfile(input: string | unknown, source = "(given)")
 export function loadSeccompProfile(path: string): SeccompProfile {
   let text: string;
   try {
-    text = Deno.readTextFileSync(path);
+    text = readTextFileSync(path);
   } catch (e) {
     throw new SeccompProfileError(path, `cannot read it: ${(e as Error).message}`, { cause: e });
   }
