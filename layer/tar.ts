@@ -240,10 +240,42 @@ const GLOBAL_APPLIED =
 /** pax records whose values are names: a NUL inside one is an error. */
 const NUL_FREE_KEYS = new Set(["path", "linkpath", "uname", "gname", "GNU.sparse.name"]);
 
+/** The records of one pax header: the common ones as fields, the rest in a map. */
 interface PaxState {
+  path?: Uint8Array;
+  linkpath?: Uint8Array;
+  uname?: Uint8Array;
+  gname?: Uint8Array;
+  uid?: Uint8Array;
+  gid?: Uint8Array;
+  size?: Uint8Array;
+  mtime?: Uint8Array;
+  atime?: Uint8Array;
+  ctime?: Uint8Array;
+  /** Every other record: xattrs, GNU sparse, vendor records. */
   records: Map<string, Uint8Array>;
   /** GNU sparse 0.0: the GNU.sparse.offset and .numbytes values, in order. */
   sparse00: number[];
+  /** A record GNU tar or libarchive keep from every 'x' header (xattrs, sparse). */
+  accumulated: boolean;
+  /** A GNU.sparse.* record. */
+  sparse: boolean;
+}
+
+const newPax = (): PaxState => ({
+  records: new Map(),
+  sparse00: [],
+  accumulated: false,
+  sparse: false,
+});
+
+/** The parsed numbers and times of a pax header. */
+interface PaxNumbers {
+  uid?: number;
+  gid?: number;
+  size?: number;
+  mtime?: [number, number, boolean];
+  atime?: [number, number, boolean];
 }
 
 /** What the entry types that are refused are, for the error message. */
@@ -727,13 +759,10 @@ export class TarParser {
         // Only the LAST 'x' header before an entry counts: Go's archive/tar
         // (reader.go: each parsePAX result replaces the last), GNU tar (it
         // decodes the last extended header it read) and libarchive all read it so.
-        const st: PaxState = { records: new Map(), sparse00: [] };
+        const st = newPax();
         this.#parsePax(m, st, "x");
         const old = this.#pax;
-        if (
-          old &&
-          (old.sparse00.length > 0 || [...old.records.keys()].some((k) => ACCUMULATED.test(k)))
-        ) {
+        if (old?.accumulated) {
           // GNU tar and libarchive keep the xattrs (and libarchive the sparse
           // records) of every 'x' header before an entry, Go only the last's.
           throw new TarFormatError(
@@ -743,7 +772,7 @@ export class TarParser {
           );
         }
         this.#pax = st;
-        const p = st.records.get("path");
+        const p = st.path;
         this.#entryName = p && p.length > 0 ? decodeName(p) : this.#longName ?? undefined;
         break;
       }
@@ -751,12 +780,13 @@ export class TarParser {
         // Global records are checked as Go checks them, then ignored, as Go's
         // archive/tar, docker, containerd and libarchive do (GNU tar alone
         // applies them to the entries after it).
-        const st: PaxState = { records: new Map(), sparse00: [] };
+        const st = newPax();
         this.#parsePax(m, st, "g");
-        this.#checkPaxNumbers(st.records);
-        const used = [...st.records.keys()].filter((k) =>
-          st.records.get(k)!.length > 0 && GLOBAL_APPLIED.test(k)
-        );
+        this.#paxNumbers(st);
+        const used =
+          (["path", "linkpath", "size", "uid", "gid", "uname", "gname", "mtime", "atime"] as const)
+            .filter((k) => st[k] && st[k].length > 0) as string[];
+        for (const [k, v] of st.records) if (v.length > 0 && GLOBAL_APPLIED.test(k)) used.push(k);
         if (used.length > 0) {
           this.#warn?.(
             `ignoring the global pax records ${
@@ -773,7 +803,8 @@ export class TarParser {
   #parsePax(m: Uint8Array, st: PaxState, kind: string): void {
     let p = 0;
     while (p < m.length) {
-      if (m[p] === 0) break; // NUL padding (some writers pad the record block)
+      // (NUL padding after the records is refused: Go's archive/tar refuses
+      // it, libarchive stops reading records there.)
       let len = 0;
       let q = p;
       while (q < m.length && m[q] >= 0x30 && m[q] <= 0x39 && q - p < 12) {
@@ -817,26 +848,65 @@ export class TarParser {
           this.#entryName,
         );
       }
-      if (key === "GNU.sparse.offset" || key === "GNU.sparse.numbytes") {
-        // Format 0.0 repeats these in pairs; Go's archive/tar refuses any other order.
-        if ((st.sparse00.length % 2 === 0) !== (key === "GNU.sparse.offset")) {
-          throw new TarFormatError(
-            "GNU.sparse.offset and GNU.sparse.numbytes records do not alternate",
-            this.#entryOffset,
-            this.#entryName,
-          );
-        }
-        st.sparse00.push(this.#paxInt(key, value));
-      } else {
-        if (ACCUMULATED.test(key) && key.includes("xattr.") && st.records.has(key)) {
-          // Go keeps the last of repeated records; GNU tar and libarchive keep every xattr.
-          throw new TarFormatError(
-            `pax record ${key} is repeated`,
-            this.#entryOffset,
-            this.#entryName,
-          );
-        }
-        st.records.set(key, value);
+      // A repeated record: the last one counts, as for Go, GNU tar and libarchive.
+      switch (key) {
+        case "path":
+          st.path = value;
+          break;
+        case "linkpath":
+          st.linkpath = value;
+          break;
+        case "uname":
+          st.uname = value;
+          break;
+        case "gname":
+          st.gname = value;
+          break;
+        case "uid":
+          st.uid = value;
+          break;
+        case "gid":
+          st.gid = value;
+          break;
+        case "size":
+          st.size = value;
+          break;
+        case "mtime":
+          st.mtime = value;
+          break;
+        case "atime":
+          st.atime = value;
+          break;
+        case "ctime":
+          st.ctime = value;
+          break;
+        case "GNU.sparse.offset":
+        case "GNU.sparse.numbytes":
+          // Format 0.0 repeats these in pairs; Go's archive/tar refuses any other order.
+          if ((st.sparse00.length % 2 === 0) !== (key === "GNU.sparse.offset")) {
+            throw new TarFormatError(
+              "GNU.sparse.offset and GNU.sparse.numbytes records do not alternate",
+              this.#entryOffset,
+              this.#entryName,
+            );
+          }
+          st.sparse00.push(this.#paxInt(key, value));
+          st.accumulated = st.sparse = true;
+          break;
+        default:
+          if (ACCUMULATED.test(key)) {
+            st.accumulated = true;
+            if (key.startsWith("GNU.sparse.")) st.sparse = true;
+            else if (key.includes("xattr.") && st.records.has(key)) {
+              // Go keeps the last of repeated records; GNU tar and libarchive keep every xattr.
+              throw new TarFormatError(
+                `pax record ${key} is repeated`,
+                this.#entryOffset,
+                this.#entryName,
+              );
+            }
+          }
+          st.records.set(key, value);
       }
       p += len;
     }
@@ -875,38 +945,49 @@ export class TarParser {
    * a fraction is refused: Go reads `-1.5` as -1.5 s, GNU tar and libarchive
    * as -0.5 s.
    */
-  #paxTime(key: string, v: Uint8Array): [number, number] {
-    const s = utf8.decode(v);
-    const m = /^(-?)0*([0-9]{1,16})(?:\.([0-9]*))?$/.exec(s);
-    const bad = (why: string) =>
-      new TarFormatError(
-        `pax record ${key} has an invalid time ${JSON.stringify(s)}${why}`,
+  #paxTime(key: string, v: Uint8Array): [number, number, boolean] {
+    // By hand, not with a RegExp: nearly every entry GNU tar writes has one or three.
+    const n = v.length;
+    let i = v[0] === 0x2d ? 1 : 0;
+    const neg = i === 1;
+    while (i < n - 1 && v[i] === 0x30 && v[i + 1] >= 0x30 && v[i + 1] <= 0x39) i++;
+    let sec = 0, digits = 0;
+    for (; i < n && v[i] >= 0x30 && v[i] <= 0x39; i++, digits++) sec = sec * 10 + (v[i] - 0x30);
+    let nsec = 0, frac = false;
+    if (i < n && v[i] === 0x2e) {
+      frac = true;
+      let k = 0;
+      for (i++; i < n && v[i] >= 0x30 && v[i] <= 0x39; i++, k++) {
+        if (k < 9) nsec = nsec * 10 + (v[i] - 0x30);
+      }
+      for (; k < 9; k++) nsec *= 10;
+    }
+    if (i !== n || digits === 0 || digits > 16 || !Number.isSafeInteger(sec) || (neg && nsec)) {
+      throw new TarFormatError(
+        `pax record ${key} has an invalid time ${JSON.stringify(utf8.decode(v))}${
+          neg && nsec ? " (readers disagree on negative times with a fraction)" : ""
+        }`,
         this.#entryOffset,
         this.#entryName,
       );
-    if (!m || !Number.isSafeInteger(Number(m[2]))) throw bad("");
-    const frac = m[3] ?? "";
-    const nsec = frac === "" ? 0 : Number(frac.slice(0, 9).padEnd(9, "0"));
-    if (m[1] === "-" && nsec !== 0) {
-      throw bad(" (readers disagree on negative times with a fraction)");
     }
-    return [m[1] === "-" ? -Number(m[2]) : Number(m[2]), nsec];
+    return [neg ? -sec : sec, nsec, frac];
   }
 
   /**
-   * Checks the numeric and time records as Go's archive/tar does (it refuses
-   * the header if one is malformed). An empty one is refused too: Go then
-   * keeps the header's value, libarchive reads 0, GNU tar refuses it.
+   * Parses the numeric and time records, all of them, as Go's archive/tar does
+   * (it refuses the header if one is malformed). An empty one is refused too:
+   * Go then keeps the header's value, libarchive reads 0, GNU tar refuses it.
    */
-  #checkPaxNumbers(records: Map<string, Uint8Array>): void {
-    for (const k of ["uid", "gid", "size"]) {
-      const v = records.get(k);
-      if (v !== undefined) this.#paxInt(k, v);
-    }
-    for (const k of ["mtime", "atime", "ctime"]) {
-      const v = records.get(k);
-      if (v !== undefined) this.#paxTime(k, v);
-    }
+  #paxNumbers(st: PaxState): PaxNumbers {
+    const out: PaxNumbers = {};
+    if (st.uid) out.uid = this.#paxInt("uid", st.uid);
+    if (st.gid) out.gid = this.#paxInt("gid", st.gid);
+    if (st.size) out.size = this.#paxInt("size", st.size);
+    if (st.mtime) out.mtime = this.#paxTime("mtime", st.mtime);
+    if (st.atime) out.atime = this.#paxTime("atime", st.atime);
+    if (st.ctime) this.#paxTime("ctime", st.ctime);
+    return out;
   }
 
   /** Reads an octal (space/NUL padded) or GNU base-256 numeric field. */
@@ -1017,6 +1098,7 @@ export class TarParser {
       } else atime = a;
     }
     const pax = this.#pax;
+    /** A rarer record (xattrs, sparse, vendor), when not empty. */
     const local = (k: string): Uint8Array | undefined => {
       const v = pax?.records.get(k);
       return v && v.length > 0 ? v : undefined;
@@ -1024,7 +1106,7 @@ export class TarParser {
     // A pax path or linkpath and a GNU long name or link for the same entry:
     // Go takes the GNU one, GNU tar the pax one, libarchive the first in the
     // archive. No reading agrees with all unless they are the same.
-    const paxPath = local("path");
+    const paxPath = pax?.path?.length ? pax.path : undefined;
     if (this.#longName !== null) {
       if (paxPath && decodeName(paxPath) !== this.#longName) {
         throw new TarFormatError(
@@ -1036,7 +1118,7 @@ export class TarParser {
       name = this.#longName;
     } else if (paxPath) name = decodeName(paxPath);
     let linkname = cstring(b, 157, 100);
-    const paxLink = local("linkpath");
+    const paxLink = pax?.linkpath?.length ? pax.linkpath : undefined;
     if (this.#longLink !== null) {
       if (paxLink && decodeName(paxLink) !== this.#longLink) {
         throw new TarFormatError(
@@ -1073,21 +1155,17 @@ export class TarParser {
     let v: Uint8Array | undefined;
     let mtimeNsec: number | undefined;
     if (pax) {
-      this.#checkPaxNumbers(pax.records);
-      if ((v = local("uid"))) uid = this.#paxInt("uid", v);
-      if ((v = local("gid"))) gid = this.#paxInt("gid", v);
-      if ((v = local("uname"))) uname = decodeName(v);
-      if ((v = local("gname"))) gname = decodeName(v);
-      if ((v = local("mtime"))) {
-        const [sec, nsec] = this.#paxTime("mtime", v);
-        mtime = secondsOf(sec, nsec);
-        if (v.includes(0x2e)) mtimeNsec = nsec;
+      const n = this.#paxNumbers(pax);
+      if (n.uid !== undefined) uid = n.uid;
+      if (n.gid !== undefined) gid = n.gid;
+      if (pax.uname?.length) uname = decodeName(pax.uname);
+      if (pax.gname?.length) gname = decodeName(pax.gname);
+      if (n.mtime) {
+        mtime = secondsOf(n.mtime[0], n.mtime[1]);
+        if (n.mtime[2]) mtimeNsec = n.mtime[1];
       }
-      if ((v = local("atime"))) {
-        const [sec, nsec] = this.#paxTime("atime", v);
-        atime = secondsOf(sec, nsec);
-      }
-      if ((v = local("size"))) size = this.#paxInt("size", v);
+      if (n.atime) atime = secondsOf(n.atime[0], n.atime[1]);
+      if (n.size !== undefined) size = n.size;
     }
     if (uid < 0 || gid < 0) {
       throw new TarFormatError(`negative owner ${uid}:${gid}`, at, entryName());
@@ -1109,7 +1187,7 @@ export class TarParser {
     // records, which Go and GNU tar ignore, must repeat a SCHILY record (as
     // libarchive writes them): else libarchive would set an xattr they do not.
     const xattrs: Record<string, Uint8Array> = {};
-    if (pax) {
+    if (pax?.accumulated) {
       for (const [k, val] of pax.records) {
         if (!k.startsWith("SCHILY.xattr.")) continue;
         const xname = k.slice(13);
@@ -1317,7 +1395,7 @@ export class TarParser {
       this.#startSparse(at);
       return;
     }
-    if (pax) {
+    if (pax?.sparse) {
       // PAX sparse formats, detected as Go detects them (reader.go readGNUSparsePAXHeaders).
       const major = local("GNU.sparse.major");
       const minor = local("GNU.sparse.minor");
@@ -1339,7 +1417,7 @@ export class TarParser {
         // GNU tar refuses malformed (and empty) ones even where it does not use them
         if (n !== undefined) this.#paxInt(k, n);
       }
-      if (!sparse && (pax.records.size > 0 || s00.length > 0)) {
+      if (!sparse) {
         for (const k of pax.records.keys()) {
           if (k.startsWith("GNU.sparse.")) {
             // Go ignores them here; GNU tar and libarchive do not (a name, a size, or a refusal).
@@ -1351,10 +1429,12 @@ export class TarParser {
           }
         }
       }
-      if (sparse && is10 && (map01 !== undefined || s00.length > 0)) {
+      if (
+        sparse && is10 && (map01 !== undefined || s00.length > 0 || local("GNU.sparse.numblocks"))
+      ) {
         // Go reads a 1.0 map from the data, libarchive takes the 0.x records, GNU tar refuses.
         throw new TarFormatError(
-          "a GNU sparse 1.0 entry with format 0.x map records",
+          "a GNU sparse 1.0 entry with format 0.x records (map, offsets or numblocks)",
           at,
           entryName(),
         );
