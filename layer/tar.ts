@@ -246,12 +246,11 @@ interface PaxState {
   linkpath?: Uint8Array;
   uname?: Uint8Array;
   gname?: Uint8Array;
-  uid?: Uint8Array;
-  gid?: Uint8Array;
-  size?: Uint8Array;
-  mtime?: Uint8Array;
-  atime?: Uint8Array;
-  ctime?: Uint8Array;
+  uid?: number;
+  gid?: number;
+  size?: number;
+  mtime?: [number, number, boolean];
+  atime?: [number, number, boolean];
   /** Every other record: xattrs, GNU sparse, vendor records. */
   records: Map<string, Uint8Array>;
   /** GNU sparse 0.0: the GNU.sparse.offset and .numbytes values, in order. */
@@ -268,15 +267,6 @@ const newPax = (): PaxState => ({
   accumulated: false,
   sparse: false,
 });
-
-/** The parsed numbers and times of a pax header. */
-interface PaxNumbers {
-  uid?: number;
-  gid?: number;
-  size?: number;
-  mtime?: [number, number, boolean];
-  atime?: [number, number, boolean];
-}
 
 /** What the entry types that are refused are, for the error message. */
 const TYPE_NAMES: Record<string, string> = {
@@ -782,10 +772,11 @@ export class TarParser {
         // applies them to the entries after it).
         const st = newPax();
         this.#parsePax(m, st, "g");
-        this.#paxNumbers(st);
         const used =
           (["path", "linkpath", "size", "uid", "gid", "uname", "gname", "mtime", "atime"] as const)
-            .filter((k) => st[k] && st[k].length > 0) as string[];
+            .filter((k) =>
+              st[k] !== undefined && (typeof st[k] !== "object" || st[k].length > 0)
+            ) as string[];
         for (const [k, v] of st.records) if (v.length > 0 && GLOBAL_APPLIED.test(k)) used.push(k);
         if (used.length > 0) {
           this.#warn?.(
@@ -862,23 +853,26 @@ export class TarParser {
         case "gname":
           st.gname = value;
           break;
+        // Numbers and times are checked as they come, every one of them (GNU
+        // tar refuses a malformed or empty one even when a later record
+        // replaces it; Go, which checks the last, refuses it there).
         case "uid":
-          st.uid = value;
+          st.uid = this.#paxInt(key, value);
           break;
         case "gid":
-          st.gid = value;
+          st.gid = this.#paxInt(key, value);
           break;
         case "size":
-          st.size = value;
+          st.size = this.#paxInt(key, value);
           break;
         case "mtime":
-          st.mtime = value;
+          st.mtime = this.#paxTime(key, value);
           break;
         case "atime":
-          st.atime = value;
+          st.atime = this.#paxTime(key, value);
           break;
         case "ctime":
-          st.ctime = value;
+          this.#paxTime(key, value);
           break;
         case "GNU.sparse.offset":
         case "GNU.sparse.numbytes":
@@ -897,8 +891,9 @@ export class TarParser {
           if (ACCUMULATED.test(key)) {
             st.accumulated = true;
             if (key.startsWith("GNU.sparse.")) st.sparse = true;
-            else if (key.includes("xattr.") && st.records.has(key)) {
-              // Go keeps the last of repeated records; GNU tar and libarchive keep every xattr.
+            if (st.records.has(key)) {
+              // Go keeps the last of repeated records; GNU tar and libarchive keep
+              // every xattr, libarchive the first sparse map.
               throw new TarFormatError(
                 `pax record ${key} is repeated`,
                 this.#entryOffset,
@@ -972,22 +967,6 @@ export class TarParser {
       );
     }
     return [neg ? -sec : sec, nsec, frac];
-  }
-
-  /**
-   * Parses the numeric and time records, all of them, as Go's archive/tar does
-   * (it refuses the header if one is malformed). An empty one is refused too:
-   * Go then keeps the header's value, libarchive reads 0, GNU tar refuses it.
-   */
-  #paxNumbers(st: PaxState): PaxNumbers {
-    const out: PaxNumbers = {};
-    if (st.uid) out.uid = this.#paxInt("uid", st.uid);
-    if (st.gid) out.gid = this.#paxInt("gid", st.gid);
-    if (st.size) out.size = this.#paxInt("size", st.size);
-    if (st.mtime) out.mtime = this.#paxTime("mtime", st.mtime);
-    if (st.atime) out.atime = this.#paxTime("atime", st.atime);
-    if (st.ctime) this.#paxTime("ctime", st.ctime);
-    return out;
   }
 
   /** Reads an octal (space/NUL padded) or GNU base-256 numeric field. */
@@ -1155,17 +1134,16 @@ export class TarParser {
     let v: Uint8Array | undefined;
     let mtimeNsec: number | undefined;
     if (pax) {
-      const n = this.#paxNumbers(pax);
-      if (n.uid !== undefined) uid = n.uid;
-      if (n.gid !== undefined) gid = n.gid;
+      if (pax.uid !== undefined) uid = pax.uid;
+      if (pax.gid !== undefined) gid = pax.gid;
       if (pax.uname?.length) uname = decodeName(pax.uname);
       if (pax.gname?.length) gname = decodeName(pax.gname);
-      if (n.mtime) {
-        mtime = secondsOf(n.mtime[0], n.mtime[1]);
-        if (n.mtime[2]) mtimeNsec = n.mtime[1];
+      if (pax.mtime) {
+        mtime = secondsOf(pax.mtime[0], pax.mtime[1]);
+        if (pax.mtime[2]) mtimeNsec = pax.mtime[1];
       }
-      if (n.atime) atime = secondsOf(n.atime[0], n.atime[1]);
-      if (n.size !== undefined) size = n.size;
+      if (pax.atime) atime = secondsOf(pax.atime[0], pax.atime[1]);
+      if (pax.size !== undefined) size = pax.size;
     }
     if (uid < 0 || gid < 0) {
       throw new TarFormatError(`negative owner ${uid}:${gid}`, at, entryName());
