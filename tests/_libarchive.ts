@@ -37,6 +37,8 @@ const symbols = {
   archive_entry_gid: { parameters: ["pointer"], result: "i64" },
   archive_entry_mtime: { parameters: ["pointer"], result: "i64" },
   archive_entry_mtime_nsec: { parameters: ["pointer"], result: "i64" },
+  archive_entry_atime: { parameters: ["pointer"], result: "i64" },
+  archive_entry_atime_is_set: { parameters: ["pointer"], result: "i32" },
   archive_entry_size: { parameters: ["pointer"], result: "i64" },
   archive_entry_rdevmajor: { parameters: ["pointer"], result: "u64" },
   archive_entry_rdevminor: { parameters: ["pointer"], result: "u64" },
@@ -137,6 +139,8 @@ export interface LaEntry {
   gname: Uint8Array;
   mtime: number;
   mtimeNsec: number;
+  /** The access time in seconds, when the archive holds one. */
+  atime?: number;
   size: number;
   symlink: Uint8Array | null;
   hardlink: Uint8Array | null;
@@ -226,6 +230,7 @@ export function libarchiveList(bytes: Uint8Array): LaListing {
         xattrs,
         data: new Uint8Array(0),
       };
+      if (l.archive_entry_atime_is_set(e)) entry.atime = Number(l.archive_entry_atime(e));
       if (r === ARCHIVE_WARN) entry.warning = errorOf();
       out.entries.push(entry);
       const parts: Uint8Array[] = [];

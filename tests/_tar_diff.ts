@@ -35,6 +35,8 @@ export interface NormEntry {
   mtime: number;
   /** Nanoseconds of the mtime (0 when the archive has whole seconds). */
   nsec: number;
+  /** The access time's whole seconds, where the reader reports one (not GNU tar). */
+  atime?: number;
   /** Regular files: the real size (holes included). */
   size?: number;
   /** Regular files: sha256 of the content. */
@@ -132,6 +134,7 @@ function normStrata(h: TarHeader, data: Uint8Array | null): NormEntry {
     xattrs: xs.map(([k, v]) => `${k}=${v.length}`),
     xattrValues: xs.map(([k, v]) => `${k}=${sha(v)}`),
   };
+  if (h.atime !== undefined) e.atime = Math.floor(h.atime);
   if (h.type === "file") {
     e.size = h.realSize ?? h.size;
     e.sha = data ? sha(data) : "?";
@@ -190,6 +193,7 @@ function normLa(e: LaEntry): NormEntry {
     xattrs: xs.map(([k, v]) => `${k}=${v.length}`),
     xattrValues: xs.map(([k, v]) => `${k}=${sha(v)}`),
   };
+  if (e.atime !== undefined) n.atime = e.atime;
   if (type === "file") {
     n.size = e.data ? e.data.length : e.size;
     n.sha = e.data ? sha(e.data) : "?";
@@ -435,6 +439,7 @@ const FIELDS: (keyof NormEntry)[] = [
   "gname",
   "mtime",
   "nsec",
+  "atime",
   "size",
   "sha",
   "link",
