@@ -67,6 +67,9 @@
  *   GNU map entries with an offset but no size (or the reverse) are refused.
  * - **Devices** whose `SCHILY.devmajor`/`devminor` records differ from the
  *   header are refused (GNU tar and libarchive take the records, Go the header).
+ * - **What libarchive alone reads**: a sparse map or real size in a GNU header
+ *   that is not an `S` entry, a `SCHILY.realsize` record (its size), NUL
+ *   padding after pax records (it stops there): refused.
  *
  * @module
  */
@@ -1041,6 +1044,7 @@ export class TarParser {
     }
     let name = headerName;
     let atime: number | undefined;
+    let goPrefix = false; // the text of Go < 1.8 in the GNU times (below)
     if (posix && b[345] !== 0) {
       // ustar prefix (155 bytes); star's variant, with "tar\0" at the end, keeps
       // 131 and stores times after it: Go cuts the prefix there, GNU tar does not.
@@ -1070,11 +1074,21 @@ export class TarParser {
       const a = b[345] !== 0 ? goNumeric(b, 345, 12) : undefined;
       const c = b[357] !== 0 ? goNumeric(b, 357, 12) : undefined;
       if (a === null || c === null) {
+        goPrefix = true;
         const prefix = cstring(b, 345, 155);
         let ascii = true;
         for (let i = 0; i < prefix.length; i++) if (prefix.charCodeAt(i) >= 0x80) ascii = false;
         if (ascii && prefix !== "") name = prefix + "/" + headerName;
       } else atime = a;
+    }
+    if (gnu && flag !== 0x53 && !goPrefix && (b[386] !== 0 || b[483] !== 0)) {
+      // libarchive reads the old sparse map (or the real size) of any GNU
+      // header; Go and GNU tar only of an 'S' one.
+      throw new TarFormatError(
+        "a GNU header that is not a sparse entry has a sparse map or real size",
+        at,
+        entryName(),
+      );
     }
     const pax = this.#pax;
     /** A rarer record (xattrs, sparse, vendor), when not empty. */
@@ -1180,6 +1194,13 @@ export class TarParser {
           );
         }
         xattrs[xname] = val;
+      }
+      if (pax.records.has("SCHILY.realsize")) {
+        throw new TarFormatError(
+          "pax record SCHILY.realsize: libarchive takes the entry's size from it, Go and GNU tar do not",
+          at,
+          entryName(),
+        );
       }
       for (const [k, val] of pax.records) {
         if (k.startsWith("LIBARCHIVE.xattr.") && !sameLibarchiveXattr(k, val, xattrs)) {

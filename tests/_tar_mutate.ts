@@ -614,6 +614,19 @@ export function mutateOnce(b: Uint8Array, rng: Rng, what: string[]): Uint8Array 
       return out;
     }
     case 13: { // a second end-of-archive-like block or zero block
+      if (rng.chance(0.5)) {
+        // or make it a star header: "tar\0" at the end, times after a 131-byte prefix
+        out.set(te.encode("ustar\x0000"), at + 257);
+        out.set(te.encode("tar\0"), at + 508);
+        const fill = rng.pick(["", "p".repeat(131), "pre", "q".repeat(140)]);
+        out.fill(0, at + 345, at + 476);
+        out.set(te.encode(fill), at + 345);
+        out.set(rng.chance(0.5) ? octal(1600000000, 12) : te.encode("garbage!"), at + 476);
+        out.set(rng.chance(0.7) ? octal(1600000001, 12) : new Uint8Array(12), at + 488);
+        what.push(`the header at ${at} made a star header (prefix ${JSON.stringify(fill)})`);
+        refix();
+        return out;
+      }
       what.push(`insert a zero block at ${at}`);
       return cat(b.subarray(0, at), new Uint8Array(512), b.subarray(at));
     }
