@@ -21,9 +21,10 @@
  * every case that ever failed). The choices, each where it is made below:
  *
  * - **Only the last `x` header** before an entry counts (Go, GNU tar and
- *   libarchive alike); an earlier one with xattr or sparse records is refused
- *   (GNU tar and libarchive keep those from every header). A repeated xattr
- *   record in one header is refused for the same reason.
+ *   libarchive alike); an earlier one with xattr, other `SCHILY.*` or sparse
+ *   records is refused (GNU tar and libarchive keep those from every header).
+ *   A repeated xattr or sparse record in one header is refused for the same
+ *   reason; other repeated records: the last counts, for all three.
  * - **pax numbers** are digits only, leading zeros allowed (`size=000…999` is
  *   999 to all three); no sign, no spaces, never empty. Negative times with a
  *   fraction are refused (Go reads `-1.5` as -1.5 s, the others as -0.5 s).
@@ -129,7 +130,7 @@ export interface TarHeader {
   devmajor: number;
   /** Device minor number (char and block devices). */
   devminor: number;
-  /** Extended attributes from pax `SCHILY.xattr.*` and `LIBARCHIVE.xattr.*` records. */
+  /** Extended attributes from pax `SCHILY.xattr.*` records (an empty value is an empty xattr). */
   xattrs: Record<string, Uint8Array>;
   /** For sparse files: where the data goes; `data()` offsets follow it. */
   sparse?: TarSparseSegment[];
@@ -164,7 +165,7 @@ export interface TarParserOptions {
    * allocate more than a few times this.
    */
   maxMetaSize?: number;
-  /** Told about entries treated specially: unknown types read as regular files, skipped volume labels. */
+  /** Told about what was read specially: global pax records ignored that GNU tar would apply. */
   onWarning?: (message: string) => void;
 }
 
