@@ -33,8 +33,9 @@
  *   warning names what it would have applied). One between an `x`/`L`/`K`
  *   header and its entry is refused (Go drops the earlier records there).
  * - **GNU long names and pax paths** for the same entry must agree (Go takes
- *   the `L`, GNU tar the pax path, libarchive the first); an empty `L`/`K`
- *   is refused.
+ *   the `L`, GNU tar the pax path, libarchive the first), and so must a long
+ *   name and a `GNU.sparse.name` (libarchive takes the long name); an empty
+ *   `L`/`K` is refused.
  * - **Header formats** are told apart as Go does: ustar needs magic `ustar\0`
  *   and version `00`, GNU `ustar \0` and ` \0`; anything else is V7 (no
  *   prefix, owner names or device numbers). A `ustar\0` header with another
@@ -1360,6 +1361,7 @@ export class TarParser {
     if (mtimeNsec !== undefined) header.mtimeNsec = mtimeNsec;
 
     // Reset per-entry metadata now that it has been applied.
+    const longName = this.#longName;
     this.#pax = null;
     this.#longName = null;
     this.#longLink = null;
@@ -1448,7 +1450,18 @@ export class TarParser {
           );
         }
         const sparseName = local("GNU.sparse.name");
-        if (sparseName) header.name = this.#entryName = decodeName(sparseName);
+        if (sparseName) {
+          const n = decodeName(sparseName);
+          if (longName !== null && n !== longName) {
+            // Go and GNU tar take the sparse name, libarchive the GNU long name.
+            throw new TarFormatError(
+              "GNU.sparse.name and a GNU long name name the entry differently",
+              at,
+              entryName(),
+            );
+          }
+          header.name = this.#entryName = n;
+        }
         // Go prefers GNU.sparse.size (formats 0.x) to GNU.sparse.realsize (1.0).
         const sizeV = local("GNU.sparse.size");
         const realV = local("GNU.sparse.realsize");
