@@ -13,6 +13,7 @@
 import { assert, assertEquals } from "@std/assert";
 import { join } from "@std/path";
 import { createHash } from "node:crypto";
+import { gunzipSync } from "node:zlib";
 import { TarApplicator } from "../layer/applicator.ts";
 import { confine } from "../layer/path.ts";
 import { treeRecord } from "../layer/record.ts";
@@ -38,13 +39,16 @@ if (missing && !Deno.args.includes("--child")) {
   console.error(`tar_diff_test: SKIPPED, libarchive is needed as the second reader: ${missing}`);
 }
 
-/** The regression cases: every `.tar` in tests/tar_corpus/. */
+/** The regression cases: every `.tar` (and, for big ones, `.tar.gz`) in tests/tar_corpus/. */
 function regressionCases(): { name: string; bytes: Uint8Array }[] {
   const out = [];
   for (const e of Deno.readDirSync(CORPUS_DIR)) {
-    if (e.isFile && e.name.endsWith(".tar")) {
-      out.push({ name: e.name, bytes: Deno.readFileSync(join(CORPUS_DIR, e.name)) });
-    }
+    if (!e.isFile || !/\.tar(\.gz)?$/.test(e.name)) continue;
+    const raw = Deno.readFileSync(join(CORPUS_DIR, e.name));
+    out.push({
+      name: e.name,
+      bytes: e.name.endsWith(".gz") ? new Uint8Array(gunzipSync(raw)) : raw,
+    });
   }
   return out.sort((a, b) => (a.name < b.name ? -1 : 1));
 }
@@ -120,7 +124,7 @@ Deno.test({
     assert(cases.length > 0, "no regression cases");
     await using tmp = await tempDir("strata-tar-corpus-");
     const files = cases.map((c) => {
-      const f = join(String(tmp), c.name);
+      const f = join(String(tmp), c.name.replace(/\.gz$/, ""));
       Deno.writeFileSync(f, c.bytes);
       return f;
     });

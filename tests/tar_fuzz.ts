@@ -2,13 +2,14 @@
  * `deno task fuzz [--seed N] [--count N] [--start N]`: the tar differential
  * fuzz loop of `tests/tar_diff_test.ts` for as long as asked (default: seed
  * from the clock, 20000 cases). Every failing case is kept in
- * `tests/tar_corpus/` (its bytes, and beside it what was done and what went
+ * `tests/tar_corpus/` (its bytes, gzipped when big, and beside it what was done and what went
  * wrong), where the test replays it: commit it with the fix. `--start N
  * --count 1` re-runs case N of a seed alone.
  *
  * @module
  */
 import { join } from "@std/path";
+import { gzipSync } from "node:zlib";
 import { libarchiveMissing } from "./_libarchive.ts";
 import { buildCorpus } from "./_tar_corpus.ts";
 import { caseName, CORPUS_DIR, fuzz, SEED_SPARSE_SIZE } from "./_tar_fuzz.ts";
@@ -48,7 +49,10 @@ if (import.meta.main) {
       useLib: true,
       onFailure: (f) => {
         const name = caseName(f.bytes);
-        Deno.writeFileSync(join(CORPUS_DIR, name), f.bytes);
+        // big cases (an oversized record) are kept compressed
+        if (f.bytes.length > 65536) {
+          Deno.writeFileSync(join(CORPUS_DIR, `${name}.gz`), gzipSync(f.bytes));
+        } else Deno.writeFileSync(join(CORPUS_DIR, name), f.bytes);
         Deno.writeTextFileSync(
           join(CORPUS_DIR, name.replace(/\.tar$/, ".txt")),
           `seed ${seed}, ${f.what}\n${f.problems.join("\n")}\n`,
