@@ -1,7 +1,8 @@
 /**
- * strata's command line: `deno run -A cli.ts COMMAND ...`, or installed as
- * `strata` with `deno install -A -n strata jsr:@strata/store/cli` (or a local
- * path to this file).
+ * strata's command line: `deno run --allow-run --allow-ffi cli.ts COMMAND ...`
+ * (plus `--allow-net` for registries), or installed as `strata` with
+ * `deno install -g --allow-run --allow-ffi --allow-net -n strata jsr:@strata/store/cli`
+ * (or a local path to this file).
  *
  * ```sh
  * strata pull docker://127.0.0.1:5000/busybox:latest --tls-verify=false
@@ -9,7 +10,7 @@
  * strata ls --json
  * ```
  *
- This file is only the door: a `run` its run record covers takes the short
+ * This file is only the door: a `run` its run record covers takes the short
  * way (cli/cmd_run_warm.ts) before anything else loads; everything else is
  * parsed, dispatched and reported by cli/cmd_main.ts. The parts a command
  * line needs but a library user does not (the argument parser, the stderr

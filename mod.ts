@@ -39,3 +39,6 @@ export * from "./image/mod.ts";
 export * from "./layer/mod.ts";
 export * from "./overlay/mod.ts";
 export * from "./bundle/mod.ts";
+export { MissingPermissionError } from "./sys/permissions.ts";
+export { FfiPermissionError } from "./sys/libc.ts";
+export type { OpenFile } from "./sys/files.ts";

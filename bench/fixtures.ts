@@ -13,7 +13,7 @@ import { createGzip } from "node:zlib";
 import { createHash } from "node:crypto";
 import { join } from "@std/path";
 import { TarWriter } from "../layer/tar_writer.ts";
-import { exists } from "../sys/fs.ts";
+import { exists } from "../sys/files.ts";
 
 /**
  * The default cache directory of the fixtures (`$STRATA_BENCH_CACHE` or `/var/tmp/strata-bench`).

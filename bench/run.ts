@@ -148,14 +148,7 @@ export async function bench(ctx: BenchContext): Promise<Record<string, number | 
 }
 
 /** The permissions `strata run` needs (README), named rather than `-A`. */
-export const RUN_PERMISSIONS: readonly string[] = [
-  "--allow-run",
-  "--allow-ffi",
-  "--allow-read",
-  "--allow-write",
-  "--allow-env",
-  "--allow-sys",
-];
+export const RUN_PERMISSIONS: readonly string[] = ["--allow-run", "--allow-ffi"];
 
 /**
  * The whole command line, warm: `deno run <RUN_PERMISSIONS> ENTRY run

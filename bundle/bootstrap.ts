@@ -19,6 +19,7 @@
 
 import { join } from "@std/path";
 import { OverlayMount, TmpFSMount } from "../overlay/mount.ts";
+import { chmodSync, mkdirSync, remove, removeSync } from "../sys/files.ts";
 
 /** An OCI runtime bundle: a directory holding `config.json` and the rootfs. */
 export interface Bundle {
@@ -119,10 +120,10 @@ export class OverlayBundle implements Bundle, AsyncDisposable {
         // Synchronous, and one rmdir: unmounted, the directory is empty
         // (everything was on the tmpfs); a recursive remove only if it is not.
         try {
-          Deno.removeSync(this.path);
+          removeSync(this.path);
         } catch (e) {
           if (e instanceof Deno.errors.NotFound) throw e;
-          Deno.removeSync(this.path, { recursive: true });
+          removeSync(this.path, { recursive: true });
         }
       } catch (e) {
         if (!(e instanceof Deno.errors.NotFound)) errors.push(e);
@@ -161,7 +162,7 @@ export async function bootstrapBundle(
   options: BootstrapOptions = {},
 ): Promise<OverlayBundle> {
   try {
-    Deno.mkdirSync(path, { mode: 0o700 });
+    mkdirSync(path, { mode: 0o700 });
   } catch (e) {
     throw new BundleError(path, "cannot create the bundle directory", { cause: e });
   }
@@ -177,14 +178,14 @@ export async function bootstrapBundle(
     const upper = join(path, "upper");
     const work = join(path, "work");
     const rootfs = join(path, "rootfs");
-    for (const d of [upper, work, rootfs]) Deno.mkdirSync(d, { mode: 0o700 });
+    for (const d of [upper, work, rootfs]) mkdirSync(d, { mode: 0o700 });
     // The rootfs root takes the mode of the upper directory; containers expect 0755.
-    Deno.chmodSync(upper, 0o755);
+    chmodSync(upper, 0o755);
     let lower = [...parentLayerPaths];
     if (lower.length === 0) {
       // overlayfs needs at least one lower directory.
       const empty = join(path, "lower");
-      Deno.mkdirSync(empty, { mode: 0o755 });
+      mkdirSync(empty, { mode: 0o755 });
       lower = [empty];
     }
     const overlay = new OverlayMount({ mountpoint: rootfs, lower, upper, work });
@@ -197,7 +198,7 @@ export async function bootstrapBundle(
     return new OverlayBundle(path, [...parentLayerPaths], mounts);
   } catch (e) {
     for (const m of mounts.reverse()) await m.unmount().catch(() => {});
-    await Deno.remove(path, { recursive: true }).catch(() => {});
+    await remove(path, { recursive: true }).catch(() => {});
     throw e instanceof BundleError ? e : new BundleError(path, "cannot bootstrap", { cause: e });
   }
 }

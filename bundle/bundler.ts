@@ -34,8 +34,21 @@ import {
 import { withImageConfig, withRootFS } from "./options.ts";
 import type { SpecOption } from "./spec.ts";
 import { JSONSpecWriter, type RuntimeSpecWriter } from "./writer.ts";
-import { exists } from "../sys/fs.ts";
+import { exists } from "../sys/files.ts";
 import { MAX_LOWER_LAYERS } from "../sys/mount.ts";
+import {
+  lstat,
+  mkdirSync,
+  type OpenFile,
+  openFile,
+  openFileSync,
+  readDir,
+  readTextFile,
+  remove,
+  removeSync,
+  renameSync,
+  writeTextFileSync,
+} from "../sys/files.ts";
 
 /** What `containers/<id>/bundle.json` records. */
 export interface BundleRecord {
@@ -157,7 +170,7 @@ export class CachingBundler {
    */
   static async create(root: string, options: CachingBundlerOptions = {}): Promise<CachingBundler> {
     const resolver = options.resolver ?? await CachingLayerResolver.create(root);
-    Deno.mkdirSync(join(root, "containers"), { recursive: true, mode: 0o700 });
+    mkdirSync(join(root, "containers"), { recursive: true, mode: 0o700 });
     return new CachingBundler(root, resolver, options);
   }
 
@@ -201,14 +214,14 @@ export class CachingBundler {
     let placed = false;
     try {
       try {
-        Deno.renameSync(tmp, dir); // synchronous: one rename, on every run
+        renameSync(tmp, dir); // synchronous: one rename, on every run
       } catch (e) {
         // A directory of that name: live (refuse) or left by a dead process (reclaim, retry).
         if (!(e instanceof Deno.errors.AlreadyExists) && !/ENOTEMPTY|not empty/i.test(String(e))) {
           throw e;
         }
         if (!(await reclaimBundle(this.root, id))) throw new BundleExistsError(id, dir);
-        Deno.renameSync(tmp, dir);
+        renameSync(tmp, dir);
       }
       placed = true;
       const lower: string[] = [];
@@ -236,7 +249,7 @@ export class CachingBundler {
       );
     } catch (e) {
       await overlay?.cleanup().catch(() => {});
-      await Deno.remove(placed ? dir : tmp, { recursive: true }).catch(() => {});
+      await remove(placed ? dir : tmp, { recursive: true }).catch(() => {});
       lock.close();
       throw e;
     }
@@ -245,7 +258,7 @@ export class CachingBundler {
   }
 
   /** Makes `containers/.tmp-<random>` with its lock held and the record written. */
-  #claim(id: string, image: Image): Promise<{ lock: Deno.FsFile; tmp: string }> {
+  #claim(id: string, image: Image): Promise<{ lock: OpenFile; tmp: string }> {
     return claimContainer(this.containers, id, image);
   }
 }
@@ -267,12 +280,12 @@ export async function claimContainer(
   containersDir: string,
   id: string,
   image: Image,
-): Promise<{ lock: Deno.FsFile; tmp: string }> {
+): Promise<{ lock: OpenFile; tmp: string }> {
   // Synchronous calls: a fresh directory, a lock nobody else can hold yet and
   // a small record cost less here than a thread-pool round trip each.
   const tmp = join(containersDir, `.tmp-${crypto.randomUUID().slice(0, 13)}`);
-  Deno.mkdirSync(tmp, { mode: 0o700 });
-  const lock = Deno.openSync(join(tmp, "lock"), { write: true, create: true, mode: 0o600 });
+  mkdirSync(tmp, { mode: 0o700 });
+  const lock = openFileSync(join(tmp, "lock"), { write: true, create: true, mode: 0o600 });
   try {
     lock.lockSync(true);
     const record: BundleRecord = {
@@ -283,10 +296,10 @@ export async function claimContainer(
       pid: Deno.pid,
       created: new Date().toISOString(),
     };
-    Deno.writeTextFileSync(join(tmp, "bundle.json"), JSON.stringify(record));
+    writeTextFileSync(join(tmp, "bundle.json"), JSON.stringify(record));
   } catch (e) {
     lock.close();
-    await Deno.remove(tmp, { recursive: true }).catch(() => {});
+    await remove(tmp, { recursive: true }).catch(() => {});
     throw e;
   }
   return { lock, tmp };
@@ -296,7 +309,7 @@ function cachedBundle(
   id: string,
   dir: string,
   overlay: OverlayBundle,
-  lock: Deno.FsFile,
+  lock: OpenFile,
   stopSignal: string | undefined,
 ): CachedBundle {
   let cleaning: Promise<void> | undefined;
@@ -305,7 +318,7 @@ function cachedBundle(
       try {
         await overlay.cleanup();
         try {
-          Deno.removeSync(dir, { recursive: true }); // a lock and a record: small
+          removeSync(dir, { recursive: true }); // a lock and a record: small
         } catch (e) {
           if (!(e instanceof Deno.errors.NotFound)) throw e;
         }
@@ -342,10 +355,10 @@ export interface BundleInfo {
 }
 
 /** Tries the lock of `containers/<name>`; returns the open, locked file when it was free. */
-async function tryLockDir(dir: string): Promise<Deno.FsFile | "held" | "missing"> {
-  let f: Deno.FsFile;
+async function tryLockDir(dir: string): Promise<OpenFile | "held" | "missing"> {
+  let f: OpenFile;
   try {
-    f = await Deno.open(join(dir, "lock"), { write: true });
+    f = await openFile(join(dir, "lock"), { write: true });
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) return "missing";
     throw e;
@@ -357,7 +370,7 @@ async function tryLockDir(dir: string): Promise<Deno.FsFile | "held" | "missing"
 
 async function readRecord(dir: string): Promise<BundleRecord | undefined> {
   try {
-    return JSON.parse(await Deno.readTextFile(join(dir, "bundle.json"))) as BundleRecord;
+    return JSON.parse(await readTextFile(join(dir, "bundle.json"))) as BundleRecord;
   } catch {
     return undefined;
   }
@@ -366,7 +379,7 @@ async function readRecord(dir: string): Promise<BundleRecord | undefined> {
 async function* bundleDirs(root: string): AsyncGenerator<{ name: string; path: string }> {
   const containers = join(root, "containers");
   try {
-    for await (const e of Deno.readDir(containers)) {
+    for await (const e of readDir(containers)) {
       if (e.isDirectory) yield { name: e.name, path: join(containers, e.name) };
     }
   } catch (e) {
@@ -376,7 +389,7 @@ async function* bundleDirs(root: string): AsyncGenerator<{ name: string; path: s
 
 async function youngerThan(path: string, ms: number): Promise<boolean> {
   try {
-    const st = await Deno.lstat(path);
+    const st = await lstat(path);
     return Date.now() - (st.mtime?.getTime() ?? 0) < ms;
   } catch {
     return false;
@@ -445,7 +458,7 @@ export async function reclaimBundle(root: string, id: string): Promise<boolean> 
   if (l === "held") return false;
   try {
     await unmountBelow(dir);
-    await Deno.remove(dir, { recursive: true }).catch((e) => {
+    await remove(dir, { recursive: true }).catch((e) => {
       if (!(e instanceof Deno.errors.NotFound)) throw e;
     });
   } finally {

@@ -10,6 +10,7 @@
 import { cstr, libc } from "../sys/libc.ts";
 import { readProcText } from "../sys/proc.ts";
 import { currentIdMap, type IdRange } from "../overlay/cache.ts";
+import { getUid } from "../sys/process.ts";
 
 /** One line of `/proc/self/uid_map` or `gid_map`. */
 export interface IDMapRange {
@@ -271,7 +272,7 @@ export function canWriteCgroups(): boolean {
  * ```
  */
 export function outsideUid(): number {
-  const uid = Deno.uid() ?? 0;
+  const uid = getUid();
   for (const r of uidMappings()) {
     if (uid >= r.inside && uid < r.inside + r.count) return r.outside + (uid - r.inside);
   }

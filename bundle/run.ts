@@ -25,8 +25,22 @@ import { adaptSpecToHost } from "./writer.ts";
 import { readProcText } from "../sys/proc.ts";
 import { accessible } from "../sys/fs.ts";
 import { ffiAvailable, libc } from "../sys/libc.ts";
-import { spawnInherited } from "../sys/spawn.ts";
 import { RuntimeError } from "./runtime_error.ts";
+import { commandOutput, spawnCommand, spawnInherited } from "../sys/spawn.ts";
+import { MissingPermissionError } from "../sys/permissions.ts";
+import { getEnv } from "../sys/env.ts";
+import {
+  lstatSync,
+  makeTempDir,
+  mkdir,
+  mkdirSync,
+  readTextFileSync,
+  remove,
+  removeSync,
+  statSync,
+  writeTextFile,
+} from "../sys/files.ts";
+import { getUid } from "../sys/process.ts";
 
 export { RuntimeError };
 
@@ -123,17 +137,17 @@ export class RuntimeNotFoundError extends Error {
  * ```
  */
 export function defaultStateDir(runtimeName: string): string {
-  if (!inUserNamespace() && Deno.uid() === 0) return join("/run/strata", runtimeName);
-  const xdg = Deno.env.get("XDG_RUNTIME_DIR");
+  if (!inUserNamespace() && getUid() === 0) return join("/run/strata", runtimeName);
+  const xdg = getEnv("XDG_RUNTIME_DIR");
   if (xdg) return join(xdg, "strata", runtimeName);
   return join("/tmp", `strata-${outsideUid()}`, runtimeName);
 }
 
 function ensureStateDir(dir: string): void {
-  Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
   // A world-writable parent (/tmp) could hold someone else's directory or a symlink.
-  const st = Deno.lstatSync(dir);
-  if (!st.isDirectory || (st.uid !== null && st.uid !== Deno.uid())) {
+  const st = lstatSync(dir);
+  if (!st.isDirectory || (st.uid !== null && st.uid !== getUid())) {
     throw new Error(`cannot use ${dir} as the runtime state directory: not a directory of ours`);
   }
 }
@@ -141,7 +155,7 @@ function ensureStateDir(dir: string): void {
 /** Removes a file, ignoring any failure (synchronous: one small file after every run). */
 function removeQuietly(path: string): void {
   try {
-    Deno.removeSync(path);
+    removeSync(path);
   } catch {
     // gone already, or not ours to remove: nothing to do
   }
@@ -155,11 +169,11 @@ const found = new Map<string, string>();
  * directory that lacks the program, and a run looks runtimes up twice.
  */
 function which(name: string): string | undefined {
-  const key = `${Deno.env.get("PATH")}\0${name}`;
+  const key = `${getEnv("PATH")}\0${name}`;
   const hit = found.get(key);
   if (hit !== undefined) {
     try {
-      if (Deno.statSync(hit).isFile) return hit;
+      if (statSync(hit).isFile) return hit;
     } catch {
       // gone since: search again
     }
@@ -173,21 +187,20 @@ function which(name: string): string | undefined {
 function search(name: string): string | undefined {
   if (name.includes("/")) {
     try {
-      return Deno.statSync(name).isFile ? name : undefined;
+      return statSync(name).isFile ? name : undefined;
     } catch {
       return undefined;
     }
   }
   for (
-    const dir
-      of (Deno.env.get("PATH") ?? "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-        .split(":")
+    const dir of (getEnv("PATH") ?? "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+      .split(":")
   ) {
     if (!dir) continue;
     const p = join(dir, name);
     try {
       // accessible() first: PATH often has many directories without the program.
-      if (accessible(p, "executable") && Deno.statSync(p).isFile) return p;
+      if (accessible(p, "executable") && statSync(p).isFile) return p;
     } catch {
       // not here
     }
@@ -257,49 +270,51 @@ async function probe(path: string, stateDir: string): Promise<{ ok: boolean; rea
 async function probeUncached(path: string, stateDir: string) {
   ensureStateDir(stateDir);
   const record = join(stateDir, "probe.json");
-  const mtime = Deno.statSync(path).mtime?.getTime() ?? 0;
+  const mtime = statSync(path).mtime?.getTime() ?? 0;
   const boot = bootId();
   try {
-    const r = JSON.parse(Deno.readTextFileSync(record)) as ProbeRecord;
+    const r = JSON.parse(readTextFileSync(record)) as ProbeRecord;
     if (r.bootId === boot && r.path === path && r.mtime === mtime) return r;
   } catch {
     // no record yet
   }
-  const dir = await Deno.makeTempDir({ dir: stateDir, prefix: "probe-" });
+  const dir = await makeTempDir({ dir: stateDir, prefix: "probe-" });
   const id = `strata-probe-${crypto.randomUUID().slice(0, 8)}`;
   let result: { ok: boolean; reason: string };
   try {
-    await Deno.mkdir(join(dir, "rootfs"));
+    await mkdir(join(dir, "rootfs"));
     const spec = defaultSpec();
     spec.process!.args = ["/strata-probe-missing"];
     spec.root = { path: join(dir, "rootfs"), readonly: true };
     adaptSpecToHost(spec);
-    await Deno.writeTextFile(join(dir, "config.json"), JSON.stringify(spec));
-    const out = await new Deno.Command(path, {
+    await writeTextFile(join(dir, "config.json"), JSON.stringify(spec));
+    const out = await commandOutput(path, {
       args: ["--root", stateDir, "run", "--bundle", dir, id],
       stdin: "null",
       stdout: "piped",
       stderr: "piped",
-    }).output();
+    });
     const text = new TextDecoder().decode(out.stderr) + new TextDecoder().decode(out.stdout);
     const reachedExec = text.includes("strata-probe-missing");
     result = {
       ok: out.success || reachedExec,
       reason: text.trim().split("\n").filter((l) => l.trim()).at(-1) ?? `exit ${out.code}`,
     };
-    await new Deno.Command(path, {
+    await commandOutput(path, {
       args: ["--root", stateDir, "delete", "--force", id],
       stdin: "null",
       stdout: "null",
       stderr: "null",
-    }).output();
+    });
   } catch (e) {
+    // A missing --allow-run says nothing about the runtime: not recorded.
+    if (e instanceof MissingPermissionError) throw e;
     result = { ok: false, reason: (e as Error).message };
   } finally {
-    await Deno.remove(dir, { recursive: true }).catch(() => {});
+    await remove(dir, { recursive: true }).catch(() => {});
   }
   const rec: ProbeRecord = { bootId: boot, path, mtime, ...result };
-  await Deno.writeTextFile(record, JSON.stringify(rec)).catch(() => {});
+  await writeTextFile(record, JSON.stringify(rec)).catch(() => {});
   return result;
 }
 
@@ -342,8 +357,7 @@ export async function selectRuntime(
 }
 
 async function runtimeCmd(path: string, args: string[]): Promise<Deno.CommandOutput> {
-  return await new Deno.Command(path, { args, stdin: "null", stdout: "null", stderr: "piped" })
-    .output();
+  return await commandOutput(path, { args, stdin: "null", stdout: "null", stderr: "piped" });
 }
 
 /** The last error-level message of a runc/crun JSON log. */
@@ -351,7 +365,7 @@ function lastLoggedError(log: string): string | undefined {
   let text = "";
   try {
     // Synchronous: the bundle may be mounted in this thread's namespace only.
-    text = Deno.readTextFileSync(log);
+    text = readTextFileSync(log);
   } catch {
     return undefined;
   }
@@ -471,7 +485,7 @@ export async function runContainer(bundle: Bundle, options: RunOptions = {}): Pr
       child = { kill: (n) => spawned.kill(n) };
       exited = spawned.status.then((s) => s.code);
     } else {
-      command = new Deno.Command(rt.path, { args, ...stdio }).spawn();
+      command = spawnCommand(rt.path, { args, ...stdio });
       const running = command;
       child = {
         kill: (n) => {

@@ -30,6 +30,7 @@ import type { Spec } from "./spec.ts";
 import { readProcText } from "../sys/proc.ts";
 import { kernelRunsX32 } from "../sys/abi.ts";
 import defaultProfileData from "./seccomp_default.json" with { type: "json" };
+import { osRelease } from "../sys/process.ts";
 
 /** A seccomp action, as libseccomp names it. */
 export type SeccompAction =
@@ -452,7 +453,7 @@ export function runningKernel(): KernelVersion {
     try {
       text = readProcText("/proc/sys/kernel/osrelease").trim();
     } catch {
-      text = Deno.osRelease();
+      text = osRelease();
     }
   } catch (e) {
     throw new Error(

@@ -9,6 +9,9 @@
  */
 
 import { readProcText } from "../sys/proc.ts";
+import { osRelease } from "../sys/process.ts";
+import { openFile, readTextFile } from "../sys/files.ts";
+import { commandOutput } from "../sys/spawn.ts";
 
 /** What {@linkcode seccompSupport} found. */
 export interface SeccompSupport {
@@ -45,7 +48,7 @@ async function kernelConfig(): Promise<{ config: Record<string, string>; source?
   };
   let release = "";
   try {
-    release = Deno.osRelease();
+    release = osRelease();
   } catch {
     try {
       release = readProcText("/proc/sys/kernel/osrelease").trim();
@@ -56,13 +59,13 @@ async function kernelConfig(): Promise<{ config: Record<string, string>; source?
   if (release) {
     try {
       const path = `/boot/config-${release}`;
-      return { config: pick(await Deno.readTextFile(path)), source: path };
+      return { config: pick(await readTextFile(path)), source: path };
     } catch {
       // not installed there
     }
   }
   try {
-    const file = await Deno.open("/proc/config.gz");
+    const file = await openFile("/proc/config.gz");
     const text = await new Response(file.readable.pipeThrough(new DecompressionStream("gzip")))
       .text();
     return { config: pick(text), source: "/proc/config.gz" };
@@ -122,13 +125,12 @@ export async function seccompSupport(runtime?: string): Promise<SeccompSupport> 
   out.runtime = runtime;
   const run = async (args: string[]) => {
     try {
-      const r = await new Deno.Command(runtime, {
+      const r = await commandOutput(runtime, {
         args,
         stdin: "null",
         stdout: "piped",
         stderr: "piped",
-      })
-        .output();
+      });
       return r.success ? new TextDecoder().decode(r.stdout) : undefined;
     } catch {
       return undefined;

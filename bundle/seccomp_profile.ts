@@ -24,6 +24,8 @@ import {
   type SeccompRule,
   type SeccompRuleFilter,
 } from "./seccomp.ts";
+import { readTextFileSync } from "../sys/files.ts";
+import { nearest } from "../sys/nearest.ts";
 
 /** The actions the runtime spec defines. */
 export const SECCOMP_ACTIONS: readonly SeccompAction[] = [
@@ -156,28 +158,10 @@ function isObject(v: Json): v is Record<string, Json> {
   return typeof v === "object" && v !== null && !Array.isArray(v);
 }
 
-/** `nearest` of `known` within two edits of `word`, as the CLI parser suggests options. */
+/** ` (did you mean "x"?)` for the nearest of `known` to `word`, as the CLI parser suggests options. */
 function suggestion(word: string, known: readonly string[]): string {
-  let best: string | undefined;
-  let bestD = 3;
-  for (const k of known) {
-    const d = editDistance(word.toLowerCase(), k.toLowerCase());
-    if (d < bestD) [best, bestD] = [k, d];
-  }
+  const best = nearest(word, known, { ignoreCase: true });
   return best ? ` (did you mean "${best}"?)` : "";
-}
-
-function editDistance(a: string, b: string): number {
-  if (Math.abs(a.length - b.length) > 2 || a.length > 64) return 99;
-  let row = Array.from({ length: b.length + 1 }, (_, i) => i);
-  for (let i = 1; i <= a.length; i++) {
-    const next = [i];
-    for (let j = 1; j <= b.length; j++) {
-      next[j] = Math.min(next[j - 1] + 1, row[j] + 1, row[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
-    }
-    row = next;
-  }
-  return row[b.length];
 }
 
 function checkKeys(
@@ -560,7 +544,7 @@ export function parseSeccompProfile(input: string | unknown, source = "(given)")
 export function loadSeccompProfile(path: string): SeccompProfile {
   let text: string;
   try {
-    text = Deno.readTextFileSync(path);
+    text = readTextFileSync(path);
   } catch (e) {
     throw new SeccompProfileError(path, `cannot read it: ${(e as Error).message}`, { cause: e });
   }

@@ -26,6 +26,7 @@ import {
   SpecError,
   type SpecOption,
 } from "./spec.ts";
+import { lstatSync, readDirSync } from "../sys/files.ts";
 
 /**
  * Gives the container this seccomp profile instead of the built-in default:
@@ -201,7 +202,7 @@ export function hostDevices(dir = "/dev"): LinuxDevice[] {
   const out: LinuxDevice[] = [];
   let entries: Deno.DirEntry[];
   try {
-    entries = [...Deno.readDirSync(dir)];
+    entries = [...readDirSync(dir)];
   } catch {
     return out; // unreadable here (a user namespace): no devices from it
   }
@@ -214,7 +215,7 @@ export function hostDevices(dir = "/dev"): LinuxDevice[] {
     }
     let st: Deno.FileInfo;
     try {
-      st = Deno.lstatSync(path);
+      st = lstatSync(path);
     } catch {
       continue; // gone since
     }

@@ -38,6 +38,7 @@ import {
   SpecError,
   type SpecOption,
 } from "./spec.ts";
+import { removeSync, renameSync, writeTextFileSync } from "../sys/files.ts";
 
 /**
  * Writes an OCI runtime spec to `path` (a `config.json` file), built from the
@@ -214,11 +215,11 @@ export function writeSpecFile(path: string, spec: Spec): Promise<void> {
     // Synchronous: a bundle is on a mount this thread may alone see
     // (overlay/userns.ts enterThreadMountNamespace), and a few KiB cost less
     // written here than sent to the thread pool.
-    Deno.writeTextFileSync(tmp, specJSON(spec), { mode: 0o600, createNew: true });
-    Deno.renameSync(tmp, path);
+    writeTextFileSync(tmp, specJSON(spec), { mode: 0o600, createNew: true });
+    renameSync(tmp, path);
   } catch (e) {
     try {
-      Deno.removeSync(tmp);
+      removeSync(tmp);
     } catch {
       // not written
     }

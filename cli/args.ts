@@ -17,6 +17,7 @@
  *
  * @module
  */
+import { nearest } from "../sys/nearest.ts";
 
 /** The kinds of values an option takes. */
 export type OptionType = "boolean" | "string" | "list";
@@ -142,27 +143,8 @@ function setValue(
  * `word` (a typo), else nothing.
  */
 function didYouMean(word: string, known: readonly string[], prefix: string): string {
-  let best: string | undefined;
-  let bestDistance = 3;
-  for (const k of known) {
-    const d = editDistance(word, k);
-    if (d < bestDistance) [best, bestDistance] = [k, d];
-  }
+  const best = nearest(word, known);
   return best ? ` (did you mean '${prefix}${best}'?)` : "";
-}
-
-/** Levenshtein distance (short words only: command and option names). */
-function editDistance(a: string, b: string): number {
-  if (Math.abs(a.length - b.length) > 2 || a.length > 64) return 99;
-  let row = Array.from({ length: b.length + 1 }, (_, i) => i);
-  for (let i = 1; i <= a.length; i++) {
-    const next = [i];
-    for (let j = 1; j <= b.length; j++) {
-      next[j] = Math.min(next[j - 1] + 1, row[j] + 1, row[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
-    }
-    row = next;
-  }
-  return row[b.length];
 }
 
 /**

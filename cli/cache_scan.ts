@@ -34,7 +34,8 @@ export interface CachedLayer {
   record?: LayerRecord;
 }
 
-import { exists } from "../sys/fs.ts";
+import { exists } from "../sys/files.ts";
+import { lstat, readDir, readDirSync, readTextFile, remove, rename } from "../sys/files.ts";
 export { exists };
 
 /**
@@ -50,13 +51,13 @@ export async function cachedLayers(root: string): Promise<CachedLayer[]> {
   const out: CachedLayer[] = [];
   const dir = join(root, "layers");
   try {
-    for await (const e of Deno.readDir(dir)) {
+    for await (const e of readDir(dir)) {
       const m = /^([a-z0-9]+)-([a-f0-9]+)(?:@([a-f0-9]+))?(?:~([a-f0-9]{16}))?$/.exec(e.name);
       if (!e.isDirectory || !m) continue;
       const path = join(dir, e.name);
       let record: LayerRecord | undefined;
       try {
-        record = JSON.parse(await Deno.readTextFile(join(path, "layer.json")));
+        record = JSON.parse(await readTextFile(join(path, "layer.json")));
       } catch {
         record = undefined;
       }
@@ -146,7 +147,7 @@ export async function liveLayers(root: string): Promise<Map<string, string>> {
 export async function diskUsage(path: string, seen = new Set<string>()): Promise<number> {
   let st: Deno.FileInfo;
   try {
-    st = await Deno.lstat(path);
+    st = await lstat(path);
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) return 0;
     throw e;
@@ -158,7 +159,7 @@ export async function diskUsage(path: string, seen = new Set<string>()): Promise
   if (st.isDirectory) {
     const names: string[] = [];
     try {
-      for await (const e of Deno.readDir(path)) names.push(e.name);
+      for await (const e of readDir(path)) names.push(e.name);
     } catch (e) {
       if (!(e instanceof Deno.errors.NotFound)) throw e;
     }
@@ -193,10 +194,10 @@ export async function removeLayer(
     const work = await TempWork.create(root);
     try {
       const parked = join(work.path, "layer");
-      await Deno.rename(layer.path, parked);
+      await rename(layer.path, parked);
       const user = (await liveLayers(root)).get(layer.diffID);
       if (user && !options.force) {
-        await Deno.rename(parked, layer.path);
+        await rename(parked, layer.path);
         return `in use by ${user}`;
       }
     } finally {
@@ -204,7 +205,7 @@ export async function removeLayer(
     }
     // Keep the lock file while another directory of the diff_id remains.
     const siblings = (await cachedLayers(root)).some((l) => l.diffID === layer.diffID);
-    if (!siblings) await Deno.remove(lockPath).catch(() => {});
+    if (!siblings) await remove(lockPath).catch(() => {});
     return "removed";
   } finally {
     lock.release();
@@ -230,12 +231,12 @@ export async function reclaimLayerLocks(root: string): Promise<string[]> {
   // `~<id map key>` ones included.
   const keys = () => {
     const out = new Set<string>();
-    for (const e of Deno.readDirSync(join(root, "layers"))) out.add(e.name.split(/[@~]/)[0]);
+    for (const e of readDirSync(join(root, "layers"))) out.add(e.name.split(/[@~]/)[0]);
     return out;
   };
   const cached = keys();
   const removed: string[] = [];
-  for (const e of Deno.readDirSync(join(root, "locks"))) {
+  for (const e of readDirSync(join(root, "locks"))) {
     const m = /^(sha256-[0-9a-f]{64})\.lock$/.exec(e.name);
     if (!m || cached.has(m[1])) continue;
     const path = join(root, "locks", e.name);
@@ -244,7 +245,7 @@ export async function reclaimLayerLocks(root: string): Promise<string[]> {
     try {
       // Published while we looked: keep its lock.
       if (keys().has(m[1])) continue;
-      await Deno.remove(path).catch(() => {});
+      await remove(path).catch(() => {});
       removed.push(path);
     } finally {
       lock.release();

@@ -19,6 +19,8 @@ import { CliError } from "./errors.ts";
 import { formatMs, shortDigest } from "./output.ts";
 import { enterNamespace, onceWarner, pullImage } from "./pipeline.ts";
 import { aptInstall, buildDemoImage, DEMO_EXPECTED } from "./demo_image.ts";
+import { getEnv } from "../sys/env.ts";
+import { makeTempDir, remove, statSync } from "../sys/files.ts";
 
 async function runOnce(
   ctx: Context,
@@ -41,9 +43,9 @@ async function runOnce(
 }
 
 function onPath(cmd: string): boolean {
-  for (const dir of (Deno.env.get("PATH") ?? "/usr/bin:/bin").split(":")) {
+  for (const dir of (getEnv("PATH") ?? "/usr/bin:/bin").split(":")) {
     try {
-      if (Deno.statSync(join(dir, cmd)).isFile) return true;
+      if (statSync(join(dir, cmd)).isFile) return true;
     } catch {
       // not there
     }
@@ -83,7 +85,7 @@ export async function demoCommand(ctx: Context): Promise<number> {
   // First, before any work: the namespace re-executes the whole command.
   await enterNamespace(ctx);
   const out = ctx.out;
-  const tmp = await Deno.makeTempDir({ prefix: "strata-demo-" });
+  const tmp = await makeTempDir({ prefix: "strata-demo-" });
   const ownCache = ctx.options.cache === undefined;
   const cacheRoot = ownCache ? join(tmp, "cache") : ctx.cacheRoot;
   const dctx: Context = { ...ctx, cacheRoot };
@@ -143,7 +145,7 @@ export async function demoCommand(ctx: Context): Promise<number> {
     out.note("override, whiteout and opaque directory: all as the image says");
     return 0;
   } finally {
-    await Deno.remove(tmp, { recursive: true }).catch((e) => {
+    await remove(tmp, { recursive: true }).catch((e) => {
       out.warn(`could not remove ${tmp}: ${(e as Error).message}`);
     });
     if (!ownCache) out.note(`the demo image stays cached in ${cacheRoot} (strata rm, prune)`);

@@ -17,12 +17,13 @@ import { formatBytes, formatMs } from "./output.ts";
 import { cacheLayers, enterNamespace, openForCli, saveOpened } from "./pipeline.ts";
 import type { Image } from "../image/types.ts";
 import { MAX_LOWER_LAYERS } from "../sys/mount.ts";
+import { chmod, lstat, mkdir, readDir, remove, rename } from "../sys/files.ts";
 
 async function checkTarget(dir: string): Promise<void> {
   try {
-    const st = await Deno.lstat(dir);
+    const st = await lstat(dir);
     if (!st.isDirectory) throw new CliError(`export`, `${dir} exists and is not a directory`);
-    for await (const _ of Deno.readDir(dir)) {
+    for await (const _ of readDir(dir)) {
       throw new CliError("export", `${dir} is not empty; give a new or empty directory`);
     }
   } catch (e) {
@@ -69,15 +70,15 @@ async function exportImage(ctx: Context, image: Image, dir: string): Promise<voi
   const work = await TempWork.create(ctx.cacheRoot);
   try {
     const merged = join(work.path, "merged");
-    await Deno.mkdir(merged);
+    await mkdir(merged);
     let lower = paths;
     if (lower.length === 0) {
       // An image with no layers (valid: the spec only says layers SHOULD
       // have one) is an empty root, as umoci unpacks it; overlayfs needs a
       // lower directory, so it gets an empty one (as bootstrapBundle does).
       const empty = join(work.path, "empty");
-      await Deno.mkdir(empty);
-      await Deno.chmod(empty, 0o755);
+      await mkdir(empty);
+      await chmod(empty, 0o755);
       lower = [empty];
     }
     const m = new OverlayMount({ mountpoint: merged, lower, readonly: true });
@@ -91,14 +92,14 @@ async function exportImage(ctx: Context, image: Image, dir: string): Promise<voi
     );
     try {
       const r = await copyTree(merged, partial, { signal: ctx.signal });
-      await Deno.rename(partial, dir);
+      await rename(partial, dir);
       for (const w of r.warnings) ctx.out.warn(`export: ${w}`);
       ctx.out.note(
         `exported ${r.entries} entries (${formatBytes(r.bytes)}, ${r.hardlinks} hard links) ` +
           `to ${dir} in ${formatMs(performance.now() - started)}`,
       );
     } catch (e) {
-      await Deno.remove(partial, { recursive: true }).catch(() => {});
+      await remove(partial, { recursive: true }).catch(() => {});
       throw e;
     } finally {
       await m.unmount();
@@ -129,15 +130,15 @@ export async function claimLayers(
   const dir = join(containers, id);
   const { lock, tmp } = await claimContainer(containers, id, image);
   try {
-    await Deno.rename(tmp, dir);
+    await rename(tmp, dir);
   } catch (e) {
     lock.close();
-    await Deno.remove(tmp, { recursive: true }).catch(() => {});
+    await remove(tmp, { recursive: true }).catch(() => {});
     throw e;
   }
   return {
     release: async () => {
-      await Deno.remove(dir, { recursive: true }).catch(() => {});
+      await remove(dir, { recursive: true }).catch(() => {});
       lock.close();
     },
   };

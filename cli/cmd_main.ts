@@ -12,6 +12,8 @@ import { debugReport, errorLine, exitCodeFor } from "./errors.ts";
 import { detectMode, Output, type OutputSinks, processSinks } from "./output.ts";
 import type { Context } from "./context.ts";
 import { defaultCacheRoot } from "../overlay/cache.ts";
+import { statSync } from "../sys/files.ts";
+import { getUid } from "../sys/process.ts";
 
 /** What {@linkcode commandLine} takes besides the arguments (cli.ts `MainOptions`). */
 export interface CommandLineOptions {
@@ -73,7 +75,7 @@ type Reexec = typeof import("./cmd_reexec.ts");
  */
 function isRoot(): boolean {
   try {
-    return Deno.uid() === 0;
+    return getUid() === 0;
   } catch {
     return false;
   }
@@ -145,7 +147,7 @@ function cacheProblem(root: string | undefined, e: unknown): Error | undefined {
   if (!root) return undefined;
   let st: Deno.FileInfo;
   try {
-    st = Deno.statSync(root);
+    st = statSync(root);
   } catch {
     return undefined;
   }
@@ -154,7 +156,7 @@ function cacheProblem(root: string | undefined, e: unknown): Error | undefined {
     /EACCES|Permission denied \(os error 13\)/.test(String((e as Error)?.message ?? e));
   let mine = true;
   try {
-    mine = st.uid === null || st.uid === Deno.uid();
+    mine = st.uid === null || st.uid === getUid();
   } catch { /* no --allow-sys: say nothing more */ }
   if (denied && !mine) {
     return new Error(

@@ -9,6 +9,7 @@
  */
 import type { Output } from "./output.ts";
 import { ensureUserNamespace, rerunWithDenoFlags } from "../overlay/userns.ts";
+import { getEnv } from "../sys/env.ts";
 
 /**
  * Enters the namespace the mounting commands need (see
@@ -54,7 +55,7 @@ export async function rerunForCertificate(e: unknown): Promise<void> {
   if ((e as Error)?.name !== "UnverifiedCertificateError") return;
   const host = (e as { hostname?: string }).hostname;
   try {
-    const done = Deno.env.get(TLS_RERUN_ENV)?.split(",") ?? [];
+    const done = getEnv(TLS_RERUN_ENV)?.split(",") ?? [];
     if (!host || done.includes(host)) return;
     await rerunWithDenoFlags([`--unsafely-ignore-certificate-errors=${host}`], {
       [TLS_RERUN_ENV]: [...done, host].join(","),

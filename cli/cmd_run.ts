@@ -33,6 +33,8 @@ import type { CachingLayerResolver } from "../overlay/resolver.ts";
 import { UsageError } from "./args.ts";
 import type { Context } from "./context.ts";
 import { enterNamespace, onceWarner, openCached, pullImage } from "./pipeline.ts";
+import { getEnv } from "../sys/env.ts";
+import { statSync } from "../sys/files.ts";
 
 /**
  * Turns `--env` values into `K=V` strings: `K=V` as given, a bare `K` takes
@@ -55,7 +57,7 @@ export function envList(values: readonly string[]): string[] {
     if (!name) throw new UsageError(`option --env needs NAME=VALUE, not '${v}'`, "run");
     if (i >= 0) out.push(v);
     else {
-      const host = Deno.env.get(name);
+      const host = getEnv(name);
       if (host !== undefined) out.push(`${name}=${host}`);
     }
   }
@@ -89,7 +91,7 @@ export function volumeMounts(values: readonly string[]): BindMount[] {
       throw new UsageError(`option --volume takes ro or rw after DST, not '${mode}'`, "run");
     }
     try {
-      Deno.statSync(source);
+      statSync(source);
     } catch (e) {
       if (!(e instanceof Deno.errors.NotFound)) throw e;
       throw new UsageError(`option --volume: ${source} does not exist`, "run");

@@ -22,6 +22,15 @@ import { enterNamespace } from "./pipeline.ts";
 import { cachedLayers, exists, removeLayer } from "./cache_scan.ts";
 import { ImageStore } from "../image/store.ts";
 import { damagedRunRecords } from "./run_records.ts";
+import {
+  readDir,
+  readDirSync,
+  readFile,
+  remove,
+  rename,
+  writeFile,
+  writeTextFile,
+} from "../sys/files.ts";
 import { currentIdMap } from "../overlay/cache.ts";
 import { describeMisfit, idMapKey, isIdMap, isTreeIds, layerMisfit } from "../overlay/idmap.ts";
 import { idmapMarker, type LayerRecord } from "../overlay/resolver.ts";
@@ -32,10 +41,10 @@ async function rewriteRecord(dir: string, record: LayerRecord): Promise<void> {
   const file = join(dir, "layer.json");
   const tmp = `${file}.${crypto.randomUUID()}`;
   try {
-    await Deno.writeTextFile(tmp, JSON.stringify(record, null, 2) + "\n", { mode: 0o600 });
-    await Deno.rename(tmp, file);
+    await writeTextFile(tmp, JSON.stringify(record, null, 2) + "\n", { mode: 0o600 });
+    await rename(tmp, file);
   } catch (e) {
-    await Deno.remove(tmp).catch(() => {});
+    await remove(tmp).catch(() => {});
     throw e;
   }
 }
@@ -48,9 +57,9 @@ const spans = (ids: TreeIds) =>
 async function* storeBlobs(root: string): AsyncGenerator<{ digest: string; path: string }> {
   const base = join(root, "images", "blobs");
   if (!(await exists(base))) return;
-  for await (const alg of Deno.readDir(base)) {
+  for await (const alg of readDir(base)) {
     if (!alg.isDirectory) continue;
-    for await (const b of Deno.readDir(join(base, alg.name))) {
+    for await (const b of readDir(join(base, alg.name))) {
       if (b.isFile && /^[a-f0-9]+$/.test(b.name)) {
         yield { digest: `${alg.name}:${b.name}`, path: join(base, alg.name, b.name) };
       }
@@ -95,7 +104,7 @@ export async function verifyCommand(ctx: Context): Promise<number> {
       // The marker a reader under the extracting mapping trusts without
       // reading layer.json must name that mapping, and no other.
       const marker = idmapMarker(idMapKey(rec.idmap));
-      const markers = [...Deno.readDirSync(layer.path)].map((e) => e.name)
+      const markers = [...readDirSync(layer.path)].map((e) => e.name)
         .filter((n) => n.startsWith("idmap-"));
       const wrongMarker = markers.find((m) => m !== marker);
       if (wrongMarker || (rec.ids && markers.length === 0)) {
@@ -134,7 +143,7 @@ export async function verifyCommand(ctx: Context): Promise<number> {
               ids: now.ids,
               ownersLost: rec.warnings?.some((w) => w.includes("cannot set owners")) ?? false,
             });
-            await Deno.writeFile(join(layer.path, marker), new Uint8Array(), { mode: 0o600 });
+            await writeFile(join(layer.path, marker), new Uint8Array(), { mode: 0o600 });
             ctx.out.note(`${head}: ok; recorded the ids its files use (${spans(now.ids)})`);
             continue;
           }
@@ -156,9 +165,9 @@ export async function verifyCommand(ctx: Context): Promise<number> {
   let blobs = 0;
   for await (const b of storeBlobs(root)) {
     blobs++;
-    const actual = digestOf(await Deno.readFile(b.path), b.digest.split(":")[0]);
+    const actual = digestOf(await readFile(b.path), b.digest.split(":")[0]);
     if (actual === b.digest) continue;
-    await Deno.remove(b.path).catch(() => {});
+    await remove(b.path).catch(() => {});
     ctx.out.note(
       `image blob ${shortDigest(b.digest)}: DAMAGED (content is ${
         shortDigest(actual)
@@ -171,7 +180,7 @@ export async function verifyCommand(ctx: Context): Promise<number> {
   // guess what it named; without it the next pull saves the name again.
   if (await exists(join(root, "images", "refs"))) {
     for (const r of await (await ImageStore.create(root)).damagedRecords()) {
-      await Deno.remove(r.path).catch(() => {});
+      await remove(r.path).catch(() => {});
       const file = r.path.slice(root.length + 1);
       ctx.out.note(
         `image name record ${file}: DAMAGED (${r.reason}); removed, pull the image again`,

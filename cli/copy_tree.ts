@@ -39,6 +39,7 @@ import {
 } from "../sys/fs.ts";
 import { hasEscapes } from "../sys/name.ts";
 import { cstr, errno, ErrnoError, libc } from "../sys/libc.ts";
+import { copyFile, lstat, mkdir, readDir as listDir } from "../sys/files.ts";
 
 /** What {@linkcode copyTree} did. */
 export interface CopyResult {
@@ -134,7 +135,7 @@ async function copyContent(from: string, to: string, st: Stat): Promise<void> {
     const segs = size > 0 && st.blocks * 512 < size ? dataSegments(src, size) : -1;
     const sparse = typeof segs !== "number" &&
       !(segs.length === 1 && segs[0][0] === 0 && segs[0][1] === size);
-    if (!sparse && !hasEscapes(from) && !hasEscapes(to)) return await Deno.copyFile(from, to);
+    if (!sparse && !hasEscapes(from) && !hasEscapes(to)) return await copyFile(from, to);
     const flags = O.WRONLY | O.CREAT | O.EXCL | O.NOFOLLOW | O.CLOEXEC;
     const dst = must(openat(AT.FDCWD, to, flags, 0o600), "open", to);
     try {
@@ -221,14 +222,14 @@ export async function copyTree(
   const links = new Map<string, string>();
 
   try {
-    const st = await Deno.lstat(dst);
+    const st = await lstat(dst);
     if (!st.isDirectory) throw new CopyError(`${dst} exists and is not a directory`);
-    for await (const _ of Deno.readDir(dst)) {
+    for await (const _ of listDir(dst)) {
       throw new CopyError(`${dst} is not empty; export writes into a new or empty directory`);
     }
   } catch (e) {
     if (!(e instanceof Deno.errors.NotFound)) throw e;
-    await Deno.mkdir(dst, { recursive: true, mode: 0o700 });
+    await mkdir(dst, { recursive: true, mode: 0o700 });
   }
 
   const stat = (path: string): Stat => {

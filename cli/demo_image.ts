@@ -24,6 +24,9 @@ import type {
   ImageManifest,
 } from "../image/types.ts";
 import { MediaType } from "../image/types.ts";
+import { mkdir, readFile, writeFile, writeTextFile } from "../sys/files.ts";
+import { getUid } from "../sys/process.ts";
+import { commandOutput } from "../sys/spawn.ts";
 
 /** The mtime every demo entry carries (2024-01-01T00:00:00Z), for reproducible digests. */
 export const DEMO_MTIME = 1704067200;
@@ -88,7 +91,7 @@ export function hostArchitecture(): string {
 async function writeBlob(dir: string, bytes: Uint8Array | string): Promise<Descriptor> {
   const data = typeof bytes === "string" ? new TextEncoder().encode(bytes) : bytes;
   const digest = sha256(data);
-  await Deno.writeFile(join(dir, "blobs", "sha256", digest.slice(7)), data);
+  await writeFile(join(dir, "blobs", "sha256", digest.slice(7)), data);
   return { mediaType: "", digest, size: data.length };
 }
 
@@ -113,8 +116,8 @@ export async function buildOciLayout(
   options: BuildLayoutOptions,
 ): Promise<BuiltLayout> {
   const tag = options.tag ?? "latest";
-  await Deno.mkdir(join(dir, "blobs", "sha256"), { recursive: true });
-  await Deno.writeTextFile(
+  await mkdir(join(dir, "blobs", "sha256"), { recursive: true });
+  await writeTextFile(
     join(dir, "oci-layout"),
     JSON.stringify({ imageLayoutVersion: "1.0.0" }),
   );
@@ -157,7 +160,7 @@ export async function buildOciLayout(
       platform: { os: "linux", architecture: config.architecture },
     }],
   };
-  await Deno.writeTextFile(join(dir, "index.json"), JSON.stringify(index));
+  await writeTextFile(join(dir, "index.json"), JSON.stringify(index));
   return {
     dir,
     ref: `oci:${dir}:${tag}`,
@@ -218,13 +221,13 @@ export function isStaticElf(bytes: Uint8Array): boolean {
  */
 export async function aptInstall(pkg: string): Promise<void> {
   const apt = (args: string[]) =>
-    new Deno.Command("apt-get", {
+    commandOutput("apt-get", {
       args,
       stdin: "null",
       stdout: "null",
       stderr: "piped",
       env: { DEBIAN_FRONTEND: "noninteractive" },
-    }).output();
+    });
   let r = await apt(["install", "-y", "-qq", "--no-install-recommends", pkg]);
   if (!r.success) {
     await apt(["update", "-qq"]);
@@ -261,14 +264,14 @@ export async function findBusybox(options: FindBusyboxOptions = {}): Promise<str
   const path = options.path ?? "/bin/busybox";
   const tryRead = async () => {
     try {
-      return await Deno.readFile(path);
+      return await readFile(path);
     } catch (e) {
       if (e instanceof Deno.errors.NotFound) return undefined;
       throw e;
     }
   };
   let bytes = await tryRead();
-  if (!bytes && !options.path && (options.install ?? true) && Deno.uid() === 0) {
+  if (!bytes && !options.path && (options.install ?? true) && getUid() === 0) {
     options.log?.("busybox not found: installing Debian's busybox-static with apt-get");
     await aptInstall("busybox-static");
     bytes = await tryRead();
@@ -328,11 +331,11 @@ exec /app/show.sh
 `;
 
 async function busyboxApplets(busybox: string): Promise<string[]> {
-  const r = await new Deno.Command(busybox, {
+  const r = await commandOutput(busybox, {
     args: ["--list"],
     stdout: "piped",
     stderr: "piped",
-  }).output();
+  });
   if (!r.success) {
     throw new BusyboxError(`${busybox} --list failed: ${new TextDecoder().decode(r.stderr)}`);
   }
@@ -366,7 +369,7 @@ export async function buildDemoImage(
 ): Promise<BuiltLayout> {
   const busybox = options.busybox ?? await findBusybox({ log: options.log });
   const applets = await busyboxApplets(busybox);
-  const bin = await Deno.readFile(busybox);
+  const bin = await readFile(busybox);
   const m = { mtime: DEMO_MTIME };
   const root = { ...m, uid: 0, gid: 0 };
   const app = { ...m, uid: DEMO_APP_ID, gid: DEMO_APP_ID, uname: "app", gname: "app" };

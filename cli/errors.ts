@@ -82,10 +82,13 @@ function chain(e: unknown): unknown[] {
 export function permissionHint(e: unknown): string | undefined {
   for (const c of chain(e)) {
     if (!(c instanceof Error)) continue;
-    // sys/proc.ts already names the flag (/proc is read through libc).
-    if (c.name === "ProcPermissionError") return oneLine(c.message);
-    const notCapable = c instanceof Deno.errors.NotCapable ||
-      c.name === "NotCapable" || c.name === "FfiPermissionError";
+    // strata's own (sys/permissions.ts MissingPermissionError and its
+    // subclasses) already name the flag and what it is for.
+    if (
+      c.name === "MissingPermissionError" || c.name === "ProcPermissionError" ||
+      c.name === "FfiPermissionError"
+    ) return oneLine(c.message);
+    const notCapable = c instanceof Deno.errors.NotCapable || c.name === "NotCapable";
     // Deno 1 and some node: shims raise PermissionDenied for the same thing;
     // tell it apart from EACCES by Deno's "Requires ... access" wording.
     const denied = c instanceof Deno.errors.PermissionDenied &&
@@ -93,7 +96,7 @@ export function permissionHint(e: unknown): string | undefined {
     if (!notCapable && !denied) continue;
     const m = /Requires (\w+) access(?: to "?([^",]+)"?)?/.exec(c.message) ??
       /--allow-(\w+)/.exec(c.message);
-    const kind = m?.[1] ?? (c.name === "FfiPermissionError" ? "ffi" : undefined);
+    const kind = m?.[1];
     if (!kind) return `strata lacks a Deno permission: ${oneLine(c.message)}`;
     const target = m?.[2] ? ` (${m[2]})` : "";
     if (kind === "all") {

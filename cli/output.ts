@@ -9,6 +9,7 @@
  *
  * @module
  */
+import { getEnv } from "../sys/env.ts";
 
 const encoder = new TextEncoder();
 
@@ -54,7 +55,7 @@ export function detectMode(quiet: boolean): OutputMode {
   }
   let dumb = false;
   try {
-    dumb = Deno.env.get("TERM") === "dumb";
+    dumb = getEnv("TERM") === "dumb";
   } catch {
     // No --allow-env: assume a capable terminal.
   }

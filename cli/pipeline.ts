@@ -23,6 +23,9 @@ import { imageSourceOptions } from "./context.ts";
 import { UsageError } from "./args.ts";
 import { formatMs } from "./output.ts";
 import { claimContainer } from "../bundle/bundler.ts";
+import { getEnv } from "../sys/env.ts";
+import { mkdir, readTextFileSync, remove, writeTextFileSync } from "../sys/files.ts";
+import { getUid } from "../sys/process.ts";
 
 /**
  * Makes mounting possible: re-executes the CLI in a private mount namespace
@@ -59,7 +62,7 @@ export function openOptions(ctx: Context): OpenImageOptions {
     // (in $TMPDIR nothing would). The cache may be new: make its dirs first.
     tempDir: async () => {
       for (const d of ["locks", "tmp"]) {
-        await Deno.mkdir(join(ctx.cacheRoot, d), { recursive: true, mode: 0o700 });
+        await mkdir(join(ctx.cacheRoot, d), { recursive: true, mode: 0o700 });
       }
       const work = await TempWork.create(ctx.cacheRoot);
       return { path: work.path, remove: () => work.remove(), removeSync: () => work.removeSync() };
@@ -297,7 +300,7 @@ export async function pullImage(
     r = await cacheLayers(ctx, image, counting);
     await saveOpened(ctx, ref, image);
   } finally {
-    await Deno.remove(tmp, { recursive: true }).catch(() => {});
+    await remove(tmp, { recursive: true }).catch(() => {});
     lock.close(); // last: until the claim is gone, prune keeps its layers
   }
   r.ms = performance.now() - started;
@@ -399,7 +402,7 @@ const WARM_RUN_SYMBOLS = [
 /** Root (uid 0) and not re-executed into a namespace by strata: worth trying {@linkcode openCached}. */
 function rootOutsideNamespaces(): boolean {
   try {
-    return Deno.uid() === 0 && Deno.env.get(USERNS_ENV) === undefined;
+    return getUid() === 0 && getEnv(USERNS_ENV) === undefined;
   } catch {
     return false; // no --allow-sys or --allow-env: the usual way
   }
@@ -421,7 +424,7 @@ export function onceWarner(ctx: Context): Promise<(message: string) => void> {
   const file = join(ctx.cacheRoot, "notes.json");
   let shown: Record<string, string> = {};
   try {
-    shown = JSON.parse(Deno.readTextFileSync(file)); // small; read on every run
+    shown = JSON.parse(readTextFileSync(file)); // small; read on every run
   } catch {
     shown = {};
   }
@@ -431,7 +434,7 @@ export function onceWarner(ctx: Context): Promise<(message: string) => void> {
     ctx.out.warn(`${message} (said once per cache)`);
     shown[message] = new Date().toISOString();
     try {
-      Deno.writeTextFileSync(file, JSON.stringify(shown, null, 2) + "\n", { mode: 0o600 });
+      writeTextFileSync(file, JSON.stringify(shown, null, 2) + "\n", { mode: 0o600 });
     } catch {
       // read-only cache: it will be said again next time
     }

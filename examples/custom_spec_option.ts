@@ -5,11 +5,12 @@
  * hostname, a label in an environment variable, a private tmpfs at /scratch,
  * and a read-only bind of a host file over /etc/motd.
  *
- * Run: deno run --allow-run --allow-ffi --allow-read --allow-write --allow-env --allow-sys examples/custom_spec_option.ts
+ * Run: deno run --allow-run --allow-ffi examples/custom_spec_option.ts
  *
- * Permissions: --allow-run (unshare, runc, busybox), --allow-ffi (mounts),
- * --allow-read and --allow-write (cache, temp dir), --allow-env (cache
- * location), --allow-sys (uid). /proc is read through libc (--allow-ffi).
+ * Permissions: --allow-run (unshare, runc, busybox) and --allow-ffi (libc:
+ * mounts, and the cache, the temp dir, the environment and the uid, which
+ * strata reaches through libc when --allow-read, --allow-write, --allow-env
+ * and --allow-sys are not granted; see the README's "Deno permissions").
  *
  * @module
  */
@@ -21,6 +22,7 @@ import { CachingBundler } from "../bundle/bundler.ts";
 import { runContainer } from "../bundle/run.ts";
 import { withCmd } from "../bundle/options.ts";
 import type { SpecOption } from "../bundle/spec.ts";
+import { chmod, makeTempDir, remove, writeTextFile } from "../sys/files.ts";
 
 /** A custom option: hostname, env, a /scratch tmpfs and a motd bound from the host. */
 function withWorkshop(motdFile: string): SpecOption {
@@ -42,12 +44,12 @@ function withWorkshop(motdFile: string): SpecOption {
 
 await ensureUserNamespace();
 
-const tmp = await Deno.makeTempDir({ prefix: "strata-option-" });
+const tmp = await makeTempDir({ prefix: "strata-option-" });
 try {
   const built = await buildDemoImage(join(tmp, "layout"));
   const motd = join(tmp, "motd");
-  await Deno.writeTextFile(motd, "hello from the host, through a custom option\n");
-  await Deno.chmod(tmp, 0o755); // the container's user must reach the bound file
+  await writeTextFile(motd, "hello from the host, through a custom option\n");
+  await chmod(tmp, 0o755); // the container's user must reach the bound file
   const cache = join(tmp, "cache");
   const image = await openImage(built.ref, { cacheRoot: cache });
   const bundler = await CachingBundler.create(cache);
@@ -64,5 +66,5 @@ try {
   const { status } = await runContainer(bundle);
   if (status !== 0) throw new Error(`the container exited with status ${status}`);
 } finally {
-  await Deno.remove(tmp, { recursive: true });
+  await remove(tmp, { recursive: true });
 }

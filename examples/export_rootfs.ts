@@ -5,12 +5,14 @@
  * and copy the merged tree keeping owners, modes, times, xattrs and hard
  * links. `strata export IMAGE DIR` does the same from the command line.
  *
- * Run: deno run --allow-run --allow-ffi --allow-read --allow-write --allow-env --allow-sys examples/export_rootfs.ts [IMAGE] DIR
- * (without IMAGE, the demo image built from the host's busybox)
+ * Run: deno run --allow-run --allow-ffi examples/export_rootfs.ts [IMAGE] DIR
+ * (without IMAGE, the demo image built from the host's busybox; add
+ * --allow-net for an IMAGE in a registry)
  *
- * Permissions: --allow-run (unshare), --allow-ffi (mount, xattrs, mknod),
- * --allow-read and --allow-write (cache, DIR), --allow-env (cache location)
- * and --allow-sys (uid). /proc is read through libc (--allow-ffi).
+ * Permissions: --allow-run (unshare) and --allow-ffi (libc: mount, xattrs,
+ * mknod, and the cache, DIR, the environment and the uid, which strata
+ * reaches through libc when --allow-read, --allow-write, --allow-env and
+ * --allow-sys are not granted; see the README's "Deno permissions").
  *
  * @module
  */
@@ -21,6 +23,7 @@ import { openImage } from "../image/open.ts";
 import { ensureUserNamespace } from "../overlay/userns.ts";
 import { CachingLayerResolver } from "../overlay/resolver.ts";
 import { OverlayMount } from "../overlay/mount.ts";
+import { makeTempDir, mkdir, remove } from "../sys/files.ts";
 
 const [imageArg, dirArg] = Deno.args.length >= 2 ? Deno.args : [undefined, Deno.args[0]];
 if (!dirArg) {
@@ -31,7 +34,7 @@ const dir = resolve(dirArg);
 
 await ensureUserNamespace();
 
-const tmp = await Deno.makeTempDir({ prefix: "strata-export-" });
+const tmp = await makeTempDir({ prefix: "strata-export-" });
 try {
   const ref = imageArg ?? (await buildDemoImage(join(tmp, "layout"))).ref;
   const cache = join(tmp, "cache");
@@ -45,7 +48,7 @@ try {
   }
 
   const merged = join(tmp, "merged");
-  await Deno.mkdir(merged);
+  await mkdir(merged);
   const overlay = new OverlayMount({ mountpoint: merged, lower, readonly: true });
   await overlay.mount();
   try {
@@ -58,5 +61,5 @@ try {
     await overlay.unmount();
   }
 } finally {
-  await Deno.remove(tmp, { recursive: true });
+  await remove(tmp, { recursive: true });
 }

@@ -9,11 +9,12 @@
  * greets the name it is given. This script is itself a filter: its stdin is
  * the request, its stdout the function's response, pretty-printed.
  *
- * Run: echo '{"input":{"name":"world"}}' | deno run --allow-run --allow-ffi --allow-read --allow-write --allow-env --allow-sys examples/function.ts
+ * Run: echo '{"input":{"name":"world"}}' | deno run --allow-run --allow-ffi examples/function.ts
  *
- * Permissions: --allow-run (unshare, runc, busybox), --allow-ffi (mounts),
- * --allow-read and --allow-write (the cache and a temp dir), --allow-env
- * (cache location), --allow-sys (uid). /proc is read through libc (--allow-ffi).
+ * Permissions: --allow-run (unshare, runc, busybox) and --allow-ffi (libc:
+ * mounts, and the cache, a temp dir, the environment and the uid, which
+ * strata reaches through libc when --allow-read, --allow-write, --allow-env
+ * and --allow-sys are not granted; see the README's "Deno permissions").
  *
  * @module
  */
@@ -24,6 +25,7 @@ import { openImage } from "../image/open.ts";
 import { ensureUserNamespace } from "../overlay/userns.ts";
 import { CachingBundler } from "../bundle/bundler.ts";
 import { runContainer } from "../bundle/run.ts";
+import { makeTempDir, remove } from "../sys/files.ts";
 
 const FUNCTION = `#!/bin/sh
 # Reads {"input":{"name":"..."}} on stdin, answers on stdout.
@@ -37,7 +39,7 @@ printf '{"desired":{"greeting":"hello, %s"},"results":[{"severity":"Normal","mes
 // (stdin and stdout pass through) unless it already runs in one.
 await ensureUserNamespace();
 
-const tmp = await Deno.makeTempDir({ prefix: "strata-function-" });
+const tmp = await makeTempDir({ prefix: "strata-function-" });
 try {
   const fnLayer = new TarWriter()
     .directory("fn/", { mode: 0o755 })
@@ -57,5 +59,5 @@ try {
   const response = JSON.parse(new TextDecoder().decode(stdout));
   console.log(JSON.stringify(response, null, 2));
 } finally {
-  await Deno.remove(tmp, { recursive: true });
+  await remove(tmp, { recursive: true });
 }

@@ -41,6 +41,7 @@ import {
   type ImageManifest,
   MediaType,
 } from "./types.ts";
+import { makeTempDir, type OpenFile, openFile, remove, removeSync } from "../sys/files.ts";
 
 /** One member of an indexed tar. */
 export interface TarMember {
@@ -78,7 +79,7 @@ export class TarIndex {
 
   /** Walks the headers of the (uncompressed) tar at `path`. */
   static async open(path: string): Promise<TarIndex> {
-    const file = await Deno.open(path, { read: true });
+    const file = await openFile(path, { read: true });
     try {
       const members = await walk(file, path);
       return new TarIndex(path, members);
@@ -105,7 +106,7 @@ export class TarIndex {
     if (m.size > max) {
       throw new RangeError(`${this.path}: member ${name} is ${m.size} bytes, more than ${max}`);
     }
-    const file = await Deno.open(this.path, { read: true });
+    const file = await openFile(this.path, { read: true });
     try {
       await file.seek(m.offset, Deno.SeekMode.Start);
       const buf = new Uint8Array(m.size);
@@ -130,7 +131,7 @@ export class TarIndex {
   /** Reads the first bytes of a member (for sniffing compression). */
   async head(name: string, n = 4): Promise<Uint8Array> {
     const m = this.#need(name);
-    const file = await Deno.open(this.path, { read: true });
+    const file = await openFile(this.path, { read: true });
     try {
       await file.seek(m.offset, Deno.SeekMode.Start);
       const buf = new Uint8Array(Math.min(n, m.size));
@@ -199,7 +200,7 @@ function parsePax(data: Uint8Array): Record<string, string> {
   return out;
 }
 
-async function readFull(file: Deno.FsFile, buf: Uint8Array): Promise<number> {
+async function readFull(file: OpenFile, buf: Uint8Array): Promise<number> {
   let off = 0;
   while (off < buf.length) {
     const n = await file.read(buf.subarray(off));
@@ -209,7 +210,7 @@ async function readFull(file: Deno.FsFile, buf: Uint8Array): Promise<number> {
   return off;
 }
 
-async function walk(file: Deno.FsFile, path: string): Promise<Map<string, TarMember>> {
+async function walk(file: OpenFile, path: string): Promise<Map<string, TarMember>> {
   const members = new Map<string, TarMember>();
   const header = new Uint8Array(512);
   let offset = 0;
@@ -319,8 +320,8 @@ export interface ArchiveOptions extends ResolveOptions {
 }
 
 async function defaultTempDir(): Promise<ArchiveTempDir> {
-  const path = await Deno.makeTempDir({ prefix: "strata-archive-" });
-  return { path, remove: () => Deno.remove(path, { recursive: true }) };
+  const path = await makeTempDir({ prefix: "strata-archive-" });
+  return { path, remove: () => remove(path, { recursive: true }) };
 }
 
 /**
@@ -332,7 +333,7 @@ async function openArchive(
   path: string,
   options: ArchiveOptions = {},
 ): Promise<TarIndex> {
-  const file = await Deno.open(path, { read: true });
+  const file = await openFile(path, { read: true });
   let head: Uint8Array;
   try {
     head = new Uint8Array(4);
@@ -346,13 +347,13 @@ async function openArchive(
   const onUnload = () => {
     try {
       if (dir.removeSync) dir.removeSync();
-      else Deno.removeSync(dir.path, { recursive: true });
+      else removeSync(dir.path, { recursive: true });
     } catch { /* already gone */ }
   };
   globalThis.addEventListener("unload", onUnload);
   try {
     const tmp = join(dir.path, "archive.tar");
-    const out = await Deno.open(tmp, { write: true, createNew: true, mode: 0o600 });
+    const out = await openFile(tmp, { write: true, createNew: true, mode: 0o600 });
     const mt = c === "gzip" ? MediaType.OciLayerGzip : MediaType.OciLayerZstd;
     await (await fileStream(path, 0, undefined, options.signal))
       .pipeThrough(decompress(mt, path)).pipeTo(out.writable);

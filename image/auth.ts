@@ -9,6 +9,8 @@
  * @module
  */
 import { join } from "@std/path";
+import { getEnv } from "../sys/env.ts";
+import { readTextFile } from "../sys/files.ts";
 
 /** A user name and password (or token) for one registry. */
 export interface Credentials {
@@ -57,7 +59,7 @@ export function parseCreds(creds: string): Credentials {
 
 /** The auth files consulted, in order, when none is given. */
 export function defaultAuthFiles(): string[] {
-  const env = (k: string) => Deno.env.get(k);
+  const env = (k: string) => getEnv(k);
   const files: string[] = [];
   const ra = env("REGISTRY_AUTH_FILE");
   if (ra) files.push(ra);
@@ -166,7 +168,7 @@ export async function findCredentials(
   for (const file of files) {
     let text: string;
     try {
-      text = await Deno.readTextFile(file);
+      text = await readTextFile(file);
     } catch (e) {
       if (e instanceof Deno.errors.NotFound || e instanceof Deno.errors.PermissionDenied) {
         if (options.authFile) {

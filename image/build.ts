@@ -18,6 +18,7 @@ import {
   type ImageManifest,
   MediaType,
 } from "./types.ts";
+import { mkdir, readTextFile, writeFile, writeTextFile } from "../sys/files.ts";
 
 /** One layer to write: an uncompressed tar and how to store it. */
 export interface LayerInput {
@@ -52,8 +53,8 @@ export interface WrittenImage {
 async function writeBlob(dir: string, bytes: Uint8Array): Promise<string> {
   const digest = digestOf(bytes);
   const { algorithm, hex } = parseDigest(digest);
-  await Deno.mkdir(join(dir, "blobs", algorithm), { recursive: true });
-  await Deno.writeFile(join(dir, "blobs", algorithm, hex), bytes);
+  await mkdir(join(dir, "blobs", algorithm), { recursive: true });
+  await writeFile(join(dir, "blobs", algorithm, hex), bytes);
   return digest;
 }
 
@@ -78,11 +79,11 @@ export async function writeOciLayout(
   dir: string,
   tags: { tag?: string; images: ImageInput[] }[],
 ): Promise<WrittenImage[]> {
-  await Deno.mkdir(dir, { recursive: true });
-  await Deno.writeTextFile(join(dir, "oci-layout"), `{"imageLayoutVersion":"1.0.0"}`);
+  await mkdir(dir, { recursive: true });
+  await writeTextFile(join(dir, "oci-layout"), `{"imageLayoutVersion":"1.0.0"}`);
   let index: ImageIndex = { schemaVersion: 2, mediaType: MediaType.OciIndex, manifests: [] };
   try {
-    index = JSON.parse(await Deno.readTextFile(join(dir, "index.json")));
+    index = JSON.parse(await readTextFile(join(dir, "index.json")));
   } catch (e) {
     if (!(e instanceof Deno.errors.NotFound)) throw e;
   }
@@ -173,6 +174,6 @@ export async function writeOciLayout(
     index.manifests.push(descriptor);
     out.push({ descriptor, images: written });
   }
-  await Deno.writeFile(join(dir, "index.json"), json(index));
+  await writeFile(join(dir, "index.json"), json(index));
   return out;
 }

@@ -23,6 +23,7 @@ import {
 } from "./source.ts";
 import { parseDigest } from "./blob.ts";
 import type { Descriptor, ImageIndex, Platform } from "./types.ts";
+import { realPathSync, statSync } from "../sys/files.ts";
 
 /**
  * A layout blob strata refuses to read: a symlink resolving outside the
@@ -142,8 +143,8 @@ export class OciLayoutSource implements ImageSource {
     try {
       // Synchronous: metadata of local files, cheaper here than a thread-pool
       // round trip each (a warm `strata run` resolves manifest and config).
-      this.#root ??= Deno.realPathSync(this.dir);
-      real = Deno.realPathSync(path);
+      this.#root ??= realPathSync(this.dir);
+      real = realPathSync(path);
     } catch (e) {
       // The message says it all; Deno's ("No such file ... realpath '...'") would repeat it.
       if (e instanceof Deno.errors.NotFound) {
@@ -158,7 +159,7 @@ export class OciLayoutSource implements ImageSource {
         `${path} resolves to ${real}, outside the layout`,
       );
     }
-    const st = Deno.statSync(real);
+    const st = statSync(real);
     if (!st.isFile) {
       throw new UnsafeBlobError(
         `${what} ${desc.digest} of ${this.name}`,

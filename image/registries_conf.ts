@@ -29,6 +29,16 @@
  */
 import { join } from "@std/path";
 import type { RegistryRef } from "./ref.ts";
+import { getEnv } from "../sys/env.ts";
+import {
+  readDirSync,
+  readFileSync,
+  readTextFileSync,
+  removeSync,
+  renameSync,
+  statSync,
+  writeTextFileSync,
+} from "../sys/files.ts";
 
 /** `short-name-mode`: what an ambiguous short name does. */
 export type ShortNameMode = "enforcing" | "permissive" | "disabled";
@@ -178,17 +188,11 @@ const SYSTEM_DIR = "/etc/containers/registries.conf.d";
 /** A registries.conf larger than this is refused (they are a few KiB). */
 const MAX_FILE = 4 << 20;
 
-function env(name: string): string | undefined {
-  try {
-    return Deno.env.get(name);
-  } catch {
-    return undefined; // no --allow-env: the defaults
-  }
-}
+const env = getEnv;
 
 function existsSync(path: string): boolean {
   try {
-    Deno.statSync(path);
+    statSync(path);
     return true;
   } catch {
     return false;
@@ -227,7 +231,7 @@ export function registriesConfSources(options: RegistriesConfOptions = {}): Regi
 function dropIns(dir: string): string[] {
   const out: string[] = [];
   try {
-    for (const e of Deno.readDirSync(dir)) {
+    for (const e of readDirSync(dir)) {
       if (!e.isDirectory && e.name.endsWith(".conf")) out.push(join(dir, e.name));
     }
   } catch (e) {
@@ -248,10 +252,10 @@ function dropIns(dir: string): string[] {
 function readConf(file: string): string | undefined {
   let bytes: Uint8Array;
   try {
-    const st = Deno.statSync(file);
+    const st = statSync(file);
     if (st.isDirectory) throw new RegistriesConfError(file, "is a directory, not a file");
     if (st.size > MAX_FILE) throw new RegistriesConfError(file, `larger than ${MAX_FILE} bytes`);
-    bytes = Deno.readFileSync(file);
+    bytes = readFileSync(file);
   } catch (e) {
     if (e instanceof RegistriesConfError) throw e;
     if (e instanceof Deno.errors.NotFound) return undefined;
@@ -267,22 +271,12 @@ function readConf(file: string): string | undefined {
 }
 
 /**
- * smol-toml's module: `toml.ts` beside this file; in the bundled CLI (this
- * code is then in a `.js` chunk at the top of the output directory), its own
- * bundle, `image/toml.js`. Named by a URL computed at run time, not a literal
- * `import("smol-toml")`: Deno looks at literal dynamic imports when it
- * prepares the program, and for a user who cannot lock the checkout's
- * `node_modules` (the unprivileged user running root's checkout) it then asked
- * the npm registry about the package on every other start, saying
- * "Download https://registry.npmjs.org/smol-toml" on stderr, even for
- * commands that never read a registries.conf.
+ * smol-toml, loaded only when a file has to be parsed. The specifier is a
+ * literal: Deno loads a computed one only with `--allow-read`, and strata
+ * runs with `--allow-run --allow-ffi` alone.
  */
-const TOML_URL = import.meta.url.endsWith(".ts")
-  ? new URL("./toml.ts", import.meta.url)
-  : new URL("./image/toml.js", import.meta.url);
-
 function loadToml(): Promise<{ parse: Parse }> {
-  return import(TOML_URL.href);
+  return import("./toml.ts");
 }
 
 let cached: { key: string; conf: RegistriesConf | undefined } | undefined;
@@ -297,7 +291,7 @@ const CACHE_FILE = "registries-conf.json";
 
 function readCache(dir: string, key: string): { conf: RegistriesConf | undefined } | undefined {
   try {
-    const c = JSON.parse(Deno.readTextFileSync(join(dir, CACHE_FILE))) as CachedConf;
+    const c = JSON.parse(readTextFileSync(join(dir, CACHE_FILE))) as CachedConf;
     if (c?.version !== 1 || c.key !== key) return undefined;
     if (c.conf === null) return { conf: undefined };
     return { conf: { ...c.conf, aliases: new Map(c.conf.aliases) } };
@@ -315,11 +309,11 @@ function writeCache(dir: string, key: string, conf: RegistriesConf | undefined):
   const file = join(dir, CACHE_FILE);
   const tmp = `${file}.tmp-${crypto.randomUUID()}`;
   try {
-    Deno.writeTextFileSync(tmp, JSON.stringify(c), { mode: 0o600 });
-    Deno.renameSync(tmp, file);
+    writeTextFileSync(tmp, JSON.stringify(c), { mode: 0o600 });
+    renameSync(tmp, file);
   } catch {
     try {
-      Deno.removeSync(tmp);
+      removeSync(tmp);
     } catch { /* never written */ }
     // A read-only cache, or none yet: parsed again next time.
   }
@@ -356,7 +350,7 @@ export async function loadRegistriesConf(
   let present = 0;
   const key = files.map((f) => {
     try {
-      const st = Deno.statSync(f);
+      const st = statSync(f);
       present++;
       return [f, st.dev, st.ino, st.size, st.mtime?.getTime(), st.ctime?.getTime()].join("\0");
     } catch {

@@ -30,6 +30,7 @@ import {
   UNKNOWN_SIZE,
 } from "./source.ts";
 import { type Descriptor, MediaType } from "./types.ts";
+import { asMissingPermission, MissingPermissionError } from "../sys/permissions.ts";
 
 /** Options for {@linkcode RegistryClient} and {@linkcode openRegistryImage}. */
 export interface RegistryOptions extends RegistriesConfOptions {
@@ -372,7 +373,7 @@ export class RegistryClient {
           { redirect: "manual" },
           signal,
         ).catch((e) => {
-          if (isAbort(e, signal)) throw e;
+          if (isAbort(e, signal) || e instanceof MissingPermissionError) throw e;
           return undefined; // not plain HTTP, it seems: try https
         });
         if (res) {
@@ -395,7 +396,7 @@ export class RegistryClient {
         await res.body?.cancel();
         return "https";
       } catch (e) {
-        if (isAbort(e, signal)) throw e;
+        if (isAbort(e, signal) || e instanceof MissingPermissionError) throw e;
         if (this.#options.tlsVerify === false) {
           const problem = certificateProblem(e);
           if (problem) throw new UnverifiedCertificateError(this.host, problem, { cause: e });
@@ -541,7 +542,12 @@ export class RegistryClient {
       res = await fetch(url, { ...init, signal: idle.signal });
     } catch (e) {
       done();
-      throw e;
+      // Without --allow-net (or with a list that leaves out this host: a
+      // token service or a blob store the registry redirects to): say so.
+      throw asMissingPermission(
+        e,
+        "to reach registries: the registry, its token service and the hosts it redirects blobs to",
+      );
     }
     if (!res.body || res.status < 200 || res.status > 599) {
       done();

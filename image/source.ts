@@ -20,6 +20,7 @@ import {
   MediaType,
   type Platform,
 } from "./types.ts";
+import { openFile, openFileSync, statSync } from "../sys/files.ts";
 
 /** Manifests and configs larger than this are refused (the OCI distribution spec suggests 4 MiB). */
 export const MAX_DOCUMENT_SIZE = 4 << 20;
@@ -557,12 +558,12 @@ export function readSmallFile(
   // through three round trips to Deno's thread pool (a warm `strata run`
   // reads index, manifest and config of a layout).
   try {
-    const st = Deno.statSync(path);
+    const st = statSync(path);
     if (!st.isFile) throw new ManifestError(what, `${path} is not a regular file`);
     if (st.size > max) {
       throw new ManifestError(what, `${st.size} bytes is larger than the ${max} strata reads`);
     }
-    const file = Deno.openSync(path, { read: true });
+    const file = openFileSync(path, { read: true });
     try {
       // Still the regular file stat saw (not swapped for a FIFO meanwhile).
       const now = file.statSync();
@@ -606,7 +607,7 @@ export async function fileStream(
   length?: number,
   signal?: AbortSignal,
 ): Promise<ReadableStream<Uint8Array>> {
-  const file = await Deno.open(path, { read: true });
+  const file = await openFile(path, { read: true });
   try {
     if (offset) await file.seek(offset, Deno.SeekMode.Start);
   } catch (e) {

@@ -25,6 +25,17 @@ import {
   SourceImage,
 } from "./source.ts";
 import type { Descriptor, Digest, Image, ImageManifest } from "./types.ts";
+import {
+  lstatSync,
+  mkdir,
+  mkdirSync,
+  readDir,
+  readFile,
+  readFileSync,
+  remove,
+  rename,
+  writeFile,
+} from "../sys/files.ts";
 
 /** One name in the store. */
 export interface StoredImage {
@@ -167,7 +178,7 @@ export class ImageStore {
     // Synchronous: cheaper than a thread-pool round trip each (every run opens the store).
     try {
       for (const d of [root, dir, join(dir, "blobs"), join(dir, "refs")]) {
-        Deno.mkdirSync(d, { recursive: true, mode: 0o700 });
+        mkdirSync(d, { recursive: true, mode: 0o700 });
       }
     } catch (e) {
       return Promise.reject(e);
@@ -198,13 +209,13 @@ export class ImageStore {
   }
 
   async #atomicWrite(path: string, bytes: Uint8Array): Promise<void> {
-    await Deno.mkdir(join(path, ".."), { recursive: true, mode: 0o700 });
+    await mkdir(join(path, ".."), { recursive: true, mode: 0o700 });
     const tmp = `${path}.tmp-${crypto.randomUUID()}`;
     try {
-      await Deno.writeFile(tmp, bytes, { mode: 0o600 });
-      await Deno.rename(tmp, path);
+      await writeFile(tmp, bytes, { mode: 0o600 });
+      await rename(tmp, path);
     } catch (e) {
-      await Deno.remove(tmp).catch(() => {});
+      await remove(tmp).catch(() => {});
       throw e;
     }
   }
@@ -212,7 +223,7 @@ export class ImageStore {
   async #putBlob(bytes: Uint8Array, digest: Digest): Promise<void> {
     const path = this.#blobPath(digest);
     try {
-      Deno.lstatSync(path); // synchronous: one metadata call, on every warm run
+      lstatSync(path); // synchronous: one metadata call, on every warm run
       return; // content-addressed: already there, verified when it was written
     } catch (e) {
       if (!(e instanceof Deno.errors.NotFound)) throw e;
@@ -291,7 +302,7 @@ export class ImageStore {
   #readRecord(path: string, canonical: string): StoredImage | undefined {
     try {
       const rec = parseRecord(
-        Deno.readFileSync(path), // a few hundred bytes
+        readFileSync(path), // a few hundred bytes
         `image store entry for ${canonical}`,
       );
       return rec.name === canonical ? rec : undefined;
@@ -304,11 +315,11 @@ export class ImageStore {
   /** Lists every name, sorted. */
   async list(): Promise<StoredImage[]> {
     const out: StoredImage[] = [];
-    for await (const e of Deno.readDir(join(this.dir, "refs"))) {
+    for await (const e of readDir(join(this.dir, "refs"))) {
       if (!e.isFile || !e.name.endsWith(".json")) continue;
       try {
         out.push(parseRecord(
-          await Deno.readFile(join(this.dir, "refs", e.name)),
+          await readFile(join(this.dir, "refs", e.name)),
           `image store entry ${e.name}`,
         ));
       } catch (err) {
@@ -325,11 +336,11 @@ export class ImageStore {
    */
   async damagedRecords(): Promise<{ path: string; reason: string }[]> {
     const out: { path: string; reason: string }[] = [];
-    for await (const e of Deno.readDir(join(this.dir, "refs"))) {
+    for await (const e of readDir(join(this.dir, "refs"))) {
       if (!e.isFile || !e.name.endsWith(".json")) continue;
       const path = join(this.dir, "refs", e.name);
       try {
-        const rec = parseRecord(await Deno.readFile(path), `image store entry ${e.name}`);
+        const rec = parseRecord(await readFile(path), `image store entry ${e.name}`);
         if (await this.#refPath(rec.name) !== path) {
           out.push({ path, reason: `it holds the name ${rec.name}, stored under another` });
         }
@@ -355,7 +366,7 @@ export class ImageStore {
       victims = rec ? [rec] : [];
     }
     if (!victims.length) throw new ImageNotFoundError(nameOrDigest, this.dir);
-    for (const v of victims) await Deno.remove(await this.#refPath(v.name)).catch(() => {});
+    for (const v of victims) await remove(await this.#refPath(v.name)).catch(() => {});
     const keep = new Set<string>();
     for (const r of all) {
       if (victims.some((v) => v.name === r.name)) continue;
@@ -364,7 +375,7 @@ export class ImageStore {
     }
     for (const v of victims) {
       for (const d of [v.digest, v.configDigest]) {
-        if (!keep.has(d)) await Deno.remove(this.#blobPath(d)).catch(() => {});
+        if (!keep.has(d)) await remove(this.#blobPath(d)).catch(() => {});
       }
     }
     return victims.map((v) => v.name);
@@ -386,7 +397,7 @@ export class ImageStore {
     const what = `stored image ${rec.name}`;
     const read = async (digest: Digest) => {
       try {
-        return await Deno.readFile(this.#blobPath(digest));
+        return await readFile(this.#blobPath(digest));
       } catch (e) {
         if (e instanceof Deno.errors.NotFound) {
           throw new ImageNotFoundError(`${rec.name} (blob ${digest} is missing)`, this.dir, {

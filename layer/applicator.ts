@@ -73,6 +73,7 @@ import type { Layer } from "../image/types.ts";
 import { asDamaged, DamagedLayerError, EntryWriteError, reviveError } from "./errors.ts";
 import { TarParser } from "./tar.ts";
 import { type FromWorker, LayerWriter, type ToWorker } from "./writer.ts";
+import { workerModule } from "../sys/worker.ts";
 
 export {
   ApplyError,
@@ -294,7 +295,7 @@ export class TarApplicator implements TarballApplicator {
     stop: { abort?: () => void },
   ): Promise<ApplyResult> {
     const { onWarning, threads: _, ...options } = this.#options;
-    const worker = new Worker(WORKER_URL, { type: "module" });
+    const worker = new Worker(workerModule(WORKER_URL), { type: "module" });
     let inflight = 0;
     const pool: Uint8Array<ArrayBuffer>[] = [];
     let failure: unknown;

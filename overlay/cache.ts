@@ -19,6 +19,9 @@
 import { join } from "@std/path";
 import { readProcText } from "../sys/proc.ts";
 import { accessible } from "../sys/fs.ts";
+import { getEnv } from "../sys/env.ts";
+import { chmodSync, mkdirSync, statSync } from "../sys/files.ts";
+import { getUid } from "../sys/process.ts";
 
 /** The sub-directories of a cache root. */
 export const CACHE_DIRS = ["layers", "tmp", "locks", "images", "containers"] as const;
@@ -116,7 +119,7 @@ export function idMapCompatible(recorded: IdMap, current: IdMap): boolean {
 }
 
 function isRealRoot(): boolean {
-  if (Deno.uid() !== 0) return false;
+  if (getUid() !== 0) return false;
   try {
     return isIdentityMap({
       uid: parseMap(readProcText("/proc/self/uid_map")),
@@ -140,12 +143,12 @@ function isRealRoot(): boolean {
  * ```
  */
 export function defaultCacheRoot(): string {
-  const env = Deno.env.get("STRATA_CACHE");
+  const env = getEnv("STRATA_CACHE");
   if (env) return env;
   if (isRealRoot()) return "/var/lib/strata";
-  const xdg = Deno.env.get("XDG_CACHE_HOME");
+  const xdg = getEnv("XDG_CACHE_HOME");
   if (xdg) return join(xdg, "strata");
-  const home = Deno.env.get("HOME");
+  const home = getEnv("HOME");
   if (!home) throw new Error("Cannot find a cache directory: set STRATA_CACHE or HOME");
   return join(home, ".cache", "strata");
 }
@@ -154,9 +157,9 @@ export function defaultCacheRoot(): string {
 // this thread than a round trip each through Deno's thread pool (every
 // command opens the cache, a warm `strata run` included).
 function mkdir700(path: string): void {
-  Deno.mkdirSync(path, { recursive: true, mode: 0o700 });
-  const st = Deno.statSync(path);
-  if (st.mode !== null && (st.mode & 0o777) !== 0o700) Deno.chmodSync(path, 0o700);
+  mkdirSync(path, { recursive: true, mode: 0o700 });
+  const st = statSync(path);
+  if (st.mode !== null && (st.mode & 0o777) !== 0o700) chmodSync(path, 0o700);
 }
 
 /**

@@ -9,6 +9,15 @@ import { join } from "@std/path";
 import { cstr, errno, ErrnoError, ffiAvailable, libc } from "../sys/libc.ts";
 import { unmountBelow } from "../sys/mount.ts";
 import { AT, statx } from "../sys/fs.ts";
+import {
+  mkdir,
+  type OpenFile,
+  openFile,
+  readDirSync,
+  remove,
+  removeSync,
+  stat,
+} from "../sys/files.ts";
 
 const O_RDWR = 2;
 const O_CREAT = 0o100;
@@ -34,10 +43,10 @@ const EWOULDBLOCK = 11;
 export class FileLock {
   /** The lock file. */
   readonly path: string;
-  #file?: Deno.FsFile;
+  #file?: OpenFile;
   #fd?: number;
 
-  private constructor(path: string, file?: Deno.FsFile, fd?: number) {
+  private constructor(path: string, file?: OpenFile, fd?: number) {
     this.path = path;
     this.#file = file;
     this.#fd = fd;
@@ -53,7 +62,7 @@ export class FileLock {
   static async acquire(path: string, signal?: AbortSignal): Promise<FileLock> {
     for (;;) {
       signal?.throwIfAborted();
-      const file = await Deno.open(path, { read: true, write: true, create: true, mode: 0o600 });
+      const file = await openFile(path, { read: true, write: true, create: true, mode: 0o600 });
       try {
         await file.lock(true);
       } catch (e) {
@@ -65,7 +74,7 @@ export class FileLock {
         signal.throwIfAborted();
       }
       const held = await file.stat();
-      const now = await Deno.stat(path).catch(() => undefined);
+      const now = await stat(path).catch(() => undefined);
       if (now && now.ino === held.ino && now.dev === held.dev) return new FileLock(path, file);
       file.close();
     }
@@ -147,9 +156,9 @@ export class TempWork {
     const lock = await FileLock.acquire(join(root, "locks", `tmp-${name}.lock`));
     const path = join(root, "tmp", name);
     try {
-      await Deno.mkdir(path, { mode: 0o700 });
+      await mkdir(path, { mode: 0o700 });
     } catch (e) {
-      await Deno.remove(lock.path).catch(() => {});
+      await remove(lock.path).catch(() => {});
       lock.release();
       throw e;
     }
@@ -159,10 +168,10 @@ export class TempWork {
   /** Removes the directory (unmounting anything left below it), then its lock. */
   async remove(): Promise<void> {
     await unmountBelow(this.path);
-    await Deno.remove(this.path, { recursive: true }).catch((e) => {
+    await remove(this.path, { recursive: true }).catch((e) => {
       if (!(e instanceof Deno.errors.NotFound)) throw e;
     });
-    await Deno.remove(this.#lock.path).catch(() => {});
+    await remove(this.#lock.path).catch(() => {});
     this.#lock.release();
   }
 
@@ -172,12 +181,12 @@ export class TempWork {
    */
   removeSync(): void {
     try {
-      Deno.removeSync(this.path, { recursive: true });
+      removeSync(this.path, { recursive: true });
     } catch (e) {
       if (!(e instanceof Deno.errors.NotFound)) throw e;
     }
     try {
-      Deno.removeSync(this.#lock.path);
+      removeSync(this.#lock.path);
     } catch { /* gone already */ }
     this.#lock.release();
   }
@@ -199,8 +208,8 @@ export async function reclaimTemp(root: string): Promise<string[]> {
   const names = new Set<string>();
   // Synchronous listings: usually both are (nearly) empty, and every command
   // opening the cache pays for this.
-  for (const e of Deno.readDirSync(join(root, "tmp"))) names.add(e.name);
-  for (const e of Deno.readDirSync(join(root, "locks"))) {
+  for (const e of readDirSync(join(root, "tmp"))) names.add(e.name);
+  for (const e of readDirSync(join(root, "locks"))) {
     const m = /^tmp-(.+)\.lock$/.exec(e.name);
     if (m) names.add(m[1]);
   }
@@ -212,12 +221,12 @@ export async function reclaimTemp(root: string): Promise<string[]> {
       const path = join(root, "tmp", name);
       await unmountBelow(path);
       try {
-        await Deno.remove(path, { recursive: true });
+        await remove(path, { recursive: true });
         removed.push(path);
       } catch (e) {
         if (!(e instanceof Deno.errors.NotFound)) throw e;
       }
-      await Deno.remove(lockPath).catch(() => {});
+      await remove(lockPath).catch(() => {});
     } finally {
       lock.release();
     }

@@ -12,6 +12,7 @@ import {
   type MountBackend,
   type TmpfsMountOptions,
 } from "../sys/mount.ts";
+import { makeTempDir, remove } from "../sys/files.ts";
 
 export { MAX_LOWER_LAYERS };
 
@@ -117,7 +118,7 @@ export class OverlayMount implements Mount, AsyncDisposable {
     let lower = this.lower;
     if (this.upper === undefined && lower.length === 1) {
       // The kernel wants two lowers without an upper: an empty one below.
-      this.#empty = await Deno.makeTempDir({
+      this.#empty = await makeTempDir({
         dir: dirname(this.mountpoint),
         prefix: `.${basename(this.mountpoint)}-empty-`,
       });
@@ -140,7 +141,7 @@ export class OverlayMount implements Mount, AsyncDisposable {
 
   async #removeEmpty(): Promise<void> {
     if (this.#empty === undefined) return;
-    await Deno.remove(this.#empty).catch(() => {});
+    await remove(this.#empty).catch(() => {});
     this.#empty = undefined;
   }
 

@@ -38,6 +38,7 @@ import {
 import type { Layer } from "../image/types.ts";
 import { TempWork } from "./lock.ts";
 import { readProcText } from "../sys/proc.ts";
+import { type OpenFile, openFile } from "../sys/files.ts";
 
 /** How many following layers download while one is applied, by default. */
 export const DEFAULT_PREFETCH_CONCURRENCY = 3;
@@ -142,7 +143,7 @@ function counter(report: (n: number) => void): TransformStream<Uint8Array, Uint8
   });
 }
 
-async function writeAll(file: Deno.FsFile, bytes: Uint8Array): Promise<void> {
+async function writeAll(file: OpenFile, bytes: Uint8Array): Promise<void> {
   let done = 0;
   while (done < bytes.length) done += await file.write(bytes.subarray(done));
 }
@@ -248,7 +249,7 @@ export class LayerSpool {
   async #run(): Promise<void> {
     const layer = this.layer;
     const signal = this.#ctl.signal;
-    let file: Deno.FsFile | undefined;
+    let file: OpenFile | undefined;
     let reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
     const onAbort = () => reader?.cancel(signal.reason).catch(() => {});
     signal.addEventListener("abort", onAbort, { once: true });
@@ -257,7 +258,7 @@ export class LayerSpool {
       signal.throwIfAborted();
       this.#work = await TempWork.create(this.#root);
       const path = join(this.#work.path, "blob");
-      file = await Deno.open(path, { write: true, createNew: true, mode: 0o600 });
+      file = await openFile(path, { write: true, createNew: true, mode: 0o600 });
       this.#file = path;
       signal.throwIfAborted();
       const stream = await layer.compressed(signal);
@@ -334,7 +335,7 @@ export class LayerSpool {
    * the download fails. Bounded memory: one chunk at a time.
    */
   stream(): ReadableStream<Uint8Array> {
-    let file: Deno.FsFile | undefined;
+    let file: OpenFile | undefined;
     let pos = 0;
     const close = () => {
       try {
@@ -352,7 +353,7 @@ export class LayerSpool {
             throw this.#error;
           }
           if (pos < this.#written) {
-            file ??= await Deno.open(this.#file!, { read: true });
+            file ??= await openFile(this.#file!, { read: true });
             const buf = new Uint8Array(Math.min(READ_CHUNK, this.#written - pos));
             const n = await file.read(buf);
             if (n === null || n === 0) {

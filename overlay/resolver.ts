@@ -27,6 +27,14 @@ import { FileLock, reclaimTemp, TempWork } from "./lock.ts";
 import { mountOf } from "../sys/mount.ts";
 import type { NewOverlayMountFn } from "./workdir.ts";
 import type { ResolveAllOptions } from "./prefetch.ts";
+import {
+  mkdir,
+  readTextFile,
+  rename,
+  writeFile,
+  writeFileSync,
+  writeTextFile,
+} from "../sys/files.ts";
 
 /** Resolves a layer to a path suitable for use as an overlayfs lower directory. */
 export interface LayerResolver {
@@ -498,7 +506,7 @@ export class CachingLayerResolver implements LayerResolver {
     const marker = `${dir}/${idmapMarker(writer)}`;
     if (!accessible(marker)) {
       try {
-        Deno.writeFileSync(marker, new Uint8Array(), { mode: 0o600, createNew: true });
+        writeFileSync(marker, new Uint8Array(), { mode: 0o600, createNew: true });
       } catch {
         return refusal ?? "fits"; // a read-only cache: read again next time
       }
@@ -623,7 +631,7 @@ export class CachingLayerResolver implements LayerResolver {
     parents: readonly (string | { diffID: string })[] = [],
   ): Promise<LayerRecord> {
     return JSON.parse(
-      await Deno.readTextFile(join(this.layerDir(diffID, parents), "layer.json")),
+      await readTextFile(join(this.layerDir(diffID, parents), "layer.json")),
     );
   }
 
@@ -659,7 +667,7 @@ export class CachingLayerResolver implements LayerResolver {
       const work = await TempWork.create(this.root);
       try {
         const staged = join(work.path, "layer");
-        await Deno.mkdir(staged, { mode: 0o700 });
+        await mkdir(staged, { mode: 0o700 });
         const result = await this.#applyTo(layer, join(staged, "fs"), work.path, lowerDirs, signal)
           .catch((e) => {
             throw new LayerResolveError(layer.diffID, `extraction failed: ${e.message}`, {
@@ -694,14 +702,14 @@ export class CachingLayerResolver implements LayerResolver {
           idmap: this.idmap,
           warnings: result.warnings,
         };
-        await Deno.writeTextFile(
+        await writeTextFile(
           join(staged, "layer.json"),
           JSON.stringify(record, null, 2) + "\n",
           { mode: 0o600 },
         );
-        await Deno.writeFile(join(staged, idmapMarker(mapKey)), new Uint8Array(), { mode: 0o600 });
+        await writeFile(join(staged, idmapMarker(mapKey)), new Uint8Array(), { mode: 0o600 });
         try {
-          await Deno.rename(staged, dest);
+          await rename(staged, dest);
         } catch (e) {
           // Another process won the race (possible only if the lock file was
           // removed under us, e.g. by prune): its copy is as good as ours,
@@ -736,7 +744,7 @@ export class CachingLayerResolver implements LayerResolver {
   ): Promise<ApplyResult> {
     const onWarning = this.#o.onWarning;
     if (this.mode === "direct") {
-      await Deno.mkdir(fs, { mode: 0o755 });
+      await mkdir(fs, { mode: 0o755 });
       return await this.#apply(layer, fs, { whiteouts: "direct", lowerDirs, signal, onWarning });
     }
     const workdir = await import("./workdir.ts");
@@ -751,7 +759,7 @@ export class CachingLayerResolver implements LayerResolver {
         onWarning,
       });
       await wd.seal();
-      await Deno.rename(wd.resultPath(), fs);
+      await rename(wd.resultPath(), fs);
       return r;
     } finally {
       await wd.cleanup();

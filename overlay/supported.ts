@@ -10,6 +10,8 @@ import { chooseMountBackend, type MountBackendName, mountOf } from "../sys/mount
 import { type IdMap, onOverlayfs } from "./cache.ts";
 import { namespaceInfo, type PrivilegeMode } from "./userns.ts";
 import { LayerWorkdir } from "./workdir.ts";
+import { lstat, makeTempDir, mkdir, remove, writeTextFile } from "../sys/files.ts";
+import { osRelease } from "../sys/process.ts";
 
 /** What {@linkcode supportedReason} found. */
 export interface SupportReport {
@@ -94,8 +96,8 @@ export async function supportedReason(cacheRoot: string): Promise<SupportReport>
   }
   let probeRoot: string;
   try {
-    await Deno.mkdir(cacheRoot, { recursive: true, mode: 0o700 });
-    probeRoot = await Deno.makeTempDir({ dir: cacheRoot, prefix: ".supported-" });
+    await mkdir(cacheRoot, { recursive: true, mode: 0o700 });
+    probeRoot = await makeTempDir({ dir: cacheRoot, prefix: ".supported-" });
   } catch (e) {
     return report(false, `cannot create a directory in ${cacheRoot}: ${errorText(e)}`);
   }
@@ -106,15 +108,15 @@ export async function supportedReason(cacheRoot: string): Promise<SupportReport>
   }
   try {
     const lower = join(probeRoot, "lower");
-    await Deno.mkdir(join(lower, "dir"), { recursive: true });
-    await Deno.writeTextFile(join(lower, "dir", "gone"), "x");
+    await mkdir(join(lower, "dir"), { recursive: true });
+    await writeTextFile(join(lower, "dir", "gone"), "x");
     const wd = await LayerWorkdir.create(probeRoot, "probe", [lower]);
     try {
       // A write and a delete through the overlay: the delete makes a whiteout.
-      await Deno.writeTextFile(join(wd.applyPath(), "dir", "new"), "y");
-      await Deno.remove(join(wd.applyPath(), "dir", "gone"));
+      await writeTextFile(join(wd.applyPath(), "dir", "new"), "y");
+      await remove(join(wd.applyPath(), "dir", "gone"));
       await wd.seal();
-      const wh = await Deno.lstat(join(wd.resultPath(), "dir", "gone"));
+      const wh = await lstat(join(wd.resultPath(), "dir", "gone"));
       if (!wh.isCharDevice || wh.rdev !== 0) {
         throw new Error("the overlay did not write a char 0/0 whiteout for a deleted file");
       }
@@ -129,12 +131,12 @@ export async function supportedReason(cacheRoot: string): Promise<SupportReport>
   } catch (e) {
     return report(false, explain(e, cacheRoot, mode, fstype));
   } finally {
-    await Deno.remove(probeRoot, { recursive: true }).catch(() => {});
+    await remove(probeRoot, { recursive: true }).catch(() => {});
   }
 }
 
 function kernelBefore(major: number, minor: number): boolean {
-  const m = /^(\d+)\.(\d+)/.exec(Deno.osRelease());
+  const m = /^(\d+)\.(\d+)/.exec(osRelease());
   if (!m) return false;
   return Number(m[1]) < major || (Number(m[1]) === major && Number(m[2]) < minor);
 }
@@ -149,7 +151,7 @@ function explain(e: unknown, root: string, mode: PrivilegeMode, fstype?: string)
         `call ensureUserNamespace() first (the strata CLI does) or run as root [${msg}]`;
     }
     if (mode === "userns" && kernelBefore(5, 11)) {
-      return `Linux ${Deno.osRelease()} does not allow overlayfs in user namespaces ` +
+      return `Linux ${osRelease()} does not allow overlayfs in user namespaces ` +
         `(added in 5.11, commit 459c7c565ac36ba09ffbf) [${msg}]`;
     }
     return `the mount was refused [${msg}]`;

@@ -9,6 +9,11 @@
 import { currentIdMap, formatRanges, type IdMap, type IdRange, isIdentityMap } from "./cache.ts";
 import { readProcLink, readProcText } from "../sys/proc.ts";
 import { cstr, ffiAvailable, libc } from "../sys/libc.ts";
+import { deleteEnv, getEnv, setEnv } from "../sys/env.ts";
+import { readTextFile, realPath, stat } from "../sys/files.ts";
+import { execPath, getUid } from "../sys/process.ts";
+import { granted, MissingPermissionError } from "../sys/permissions.ts";
+import { commandOutput, spawnCommand } from "../sys/spawn.ts";
 
 /**
  * Set in the environment of the re-executed child, so it does not re-execute
@@ -44,7 +49,7 @@ function privateMountNs(): boolean | undefined {
   try {
     return readProcLink("/proc/self/ns/mnt") !== readProcLink("/proc/1/ns/mnt");
   } catch {
-    return Deno.env.get(USERNS_ENV) ? true : undefined;
+    return getEnv(USERNS_ENV) ? true : undefined;
   }
 }
 
@@ -68,7 +73,7 @@ export function namespaceInfo(): Promise<NamespaceInfo> {
 
 function namespaceInfoSync(): NamespaceInfo {
   const map = currentIdMap();
-  const uid = Deno.uid() ?? -1;
+  const uid = getUid();
   const identity = isIdentityMap(map);
   const mode: PrivilegeMode = !identity ? "userns" : uid === 0 ? "root" : "unprivileged";
   const collapsed = !identity && map.uid.reduce((n, r) => n + r[2], 0) <= 1;
@@ -87,7 +92,7 @@ function namespaceInfoSync(): NamespaceInfo {
     uid,
     uidMap: map.uid,
     gidMap: map.gid,
-    reexecuted: Deno.env.get(USERNS_ENV) !== undefined,
+    reexecuted: getEnv(USERNS_ENV) !== undefined,
     privateMountNamespace,
     collapsed,
     summary,
@@ -123,20 +128,13 @@ function ownArgv(): string[] {
     const raw = readProcText("/proc/self/cmdline");
     const argv = raw.split("\0");
     if (argv.at(-1) === "") argv.pop();
-    if (argv.length > 0) return [Deno.execPath(), ...argv.slice(1)];
+    if (argv.length > 0) return [execPath(), ...argv.slice(1)];
   } catch {
     // fall through: rebuild it from what Deno tells
   }
-  const flags: string[] = [];
-  const names = ["read", "write", "net", "env", "run", "ffi", "sys", "import"] as const;
-  for (const name of names) {
-    try {
-      if (Deno.permissions.querySync({ name }).state === "granted") flags.push(`--allow-${name}`);
-    } catch {
-      // an unknown permission name in this Deno: skip it
-    }
-  }
-  return [Deno.execPath(), "run", ...flags, Deno.mainModule, ...Deno.args];
+  const names = ["read", "write", "net", "env", "run", "ffi", "sys"] as const;
+  const flags = names.filter((name) => granted(name)).map((name) => `--allow-${name}`);
+  return [execPath(), "run", ...flags, Deno.mainModule, ...Deno.args];
 }
 
 interface SubIds {
@@ -147,9 +145,9 @@ interface SubIds {
 
 /** Counts the subordinate ids /etc/subuid and /etc/subgid give this user (by name or uid). */
 async function subIds(uid: number): Promise<SubIds> {
-  let user = Deno.env.get("USER") ?? Deno.env.get("LOGNAME") ?? "";
+  let user = getEnv("USER") ?? getEnv("LOGNAME") ?? "";
   try {
-    const passwd = await Deno.readTextFile("/etc/passwd");
+    const passwd = await readTextFile("/etc/passwd");
     for (const line of passwd.split("\n")) {
       const f = line.split(":");
       if (f.length > 2 && Number(f[2]) === uid) user = f[0];
@@ -160,7 +158,7 @@ async function subIds(uid: number): Promise<SubIds> {
   const count = async (file: string) => {
     try {
       let n = 0;
-      for (const line of (await Deno.readTextFile(file)).split("\n")) {
+      for (const line of (await readTextFile(file)).split("\n")) {
         const [who, , c] = line.trim().split(":");
         if (who === user || who === String(uid)) n += Number(c) || 0;
       }
@@ -218,10 +216,10 @@ export interface SubIdStatus {
 
 /** The first `dir/cmd` on `PATH` that exists (symlinks followed), as `execvp` finds it. */
 async function findOnPath(cmd: string): Promise<string | undefined> {
-  for (const dir of (Deno.env.get("PATH") ?? "/usr/bin:/bin").split(":")) {
+  for (const dir of (getEnv("PATH") ?? "/usr/bin:/bin").split(":")) {
     const path = `${dir || "."}/${cmd}`;
     try {
-      if ((await Deno.stat(path)).isFile) return path;
+      if ((await stat(path)).isFile) return path;
     } catch {
       // not here
     }
@@ -238,12 +236,12 @@ async function findOnPath(cmd: string): Promise<string | undefined> {
  */
 async function helperUsable(helper: string, map: IdMap): Promise<boolean> {
   try {
-    const st = await Deno.stat(helper);
+    const st = await stat(helper);
     const mapped = (id: number) => map.uid.some(([inside, , n]) => inside <= id && id < inside + n);
     const rootOwned = st.uid === 0 || (!isIdentityMap(map) && !mapped(st.uid ?? 0));
     if (((st.mode ?? 0) & 0o4000) !== 0 && rootOwned) return true;
     if (!ffiAvailable()) return true; // cannot look for capabilities: let it try
-    const real = await Deno.realPath(helper);
+    const real = await realPath(helper);
     return Number(libc().lgetxattr(cstr(real), cstr("security.capability"), null, 0n)) > 0;
   } catch {
     return true; // cannot tell: let it try
@@ -269,7 +267,7 @@ async function helperUsable(helper: string, map: IdMap): Promise<boolean> {
 export async function subordinateIds(): Promise<SubIdStatus> {
   const map = currentIdMap();
   const identity = isIdentityMap(map);
-  const own = Deno.uid() ?? -1;
+  const own = getUid() ?? -1;
   const uid = identity ? own : (map.uid.find((r) => r[0] === 0)?.[1] ?? own);
   const ids = await subIds(uid);
   const [newuidmap, newgidmap] = await Promise.all([
@@ -316,7 +314,7 @@ export async function subordinateIds(): Promise<SubIdStatus> {
         "(not on PATH); install them: apt-get install uidmap",
     );
   }
-  const failed = identity ? undefined : Deno.env.get(SUBIDS_FAILED_ENV);
+  const failed = identity ? undefined : getEnv(SUBIDS_FAILED_ENV);
   if (failed !== undefined) {
     return status(
       "helpers-failed",
@@ -429,9 +427,9 @@ let threadNamespace = false;
  */
 export function enterThreadMountNamespace(): boolean {
   if (threadNamespace) return true;
-  if (!ffiAvailable() || Deno.env.get(USERNS_ENV) !== undefined) return false;
+  if (!ffiAvailable() || getEnv(USERNS_ENV) !== undefined) return false;
   try {
-    if (Deno.uid() !== 0 || !isIdentityMap(currentIdMap())) return false;
+    if (getUid() !== 0 || !isIdentityMap(currentIdMap())) return false;
   } catch {
     return false; // no /proc, no --allow-sys: cannot tell
   }
@@ -452,15 +450,16 @@ async function tryUnshare(
   args: string[],
 ): Promise<{ ok: boolean; code: number; stderr: string }> {
   try {
-    const out = await new Deno.Command("unshare", {
+    const out = await commandOutput("unshare", {
       args: [...args, "--", "true"],
       stdin: "null",
       stdout: "null",
       stderr: "piped",
-    }).output();
+    });
     const stderr = new TextDecoder().decode(out.stderr).trim().replace(/\s*\n\s*/g, "; ");
     return { ok: out.success, code: out.code, stderr };
   } catch (e) {
+    if (e instanceof MissingPermissionError) throw e; // --allow-run: not a kernel refusal
     return { ok: false, code: -1, stderr: (e as Error).message };
   }
 }
@@ -491,9 +490,9 @@ const SIGPIPE = 13;
 function execInPlace(file: string, argv: string[], env: Record<string, string>): void {
   if (!ffiAvailable()) return;
   try {
-    for (const [k, v] of Object.entries(env)) Deno.env.set(k, v);
+    for (const [k, v] of Object.entries(env)) setEnv(k, v);
   } catch {
-    return; // no --allow-env: let Deno.Command pass the environment on
+    return; // a name or value the environment refuses: let Deno.Command pass it on
   }
   const keep: Uint8Array[] = [];
   const ptrs = new BigUint64Array(argv.length + 2); // file, argv..., NULL
@@ -507,7 +506,7 @@ function execInPlace(file: string, argv: string[], env: Record<string, string>):
   c.execvp(cstr(file), ptrs);
   // Still here: exec failed (no such program); undo and let the caller spawn.
   c.signal(SIGPIPE, previous);
-  for (const k of Object.keys(env)) Deno.env.delete(k);
+  for (const k of Object.keys(env)) deleteEnv(k);
   keep.length = 0;
 }
 
@@ -600,13 +599,13 @@ async function replaceProcess(
   env: Record<string, string>,
 ): Promise<never> {
   execInPlace(file, args, env);
-  const child = new Deno.Command(file, {
+  const child = spawnCommand(file, {
     args,
     env,
     stdin: "inherit",
     stdout: "inherit",
     stderr: "inherit",
-  }).spawn();
+  });
   // `unshare` execs the program, so the child's pid is the program itself.
   // SIGINT from a terminal reaches the whole foreground process group, child
   // included: the parent only outlives it. Other signals are passed on.
@@ -665,7 +664,7 @@ export async function ensureUserNamespace(options: EnsureUserNamespaceOptions = 
   const warn = options.warn ?? ((m: string) => console.error(m));
   // Root re-executed into a private mount namespace: nothing to check or
   // warn about (and no /proc read through FFI at the start of every command).
-  if (inPlace || Deno.env.get(USERNS_ENV) === "root") return;
+  if (inPlace || getEnv(USERNS_ENV) === "root") return;
   const info = await namespaceInfo();
   if (info.reexecuted || info.mode === "userns") {
     if (info.collapsed && !options.quiet && !warned) {

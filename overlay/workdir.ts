@@ -9,6 +9,7 @@ import { join } from "@std/path";
 import { cstr, errno, ErrnoError, libc } from "../sys/libc.ts";
 import { AT, close, O, openat, readDir, S, statx } from "../sys/fs.ts";
 import { type Mount, OverlayMount } from "./mount.ts";
+import { chmod, makeTempDir, mkdir, remove } from "../sys/files.ts";
 
 /** Creates the overlay a {@linkcode LayerWorkdir} applies a layer to. `lower` is bottom first. */
 export type NewOverlayMountFn = (
@@ -121,21 +122,21 @@ export class LayerWorkdir {
       else if (opt.newOverlayMount) o.newOverlayMount = opt.newOverlayMount;
     }
     const prefix = digest.replace(/[^A-Za-z0-9]/g, "-").slice(0, 24) + "-";
-    const path = await Deno.makeTempDir({ dir, prefix });
+    const path = await makeTempDir({ dir, prefix });
     try {
-      await Deno.chmod(path, 0o700);
+      await chmod(path, 0o700);
       const upper = join(path, "upper");
-      await Deno.mkdir(upper, { mode: 0o755 });
+      await mkdir(upper, { mode: 0o755 });
       if (parentLayerPaths.length === 0) return new LayerWorkdir(path, []);
       const work = join(path, "work");
       const merged = join(path, "merged");
-      await Deno.mkdir(work, { mode: 0o700 });
-      await Deno.mkdir(merged, { mode: 0o755 });
+      await mkdir(work, { mode: 0o700 });
+      await mkdir(merged, { mode: 0o755 });
       const mount = o.newOverlayMount(merged, [...parentLayerPaths], upper, work);
       await mount.mount();
       return new LayerWorkdir(path, [...parentLayerPaths], mount);
     } catch (e) {
-      await Deno.remove(path, { recursive: true }).catch(() => {});
+      await remove(path, { recursive: true }).catch(() => {});
       throw e;
     }
   }
@@ -168,7 +169,7 @@ export class LayerWorkdir {
   async cleanup(): Promise<void> {
     if (this.#cleaned) return;
     await this.seal();
-    await Deno.remove(this.path, { recursive: true }).catch((e) => {
+    await remove(this.path, { recursive: true }).catch((e) => {
       if (!(e instanceof Deno.errors.NotFound)) throw e;
     });
     this.#cleaned = true;

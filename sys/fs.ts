@@ -14,7 +14,7 @@
  *
  * @module
  */
-import { cstr, errno, ErrnoError, ffiAvailable, libc, readFdAll } from "./libc.ts";
+import { addr, cstr, errno, ErrnoError, ffiAvailable, libc, NR, readFdAll, sys } from "./libc.ts";
 import { decodeName, encodeNameInto } from "./name.ts";
 
 const arm = Deno.build.arch === "aarch64";
@@ -79,7 +79,6 @@ export const DT = {
 } as const;
 
 const SYS_openat2 = 437; // same number on every architecture (added after the unification at 424)
-const SYS_getdents64 = arm ? 61 : 217;
 
 const decoder = new TextDecoder();
 const scratch = [new Uint8Array(16384), new Uint8Array(16384)];
@@ -748,6 +747,7 @@ export interface DirEntry {
 
 const dentBuf = new Uint8Array(65536);
 const dentView = new DataView(dentBuf.buffer);
+let dentAddrValue: number | bigint | undefined;
 
 /**
  * Lists the directory open as `fd` (an `O_RDONLY|O_DIRECTORY` fd), without
@@ -762,10 +762,10 @@ const dentView = new DataView(dentBuf.buffer);
  */
 export function readDir(fd: number): DirEntry[] | number {
   const out: DirEntry[] = [];
-  const c = libc();
   for (;;) {
-    const n = Number(c.sys_getdents64(u64(SYS_getdents64), u64(fd), dentBuf, u64(dentBuf.length)));
-    if (n < 0) return -errno();
+    // Through syscall(2), whose one trampoline the libc routes of files.ts share.
+    const n = sys(NR.getdents64, fd, dentAddrValue ??= addr(dentBuf), dentBuf.length);
+    if (n < 0) return n;
     if (n === 0) return out;
     let off = 0;
     while (off < n) {
@@ -829,26 +829,6 @@ export function removeAt(dirfd: number, name: string): number {
 }
 
 /**
- * Tells whether `path` exists, without following a final symlink (a dangling
- * link exists). Errors other than "not found" are thrown.
- *
- * @example Usage
- * ```ts
- * import { exists } from "./fs.ts";
- * console.log(await exists("/")); // true
- * ```
- */
-export async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.lstat(path);
-    return true;
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return false;
-    throw e;
-  }
-}
-
-/**
  * Tells whether `path` (symlinks followed) exists, or with `executable`
  * whether this process may execute it: `faccessat(2)` when FFI is
  * permitted, so that a miss is an errno rather than a thrown `NotFound`
@@ -871,7 +851,7 @@ export function accessible(path: string, mode: "exists" | "executable" = "exists
     throw new ErrnoError("access", e, path);
   }
   try {
-    const st = Deno.statSync(path);
+    const st = Deno.statSync(path); // no FFI: Deno's own (needs --allow-read)
     return mode === "exists" || ((st.mode ?? 0o111) & 0o111) !== 0;
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) return false;

@@ -9,6 +9,7 @@
  * @module
  */
 import { encodeNameInto } from "./name.ts";
+import { granted, grantedSeen, MissingPermissionError } from "./permissions.ts";
 
 /** Errno numbers (x86_64 and aarch64 Linux agree on all of these). */
 export const Errno = {
@@ -20,6 +21,7 @@ export const Errno = {
   ENXIO: 6,
   E2BIG: 7,
   EBADF: 9,
+  ECHILD: 10,
   EAGAIN: 11,
   ENOMEM: 12,
   EACCES: 13,
@@ -33,21 +35,30 @@ export const Errno = {
   EINVAL: 22,
   ENFILE: 23,
   EMFILE: 24,
+  ENOTTY: 25,
   ETXTBSY: 26,
   EFBIG: 27,
   ENOSPC: 28,
+  ESPIPE: 29,
   EROFS: 30,
   EMLINK: 31,
+  EPIPE: 32,
   ERANGE: 34,
+  EDEADLK: 35,
   ENAMETOOLONG: 36,
+  ENOLCK: 37,
   ENOSYS: 38,
   ENOTEMPTY: 39,
   ELOOP: 40,
   ENODATA: 61,
   EOVERFLOW: 75,
+  EILSEQ: 84,
   EOPNOTSUPP: 95,
   ENOTSUP: 95,
+  ETIMEDOUT: 110,
+  ESTALE: 116,
   EDQUOT: 122,
+  ECANCELED: 125,
 } as const;
 
 const errnoNames = new Map<number, string>();
@@ -120,14 +131,17 @@ function strerrorText(errno: number): string {
 /**
  * Raised when FFI is needed but `--allow-ffi` was not granted; the message
  * names the flag.
+ *
+ * @example Usage
+ * ```ts
+ * import { FfiPermissionError } from "./libc.ts";
+ * console.log(new FfiPermissionError().flag); // "--allow-ffi"
+ * ```
  */
-export class FfiPermissionError extends Error {
+export class FfiPermissionError extends MissingPermissionError {
   /** Creates the error; `cause` is Deno's own permission error. */
   constructor(options?: ErrorOptions) {
-    super(
-      "strata needs libc through Deno FFI for this: run deno with --allow-ffi (or -A)",
-      options,
-    );
+    super("ffi", undefined, options);
     this.name = "FfiPermissionError";
   }
 }
@@ -174,13 +188,13 @@ const symbols = {
   fsmount: { parameters: ["i32", "u32", "u32"], result: "i32" },
   move_mount: { parameters: ["i32", "buffer", "i32", "buffer", "u32"], result: "i32" },
   unshare: { parameters: ["i32"], result: "i32" },
-  // layer/applicator (L2): openat2 and getdents64 have no glibc wrapper; raw syscall aliases.
+  // layer/applicator (L2): openat2 has no glibc wrapper; a raw syscall alias
+  // taking buffers (the extraction's hot path: no address taken per call).
   sys_openat2: {
     name: "syscall",
     parameters: ["i64", "i64", "buffer", "buffer", "u64"],
     result: "i64",
   },
-  sys_getdents64: { name: "syscall", parameters: ["i64", "i64", "buffer", "u64"], result: "i64" },
   statx: { parameters: ["i32", "buffer", "i32", "u32", "buffer"], result: "i32" },
   setxattr: { parameters: ["buffer", "buffer", "buffer", "usize", "i32"], result: "i32" },
   fgetxattr: { parameters: ["i32", "buffer", "buffer", "usize"], result: "isize" },
@@ -211,6 +225,28 @@ const symbols = {
   waitpid: { parameters: ["i32", "pointer", "i32"], result: "i32" },
   kill: { parameters: ["i32", "i32"], result: "i32" },
   environ: { type: "pointer" },
+  // sys/env.ts, sys/files.ts: what Deno's API gives only with --allow-env or
+  // --allow-read/--allow-write, beyond the system calls made through `sys`.
+  getenv: { parameters: ["buffer"], result: "pointer" },
+  setenv: { parameters: ["buffer", "buffer", "i32"], result: "i32" },
+  unsetenv: { parameters: ["buffer"], result: "i32" },
+  realpath: { parameters: ["buffer", "buffer"], result: "pointer" },
+  strerror: { parameters: ["i32"], result: "pointer" },
+  // On Deno's blocking pool, so a large read or a wait for a lock does not
+  // stop the event loop; errno is that thread's (see sys/files.ts).
+  read_async: {
+    name: "read",
+    parameters: ["i32", "buffer", "usize"],
+    result: "isize",
+    nonblocking: true,
+  },
+  pread_async: {
+    name: "pread",
+    parameters: ["i32", "buffer", "usize", "i64"],
+    result: "isize",
+    nonblocking: true,
+  },
+  flock_async: { name: "flock", parameters: ["i32", "i32"], result: "i32", nonblocking: true },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The libc symbols strata binds. */
@@ -224,7 +260,7 @@ function open<S extends Deno.ForeignLibraryInterface>(syms: S): Deno.DynamicLibr
   try {
     const l = Deno.dlopen("libc.so.6", syms);
     handles.push(l);
-    ffiGranted = true; // it just worked: no need to ask Deno (the first query costs ~2 ms)
+    grantedSeen("ffi"); // it just worked: no need to ask Deno
     return l;
   } catch (e) {
     if (e instanceof Deno.errors.NotCapable || e instanceof Deno.errors.PermissionDenied) {
@@ -317,17 +353,9 @@ export function bindLibc(names: readonly (keyof LibcSymbols)[]): void {
  * ```
  */
 export function ffiAvailable(): boolean {
-  // A grant is remembered: every /proc read asks, and asking Deno costs
-  // ~0.1 ms (2 ms the first time). strata never revokes its permissions.
-  if (ffiGranted) return true;
-  try {
-    return ffiGranted = Deno.permissions.querySync({ name: "ffi" }).state === "granted";
-  } catch {
-    return false;
-  }
+  // Asked once (sys/permissions.ts): every /proc read asks.
+  return granted("ffi");
 }
-
-let ffiGranted = false;
 
 /**
  * Reads errno of the calling thread; call it straight after the failing call.
@@ -377,25 +405,36 @@ const x64 = Deno.build.arch === "x86_64";
 
 /**
  * Linux system call numbers (x86_64, else aarch64's generic table) of the
- * calls {@linkcode sys} makes.
+ * calls {@linkcode sys} makes: the libc routes of sys/files.ts, env.ts
+ * and process.ts, and the warm run's mounts, spawns and waits.
  */
 export const NR = {
   read: x64 ? 0 : 63,
   write: x64 ? 1 : 64,
   close: x64 ? 3 : 57,
+  lseek: x64 ? 8 : 62,
   wait4: x64 ? 61 : 260,
   kill: x64 ? 62 : 129,
+  uname: x64 ? 63 : 160,
   flock: x64 ? 73 : 32,
+  ftruncate: x64 ? 77 : 46,
+  getcwd: x64 ? 79 : 17,
+  fchmod: x64 ? 91 : 52,
   getuid: x64 ? 102 : 174,
+  getgid: x64 ? 104 : 176,
   mount: x64 ? 165 : 40,
   umount2: x64 ? 166 : 39,
+  getdents64: x64 ? 217 : 61,
   openat: x64 ? 257 : 56,
   mkdirat: x64 ? 258 : 34,
   unlinkat: x64 ? 263 : 35,
+  symlinkat: x64 ? 266 : 36,
+  readlinkat: x64 ? 267 : 78,
   fchmodat: x64 ? 268 : 53,
   faccessat: x64 ? 269 : 48,
   unshare: x64 ? 272 : 97,
   renameat2: x64 ? 316 : 276,
+  statx: x64 ? 332 : 291,
 } as const;
 
 /** Deno types 64-bit parameters `bigint`, and takes numbers too (no BigInt per call). */
@@ -406,8 +445,10 @@ let raw: ((...args: (number | bigint)[]) => number | bigint) | undefined;
  * result, or `-errno`. Pointer arguments are addresses ({@linkcode addr}).
  *
  * One call trampoline serves every call: Deno builds one per bound symbol
- * (~0.25 ms each here), and a warm `strata run` that bound each of its
- * calls by name spent ~3 ms in `dlopen` alone.
+ * (~0.15 ms each), and the libc routes of sys/ that stand in for Deno's file,
+ * environment and process API would otherwise bind a dozen more on every
+ * warm `strata run` without `--allow-read`. The first call binds `syscall`,
+ * `environ` and `getenv` in one `dlopen`.
  *
  * @example Usage
  * ```ts ignore
@@ -425,11 +466,26 @@ export function sys(
   f: number | bigint = 0,
 ): number {
   if (!raw) {
-    bindLibc(["syscall", "environ"]);
+    bindLibc(["syscall", "environ", "getenv"]);
     raw = libc().syscall as unknown as typeof raw;
   }
   const r = Number(raw!(nr, a, b, c, d, e, f));
   return r < 0 ? -errno() : r;
+}
+
+/**
+ * The `environ` table of this process (`char **`, NULL-terminated), read
+ * afresh: `setenv` may move it.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { environTable } from "./libc.ts";
+ * const first = new Deno.UnsafePointerView(environTable()!).getPointer();
+ * ```
+ */
+export function environTable(): Deno.PointerValue {
+  if (!raw) sys(NR.getuid); // binds syscall, environ and getenv together, once
+  return new Deno.UnsafePointerView(libc().environ!).getPointer();
 }
 
 /**
@@ -439,9 +495,9 @@ export function sys(
  *
  * @example Usage
  * ```ts ignore
- * import { addr, cstr, NR, sys } from "./libc.ts";
- * const path = cstr("/tmp/x");
- * sys(NR.mkdirat, -100, addr(path), 0o700);
+ * import { addr, NR, sys } from "./libc.ts";
+ * const buf = new Uint8Array(4096);
+ * sys(NR.getcwd, addr(buf), buf.length);
  * ```
  */
 export function addr(buf: Uint8Array): number {

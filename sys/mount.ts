@@ -47,6 +47,18 @@
 import { join } from "@std/path";
 import { AT_FDCWD, check, cstr, errno, ErrnoError, ffiAvailable, libc } from "./libc.ts";
 import { readProcText } from "./proc.ts";
+import {
+  makeTempDir,
+  makeTempDirSync,
+  realPath,
+  remove,
+  removeSync,
+  symlink,
+  symlinkSync,
+} from "./files.ts";
+import { getEnv } from "./env.ts";
+import { cwd, osRelease } from "./process.ts";
+import { commandOutput } from "./spawn.ts";
 
 export { ErrnoError };
 
@@ -295,7 +307,7 @@ function overlayData(o: OverlayMountOptions): { data: string; links?: Link[] } {
 
 /** `path` made absolute against this process' working directory. */
 function absolute(path: string): string {
-  return path.startsWith("/") ? path : join(Deno.cwd(), path);
+  return path.startsWith("/") ? path : join(cwd(), path);
 }
 
 /**
@@ -305,23 +317,23 @@ function absolute(path: string): string {
  * resolved from the link directory, not from here.
  */
 function withLinkDir<T>(links: Link[], fn: (dir: string) => T): T {
-  const dir = Deno.makeTempDirSync({ prefix: "strata-l-" });
+  const dir = makeTempDirSync({ prefix: "strata-l-" });
   try {
-    for (const l of links) Deno.symlinkSync(absolute(l.target), join(dir, l.name));
+    for (const l of links) symlinkSync(absolute(l.target), join(dir, l.name));
     return fn(dir);
   } finally {
-    Deno.removeSync(dir, { recursive: true });
+    removeSync(dir, { recursive: true });
   }
 }
 
 /** {@linkcode withLinkDir} for a function that returns a promise. */
 async function withLinkDirAsync<T>(links: Link[], fn: (dir: string) => Promise<T>): Promise<T> {
-  const dir = await Deno.makeTempDir({ prefix: "strata-l-" });
+  const dir = await makeTempDir({ prefix: "strata-l-" });
   try {
-    for (const l of links) await Deno.symlink(absolute(l.target), join(dir, l.name));
+    for (const l of links) await symlink(absolute(l.target), join(dir, l.name));
     return await fn(dir);
   } finally {
-    await Deno.remove(dir, { recursive: true });
+    await remove(dir, { recursive: true });
   }
 }
 
@@ -595,7 +607,7 @@ class CommandBackend implements MountBackend {
   readonly name = "command" as const;
 
   async #run(args: string[], what: string, path: string, cwd?: string): Promise<void> {
-    const out = await new Deno.Command(args[0], {
+    const out = await commandOutput(args[0], {
       args: args.slice(1),
       cwd,
       // libmount 2.39+ would give the options to fsconfig(2) one string
@@ -605,7 +617,7 @@ class CommandBackend implements MountBackend {
       stdin: "null",
       stdout: "null",
       stderr: "piped",
-    }).output();
+    });
     if (!out.success) {
       const text = new TextDecoder().decode(out.stderr);
       throw new MountError(what, guessErrno(text), path, text);
@@ -692,7 +704,7 @@ export function mountBackend(
 }
 
 function kernelAtLeast(major: number, minor: number): boolean {
-  const m = /^(\d+)\.(\d+)/.exec(Deno.osRelease());
+  const m = /^(\d+)\.(\d+)/.exec(osRelease());
   if (!m) return false;
   const [a, b] = [Number(m[1]), Number(m[2])];
   return a > major || (a === major && b >= minor);
@@ -775,7 +787,7 @@ function forcedBackend(value: string): MountBackend {
 }
 
 function probe(): MountBackendChoice {
-  const forced = Deno.env.get("STRATA_MOUNT_BACKEND");
+  const forced = getEnv("STRATA_MOUNT_BACKEND");
   if (forced) {
     const backend = forcedBackend(forced);
     return { backend, name: backend.name, reason: `STRATA_MOUNT_BACKEND=${forced} asks for it` };
@@ -849,7 +861,7 @@ function probeNewApi(): MountBackendChoice {
       return {
         backend: new FsopenBackend(naming),
         name: "fsopen",
-        reason: `new mount API on Linux ${Deno.osRelease()} (>= 6.8), ${NAMING_REASON[naming]}; ` +
+        reason: `new mount API on Linux ${osRelease()} (>= 6.8), ${NAMING_REASON[naming]}; ` +
           `probing it said ${why}: no mount privilege here yet (run as root or inside a user namespace)`,
       };
     }
@@ -865,7 +877,7 @@ function probeNewApi(): MountBackendChoice {
         backend: new FsopenBackend("fd"),
         name: "fsopen",
         reason:
-          `new mount API (Linux ${Deno.osRelease()}): one "lowerdir+" per layer, ${NAMING_REASON.fd}`,
+          `new mount API (Linux ${osRelease()}): one "lowerdir+" per layer, ${NAMING_REASON.fd}`,
       };
     }
     const r = c.fsconfig(fd, FSCONFIG_SET_STRING, cstr("lowerdir+"), cstr("/"), 0);
@@ -886,7 +898,7 @@ function probeNewApi(): MountBackendChoice {
     backend: new FsopenBackend("path"),
     name: "fsopen",
     reason:
-      `new mount API (Linux ${Deno.osRelease()}): one "lowerdir+" per layer, ${NAMING_REASON.path}`,
+      `new mount API (Linux ${osRelease()}): one "lowerdir+" per layer, ${NAMING_REASON.path}`,
   };
 }
 
@@ -955,7 +967,7 @@ function unescapeMountinfo(s: string): string {
  * ```
  */
 export async function mountOf(path: string): Promise<MountInfo> {
-  const real = await Deno.realPath(path);
+  const real = await realPath(path);
   const text = readProcText("/proc/self/mountinfo");
   let best: MountInfo | undefined;
   for (const line of text.split("\n")) {
@@ -990,7 +1002,7 @@ export async function mountOf(path: string): Promise<MountInfo> {
 export async function mountsBelow(path: string): Promise<string[]> {
   let real: string;
   try {
-    real = await Deno.realPath(path);
+    real = await realPath(path);
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) return [];
     throw e;

@@ -14,6 +14,7 @@
  *
  * @module
  */
+import { cwd } from "./process.ts";
 
 /** The path separator, `/`. */
 export const SEPARATOR = "/";
@@ -109,7 +110,7 @@ export function resolve(...paths: string[]): string {
   let resolved = "";
   let absolute = false;
   for (let i = paths.length - 1; i >= -1 && !absolute; i--) {
-    const p = i >= 0 ? paths[i] : Deno.cwd();
+    const p = i >= 0 ? paths[i] : cwd();
     assertPath(p, i >= 0 ? `paths[${i}]` : "cwd");
     if (p.length === 0) continue;
     resolved = resolved ? `${p}/${resolved}` : p;

@@ -20,6 +20,7 @@ import {
   readFdAll,
   sys,
 } from "./libc.ts";
+import { MissingPermissionError } from "./permissions.ts";
 
 const O_RDONLY = 0;
 const O_CLOEXEC = 0o2000000;
@@ -28,13 +29,10 @@ const O_CLOEXEC = 0o2000000;
  * Raised when a `/proc` file cannot be read for lack of permission; the
  * message says which flag to add.
  */
-export class ProcPermissionError extends Error {
+export class ProcPermissionError extends MissingPermissionError {
   /** Creates the error for `path`; `cause` is Deno's own error. */
   constructor(path: string, options?: ErrorOptions) {
-    super(
-      `strata needs to read ${path} (id maps, mounts, limits): run deno with --allow-ffi (or -A)`,
-      options,
-    );
+    super("ffi", path, { ...options, use: "to read /proc: id maps, mounts, limits" });
     this.name = "ProcPermissionError";
   }
 }

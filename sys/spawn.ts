@@ -1,6 +1,7 @@
 /**
  * Starting a program through libc's `posix_spawn`, with stdin, stdout and
- * stderr inherited, and waiting for it without blocking the event loop.
+ * stderr inherited, and waiting for it without blocking the event loop; and
+ * `Deno.Command` with a missing `--allow-run` said as a typed error.
  *
  * `Deno.Command` does the same, but its first use in a process loads Deno's
  * process, body and streams modules (~3 ms here): a large share of a warm
@@ -16,6 +17,7 @@
  * @module
  */
 import { addr, cstr, ErrnoError, libc, NR, sys } from "./libc.ts";
+import { asMissingPermission } from "./permissions.ts";
 
 /** The libc symbols {@linkcode spawnInherited} calls, for `bindLibc`. */
 export const SPAWN_SYMBOLS = ["posix_spawn", "waitid", "syscall", "environ"] as const;
@@ -149,4 +151,47 @@ export function spawnInherited(path: string, args: readonly string[]): SpawnedCh
       throw new ErrnoError("kill", -r, `${path} (pid ${child})`);
     },
   };
+}
+
+/**
+ * `new Deno.Command(cmd, options).output()`, with a missing `--allow-run`
+ * raised as a `MissingPermissionError` (sys/permissions.ts) naming the flag and the
+ * program.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { commandOutput } from "./spawn.ts";
+ * const out = await commandOutput("runc", { args: ["--version"], stdout: "piped" });
+ * console.log(new TextDecoder().decode(out.stdout));
+ * ```
+ */
+export async function commandOutput(
+  cmd: string,
+  options: Deno.CommandOptions = {},
+): Promise<Deno.CommandOutput> {
+  try {
+    return await new Deno.Command(cmd, options).output();
+  } catch (e) {
+    throw asMissingPermission(e);
+  }
+}
+
+/**
+ * `new Deno.Command(cmd, options).spawn()`, with a missing `--allow-run`
+ * raised as a `MissingPermissionError` (sys/permissions.ts) naming the flag and the
+ * program.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { spawnCommand } from "./spawn.ts";
+ * const child = spawnCommand("sleep", { args: ["1"] });
+ * console.log((await child.status).code);
+ * ```
+ */
+export function spawnCommand(cmd: string, options: Deno.CommandOptions = {}): Deno.ChildProcess {
+  try {
+    return new Deno.Command(cmd, options).spawn();
+  } catch (e) {
+    throw asMissingPermission(e);
+  }
 }

@@ -124,6 +124,43 @@ export async function have(cmd: string): Promise<boolean> {
 let userReady: Promise<{ uid: number; gid: number; home: string }> | undefined;
 
 /**
+ * Copies this process's npm package metadata (`registry.json` of each
+ * package, not the packages) into the test user's Deno cache. The user runs
+ * root's checkout, whose `node_modules` it cannot lock: Deno then asks the
+ * npm registry for the metadata of every npm package in a program's graph on
+ * each start ("Download https://registry.npmjs.org/smol-toml" on stderr)
+ * and never keeps the answer, unless the user's own cache already has it.
+ */
+async function seedUserNpmMetadata(denoDir: string, uid: number, gid: number): Promise<void> {
+  const info = await run(denoPath, ["info", "--json"]);
+  const npmCache = JSON.parse(info.stdout).npmCache as string;
+  const from = join(npmCache, "registry.npmjs.org");
+  const to = join(denoDir, "npm", "registry.npmjs.org");
+  const packages: string[] = [];
+  const names = (dir: string) => {
+    try {
+      return [...Deno.readDirSync(dir)].filter((e) => e.isDirectory).map((e) => e.name);
+    } catch {
+      return []; // no npm cache here yet
+    }
+  };
+  for (const name of names(from)) {
+    if (name.startsWith("@")) packages.push(...names(join(from, name)).map((s) => `${name}/${s}`));
+    else packages.push(name);
+  }
+  for (const p of packages) {
+    const meta = join(from, p, "registry.json");
+    try {
+      await Deno.mkdir(join(to, p), { recursive: true });
+      await Deno.copyFile(meta, join(to, p, "registry.json"));
+    } catch {
+      // no metadata kept for that one
+    }
+  }
+  await sh("chown", ["-R", `${uid}:${gid}`, denoDir]);
+}
+
+/**
  * Makes sure {@linkcode TEST_USER} exists with a subordinate id range in
  * /etc/subuid and /etc/subgid (root only). Idempotent.
  */
@@ -142,7 +179,9 @@ export function ensureTestUser(): Promise<{ uid: number; gid: number; home: stri
     }
     const uid = Number((await sh("id", ["-u", TEST_USER])).trim());
     const gid = Number((await sh("id", ["-g", TEST_USER])).trim());
-    return { uid, gid, home: join("/home", TEST_USER) };
+    const home = join("/home", TEST_USER);
+    await seedUserNpmMetadata(join(home, ".deno"), uid, gid);
+    return { uid, gid, home };
   })();
   return userReady;
 }
@@ -165,7 +204,9 @@ export async function runAsUser(
     "-i",
     `HOME=${home}`,
     `PATH=${Deno.env.get("PATH") ?? "/usr/bin:/bin"}`,
-    ...Object.entries({ ...TEST_REGISTRIES_ENV, ...options.env }).map(([k, v]) => `${k}=${v}`),
+    // the Deno cache ensureTestUser filled, unless a test names its own
+    ...Object.entries({ DENO_DIR: join(home, ".deno"), ...TEST_REGISTRIES_ENV, ...options.env })
+      .map(([k, v]) => `${k}=${v}`),
     ...args,
   ], { cwd: options.cwd ?? "/" });
 }

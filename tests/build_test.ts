@@ -2,7 +2,9 @@
  * The bundled CLI (`deno task build`) is the same program: it pulls (the
  * layer worker included: a layer over 4 MiB is applied on a worker thread,
  * loaded from the worker's own bundle), runs warm as root, passes the
- * container's status and output on, and reports errors in one line.
+ * container's status and output on, and reports errors in one line; with
+ * `-A` and with `--allow-run --allow-ffi` alone (the worker's chunks then
+ * load through sys/worker.ts).
  */
 import { join } from "@std/path";
 import { assert, assertEquals, assertStringIncludes } from "@std/assert";
@@ -24,36 +26,38 @@ Deno.test({
       layers: layers.map((l) => ({ tar: (l as unknown as { tar: Uint8Array }).tar })),
       config: { Cmd: ["/bin/cat", "/etc/motd"] },
     });
-    const cache = join(String(dir), "cache");
-    const strata = (...args: string[]) => run(denoPath, ["run", "-A", cli, ...args]);
+    for (const flags of [["--allow-run", "--allow-ffi"], ["-A"]]) {
+      const cache = join(String(dir), `cache${flags.length}`);
+      const strata = (...args: string[]) => run(denoPath, ["run", ...flags, cli, ...args]);
 
-    const version = await strata("--version");
-    assertEquals(version.code, 0, version.stderr);
-    assertStringIncludes(version.stdout, "strata ");
+      const version = await strata("--version");
+      assertEquals(version.code, 0, version.stderr);
+      assertStringIncludes(version.stdout, "strata ");
 
-    const pulled = await strata("pull", "--cache", cache, built.ref);
-    assertEquals(pulled.code, 0, pulled.stderr);
-    assertStringIncludes(pulled.stderr, "2 of 2 layers extracted");
+      const pulled = await strata("pull", "--cache", cache, built.ref);
+      assertEquals(pulled.code, 0, pulled.stderr);
+      assertStringIncludes(pulled.stderr, "2 of 2 layers extracted");
 
-    const warm = await strata("run", "--cache", cache, built.ref);
-    assertEquals([warm.code, warm.stdout], [0, "bundled\n"], warm.stderr);
-    const sized = await strata(
-      "run",
-      "--cache",
-      cache,
-      built.ref,
-      "/bin/sh",
-      "-c",
-      "wc -c < /srv/big.txt; exit 7",
-    );
-    assertEquals([sized.code, sized.stdout.trim()], [
-      7,
-      String(new TextEncoder().encode(big).length),
-    ]);
+      const warm = await strata("run", "--cache", cache, built.ref);
+      assertEquals([warm.code, warm.stdout], [0, "bundled\n"], warm.stderr);
+      const sized = await strata(
+        "run",
+        "--cache",
+        cache,
+        built.ref,
+        "/bin/sh",
+        "-c",
+        "wc -c < /srv/big.txt; exit 7",
+      );
+      assertEquals([sized.code, sized.stdout.trim()], [
+        7,
+        String(new TextEncoder().encode(big).length),
+      ]);
 
-    const missing = await strata("run", "--cache", cache, "oci:/nonexistent/strata-layout:v1");
-    assertEquals(missing.code, 125);
-    assertEquals(missing.stderr.trim().split("\n").length, 1, missing.stderr);
-    assertEquals(await mountsBelow(String(dir)), []);
+      const missing = await strata("run", "--cache", cache, "oci:/nonexistent/strata-layout:v1");
+      assertEquals(missing.code, 125);
+      assertEquals(missing.stderr.trim().split("\n").length, 1, missing.stderr);
+      assertEquals(await mountsBelow(String(dir)), []);
+    }
   },
 });

@@ -815,9 +815,10 @@ Deno.test("cli: a missing Deno permission names the flag to add", async () => {
   await using cacheDir = await tempDir("strata-cli-cache-");
   const cache = String(cacheDir);
   const img = await demoLayout();
-  const noEnv = await strata(["ls"], { flags: ["--allow-read", "--no-prompt"] });
-  assertEquals(noEnv.code, 1);
-  assertOneErrorLine(noEnv, "strata needs --allow-env to find the cache directory");
+  // Without --allow-env the environment is read through libc: --allow-ffi is what is missing.
+  const noFfi = await strata(["ls"], { flags: ["--allow-read", "--no-prompt"] });
+  assertEquals(noFfi.code, 1);
+  assertOneErrorLine(noFfi, "strata needs --allow-ffi (to call libc");
   // Mounting commands read /proc/self (id maps, mount namespace) through libc.
   const r = await strata(["pull", img.ref, "--cache", cache], {
     flags: [
@@ -833,10 +834,21 @@ Deno.test("cli: a missing Deno permission names the flag to add", async () => {
   assertOneErrorLine(r, "run deno with --allow-ffi");
   // `supported` is a silent yes/no, but "could not look" is not a "no": it says so.
   const sup = await strata(["supported", "--cache", cache], {
-    flags: ["--allow-read", "--allow-write", "--allow-env", "--allow-run", "--allow-ffi"],
+    flags: ["--allow-read", "--allow-write", "--allow-env", "--allow-run", "--no-prompt"],
   });
   assertEquals(sup.code, 1);
-  assertOneErrorLine(sup, "run deno with --allow-sys");
+  assertOneErrorLine(sup, "run deno with --allow-ffi");
+  if (isRoot) {
+    // An unprivileged user needs --allow-run for unshare: said as such, not as
+    // "cannot create a user namespace".
+    const { home } = await ensureTestUser();
+    const user = await runAsUser([denoPath, "run", "--allow-ffi", CLI, "pull", img.ref], {
+      env: { DENO_DIR: join(home, ".deno"), STRATA_CACHE: join(home, "cache-noperm") },
+    });
+    assertEquals(user.code, 1);
+    assertOneErrorLine(user, "strata needs --allow-run for unshare (to start unshare");
+    assert(!user.stderr.includes("Cannot create a user namespace"), user.stderr);
+  }
   // With the named permissions (no -A) the same pull works.
   const ok = await strata(["pull", img.ref, "--cache", cache], {
     flags: [

@@ -18,7 +18,8 @@
  * it 0555); a device node in a user namespace (not creatable there: skipped
  * with a warning, as `umoci --rootless` cannot make one either); the link
  * count of directories inside a container (overlayfs reports 1 for merged
- * ones). And one pinned divergence between strata's own modes, see the last
+ * ones); an xattr with an empty value (docker and containerd set it, as
+ * strata does; umoci drops it). And one pinned divergence between strata's own modes, see the last
  * test.
  */
 import { assert, assertEquals } from "@std/assert";
@@ -63,8 +64,16 @@ async function record(dir: string): Promise<string[]> {
   return lines;
 }
 
-/** Asserts two records are equal, showing only the lines that differ. */
+/**
+ * Asserts two records are equal, showing only the lines that differ. An
+ * xattr with an empty value is not compared: docker and containerd set it
+ * (they apply Go's `PAXRecords`), and so does strata, while umoci applies
+ * Go's `Xattrs`, which drops empty values.
+ */
 function assertSameTree(actual: string[], expected: string[], what: string): void {
+  const noEmpty = (l: string) => l.replace(/ x:[^ =]+=(?= |$)/g, "");
+  actual = actual.map(noEmpty);
+  expected = expected.map(noEmpty);
   if (actual.join("\n") === expected.join("\n")) return;
   const e = new Set(expected), a = new Set(actual);
   const diff = [
@@ -424,7 +433,7 @@ Deno.test("applicator: Latin-1 names that differ in one byte stay two files, wit
   assertEquals(r.stdout, "e-acute", "the link's target kept its byte too");
 });
 
-Deno.test("tar: an empty pax xattr value is no xattr, and removes a global one", () => {
+Deno.test("tar: an empty pax xattr value is an empty xattr; global records are ignored", () => {
   const bytes = new TarWriter()
     .globalPax({ "SCHILY.xattr.user.g": "G" })
     .file("a", "")
@@ -438,7 +447,8 @@ Deno.test("tar: an empty pax xattr value is no xattr, and removes a global one",
   });
   parser.push(bytes);
   parser.end();
-  assertEquals(seen, { a: ["user.g"], b: [] });
+  // as Go's archive/tar reads them (docker and containerd set PAXRecords' xattrs, empty ones too)
+  assertEquals(seen, { a: [], b: ["user.empty", "user.g"] });
 });
 
 Deno.test({

@@ -1,7 +1,9 @@
 /**
  * Runs every script in `examples/` the way its header says (the `Run:` line:
- * same flags, same stdin), so an example that drifts from the API, or whose
- * documented permissions are not enough, fails here.
+ * same flags, same stdin), as root and as an unprivileged user, so an example
+ * that drifts from the API, or whose documented permissions are not enough,
+ * fails here. The flags are exactly `--allow-run --allow-ffi`: strata needs
+ * no other permission for local images.
  *
  * @module
  */
@@ -14,8 +16,11 @@ import {
   repoRoot,
   runAsUser,
   type RunResult,
+  sh,
   tempDir,
 } from "./_helpers.ts";
+
+const EXAMPLES = ["function.ts", "export_rootfs.ts", "custom_spec_option.ts"];
 
 /** Reads the `Run:` line of an example's header: deno flags, args, and the stdin piped in. */
 async function runLine(
@@ -60,6 +65,14 @@ async function runExample(name: string, extraArgs: string[] = []): Promise<RunRe
   return { code: out.code, stdout: d.decode(out.stdout), stderr: d.decode(out.stderr) };
 }
 
+Deno.test("examples: every one runs with --allow-run --allow-ffi and nothing more", async () => {
+  const listed = [...Deno.readDirSync(join(repoRoot, "examples"))].map((e) => e.name).sort();
+  assertEquals(listed, [...EXAMPLES].sort(), "every example is run by this file");
+  for (const name of EXAMPLES) {
+    assertEquals((await runLine(name)).flags, ["--allow-run", "--allow-ffi"], name);
+  }
+});
+
 Deno.test("examples/function.ts: a function container answers the request on stdout", async () => {
   const r = await runExample("function.ts");
   assertEquals(r.code, 0, r.stderr);
@@ -96,20 +109,62 @@ Deno.test("examples/custom_spec_option.ts: the custom option shapes the containe
   );
 });
 
+/** Runs an example as the unprivileged test user, with the header's flags and stdin. */
+async function runExampleAsUser(name: string, extraArgs: string[] = []): Promise<RunResult> {
+  const { home } = await ensureTestUser();
+  const { flags, args, stdin } = await runLine(name);
+  const argv = [
+    denoPath,
+    "run",
+    ...flags,
+    join(repoRoot, "examples", name),
+    ...args.filter((a) => a !== "DIR"),
+    ...extraArgs,
+  ].map((a) => `'${a}'`).join(" ");
+  return await runAsUser([
+    "sh",
+    "-c",
+    stdin === undefined ? `${argv} </dev/null` : `printf '%s\\n' '${stdin}' | ${argv}`,
+  ], { env: { DENO_DIR: join(home, ".deno") } });
+}
+
 Deno.test({
   name: "examples/function.ts: works for an unprivileged user too (user namespace)",
   ignore: !isRoot,
   fn: async () => {
-    const { home } = await ensureTestUser();
-    const { flags, stdin } = await runLine("function.ts");
-    const r = await runAsUser([
-      "sh",
-      "-c",
-      `printf '%s\\n' '${stdin}' | ${denoPath} run ${flags.join(" ")} ${
-        join(repoRoot, "examples/function.ts")
-      }`,
-    ], { env: { DENO_DIR: join(home, ".deno") } });
+    const r = await runExampleAsUser("function.ts");
     assertEquals(r.code, 0, r.stderr);
     assertEquals(JSON.parse(r.stdout).desired, { greeting: "hello, world" });
+  },
+});
+
+Deno.test({
+  name: "examples/export_rootfs.ts: works for an unprivileged user too (user namespace)",
+  ignore: !isRoot,
+  fn: async () => {
+    const { uid, gid } = await ensureTestUser();
+    await using outDir = await tempDir("strata-example-export-user-");
+    await sh("chown", [`${uid}:${gid}`, String(outDir)]);
+    const dir = join(String(outDir), "rootfs");
+    const r = await runExampleAsUser("export_rootfs.ts", [dir]);
+    assertEquals(r.code, 0, r.stderr);
+    assertEquals(
+      await Deno.readTextFile(join(dir, "etc/motd")),
+      "hello from layer 2 (it overrides layer 1)\n",
+    );
+    assert((await Deno.lstat(join(dir, "bin/busybox"))).isFile);
+  },
+});
+
+Deno.test({
+  name: "examples/custom_spec_option.ts: works for an unprivileged user too (user namespace)",
+  ignore: !isRoot,
+  fn: async () => {
+    const r = await runExampleAsUser("custom_spec_option.ts");
+    assertEquals(r.code, 0, r.stderr);
+    assertEquals(
+      r.stdout,
+      "workshop\ncustom-option\nhello from the host, through a custom option\nscratch ok\n",
+    );
   },
 });

@@ -4,8 +4,11 @@
  * (skopeo, umoci, buildah, podman), a real registry (docker-registry,
  * htpasswd, openssl for a self-signed HTTPS one), uid mapping helpers (uidmap), busybox-static for images, zstd,
  * attr (getfattr/setfattr), libcap2-bin (setcap), debootstrap (the
- * benchmark's Debian rootfs) and keyutils (keyctl, which the seccomp tests
- * run in a container). Run by `deno task test` and `deno task bench`
+ * benchmark's Debian rootfs), keyutils (keyctl, which the seccomp tests
+ * run in a container), and the tar implementations the tar
+ * differential test reads and writes with (pax, python3's tarfile,
+ * libarchive13; bsdtar from libarchive-tools when it installs, see
+ * {@linkcode OPTIONAL}). Run by `deno task test` and `deno task bench`
  * before anything else; as root it apt-get installs what is missing, as
  * anyone else it says what to run.
  *
@@ -38,6 +41,23 @@ export const PACKAGES: Record<string, string> = {
   gzip: "gzip",
   script: "bsdutils",
   hyperfine: "hyperfine",
+  pax: "pax",
+  python3: "python3",
+};
+
+/** Shared libraries the tests load through FFI, by file, with their package. */
+export const LIBRARIES: Record<string, string> = {
+  "/usr/lib/x86_64-linux-gnu/libarchive.so.13": "libarchive13",
+};
+
+/**
+ * Packages the tests use when they are there and do without otherwise: on
+ * Debian 12 `libarchive-tools` (bsdtar) may not install beside a newer
+ * `libarchive13` from the security updates (the mirror lags); the tar tests
+ * read through libarchive itself.
+ */
+export const OPTIONAL: Record<string, string> = {
+  bsdtar: "libarchive-tools",
 };
 
 function onPath(cmd: string): boolean {
@@ -79,10 +99,49 @@ async function cacheDependencies(): Promise<boolean> {
   return r.success;
 }
 
+function exists(path: string): boolean {
+  try {
+    Deno.statSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** A note that the optional packages were tried here (apt-get is not run again each test run). */
+const TRIED = "/var/tmp/strata-setup-optional-tried";
+
+/** Tries the optional packages once a day; a failure is a note, not an error. */
+async function optional(): Promise<void> {
+  const want = Object.entries(OPTIONAL).filter(([cmd]) => !onPath(cmd)).map(([, p]) => p);
+  if (want.length === 0 || Deno.uid() !== 0) return;
+  try {
+    const tried = Deno.statSync(TRIED).mtime?.getTime() ?? 0;
+    if (Date.now() - tried < 86400_000 && Deno.readTextFileSync(TRIED) === want.join(" ")) return;
+  } catch {
+    // not tried yet
+  }
+  Deno.writeTextFileSync(TRIED, want.join(" "));
+  const r = await new Deno.Command("apt-get", {
+    args: ["install", "-y", "-qq", "--no-install-recommends", ...want],
+    env: { DEBIAN_FRONTEND: "noninteractive" },
+    stdout: "null",
+    stderr: "null",
+  }).output();
+  if (!r.success) {
+    console.error(
+      `strata: optional packages not installed (${want.join(" ")}); the tests do without them`,
+    );
+  }
+}
+
 async function main(): Promise<number> {
   if (!(await cacheDependencies())) return 1;
   const missing = [
-    ...new Set(Object.entries(PACKAGES).filter(([cmd]) => !onPath(cmd)).map(([, p]) => p)),
+    ...new Set([
+      ...Object.entries(PACKAGES).filter(([cmd]) => !onPath(cmd)).map(([, p]) => p),
+      ...Object.entries(LIBRARIES).filter(([f]) => !exists(f)).map(([, p]) => p),
+    ]),
   ];
   if (Deno.uid() !== 0) {
     console.error(
@@ -91,6 +150,7 @@ async function main(): Promise<number> {
     );
     return 1;
   }
+  await optional();
   if (missing.length === 0) return 0;
   console.error(`strata: installing Debian packages for the tests: ${missing.join(" ")}`);
   const flags = ["install", "-y", "-qq", "--no-install-recommends", ...missing];
