@@ -29,15 +29,20 @@ export type { OutputSinks };
 export const VERSION: string = denoJson.version;
 
 /**
- * Loads `cli/cmd_NAME.ts`. A literal `import("./cli/cmd_main.ts")` would
- * make Deno read, hash and resolve that module and everything it imports
- * when the program starts (every module strata has); a specifier built from
- * a template with a fixed file-name prefix is resolved only when the import
- * runs, and `deno bundle` still finds every match (esbuild expands it to
- * `cli/cmd_*.ts`).
+ * The two halves of the command line, each imported when it is first
+ * needed: the short way of a warm `run` (one module that imports nothing)
+ * and everything else. The specifiers are string literals: Deno loads a
+ * module named by a computed one only with `--allow-read` on it, and strata
+ * runs with `--allow-run --allow-ffi` alone. (Deno reads the literal ones'
+ * module graph when it starts; executing it waits for the import.)
  */
-function load<T>(name: string): Promise<T> {
-  return import(`./cli/cmd_${name}.ts`);
+const loaders = {
+  run_warm: () => import("./cli/cmd_run_warm.ts"),
+  main: () => import("./cli/cmd_main.ts"),
+};
+
+function load<T>(name: keyof typeof loaders): Promise<T> {
+  return loaders[name]() as Promise<T>;
 }
 
 type WarmRun = typeof import("./cli/cmd_run_warm.ts");

@@ -26,22 +26,30 @@ export interface CommandLineOptions {
 type Handler = (ctx: Context) => Promise<number>;
 
 /**
- * Loads `cli/cmd_NAME.ts`, the part of the command line `NAME` needs, as
- * cli.ts loads this module: a literal `import("./cmd_run.ts")` would make
- * Deno read, hash and resolve every command's modules as soon as this one
- * loads (~4 ms for strata's ~60 modules); a template with a fixed file-name
- * prefix is resolved only when the import runs, and `deno bundle` still
- * finds every match (esbuild expands it to `cli/cmd_*.ts`).
+ * The part of the command line each command needs, imported when it runs
+ * (`strata --help` and `strata ls` run no mount or runtime code). String
+ * literals, as in cli.ts: a computed specifier needs `--allow-read`.
  */
-function load<T>(name: string): Promise<T> {
-  return import(`./cmd_${name}.ts`);
+const modules = {
+  supported: () => import("./cmd_supported.ts"),
+  pull: () => import("./cmd_pull.ts"),
+  run: () => import("./cmd_run.ts"),
+  export: () => import("./cmd_export.ts"),
+  cache: () => import("./cmd_cache.ts"),
+  verify: () => import("./cmd_verify.ts"),
+  demo: () => import("./cmd_demo.ts"),
+  reexec: () => import("./cmd_reexec.ts"),
+};
+
+function load<T>(name: keyof typeof modules): Promise<T> {
+  return modules[name]() as Promise<T>;
 }
 
 type CommandModule = Record<string, Handler>;
 
 // Commands load on demand: `strata --help` and `strata ls` do not pay for the
 // mount and runtime code, and a command whose part fails to load says so alone.
-const handlers: Record<string, [module: string, name: string]> = {
+const handlers: Record<string, [module: keyof typeof modules, name: string]> = {
   supported: ["supported", "supportedCommand"],
   pull: ["pull", "pullCommand"],
   run: ["run", "runCommand"],

@@ -169,6 +169,7 @@ const NR = {
   unshare: x64 ? 272 : 97,
   renameat2: x64 ? 316 : 276,
   statx: x64 ? 332 : 291,
+  getdents64: x64 ? 217 : 61,
 } as const;
 const AT_FDCWD = -100;
 const AT_SYMLINK_NOFOLLOW = 0x100;
@@ -313,6 +314,75 @@ function stamp(
     sec: Number(stx.getBigInt64(112, true)),
     nsec: stx.getUint32(120, true),
   };
+}
+
+/**
+ * This process's environment, read once from libc's `environ`: the same
+ * table `Deno.env` reads, reached without `--allow-env` (this module takes
+ * the libc route whatever is granted, as sys/env.ts does without it).
+ */
+let envTable: Map<string, string> | undefined;
+
+function environment(): Map<string, string> {
+  if (envTable) return envTable;
+  const m = new Map<string, string>();
+  const table = new Deno.UnsafePointerView(lib!.environ!).getPointer();
+  if (table) {
+    const v = new Deno.UnsafePointerView(table);
+    for (let i = 0;; i++) {
+      const p = v.getPointer(i * 8);
+      if (!p) break;
+      const entry = Deno.UnsafePointerView.getCString(p);
+      const eq = entry.indexOf("=");
+      // getenv(3) takes the first entry of a name.
+      if (eq > 0 && !m.has(entry.slice(0, eq))) m.set(entry.slice(0, eq), entry.slice(eq + 1));
+    }
+  }
+  return envTable = m;
+}
+
+/** `getenv(name)`. */
+const env = (name: string): string | undefined => environment().get(name);
+
+const DT_UNKNOWN = 0;
+const DT_REG = 8;
+const S_IFREG_BITS = 0o100000;
+const dentBuf = new Uint8Array(32 * 1024);
+
+/**
+ * The names of the regular files in `dir` (as `Deno.readDirSync` says `isFile`,
+ * symlinks not followed: by the entry's type, or its lstat when the file system
+ * does not say); undefined when it cannot be listed.
+ */
+function regularFiles(dir: string): string[] | undefined {
+  const fd = sys(NR.openat, AT_FDCWD, c(dir), O_CLOEXEC, 0);
+  release();
+  if (fd < 0) return undefined;
+  const names: string[] = [];
+  try {
+    const view = new DataView(dentBuf.buffer);
+    for (;;) {
+      const n = sys(NR.getdents64, fd, at(dentBuf), dentBuf.length);
+      if (n < 0) return undefined;
+      if (n === 0) return names;
+      for (let off = 0; off < n;) {
+        const reclen = view.getUint16(off + 16, true);
+        const type = dentBuf[off + 18];
+        let end = off + 19;
+        while (dentBuf[end] !== 0) end++;
+        const name = decoder.decode(dentBuf.subarray(off + 19, end));
+        off += reclen;
+        if (name === "." || name === "..") continue;
+        if (
+          type === DT_REG ||
+          (type === DT_UNKNOWN &&
+            ((stamp(`${dir}/${name}`)?.mode ?? 0) & 0o170000) === S_IFREG_BITS)
+        ) names.push(name);
+      }
+    }
+  } finally {
+    sys(NR.close, fd);
+  }
 }
 
 // ---- records --------------------------------------------------------------
@@ -502,7 +572,7 @@ export function hostKey(mode: "root" | "userns", uid: number): string | undefine
     ...(status.match(mode === "root" ? STATUS_LINES : STATUS_LINES_USERNS) ?? []),
     limits,
     cgroup,
-    ...HOST_ENV.map((k) => `${k}=${Deno.env.get(k) ?? ""}`),
+    ...HOST_ENV.map((k) => `${k}=${env(k) ?? ""}`),
     ...subids,
   ].join("\n");
 }
@@ -542,10 +612,10 @@ export function codeIdentity(): RunRecordCode | undefined {
   const root = decodeURIComponent(PACKAGE_ROOT.pathname);
   const paths = [...CODE_FILES, ...CODE_DIRS.map((d) => `${d}/`)];
   for (const d of CODE_DIRS) {
-    for (const e of Deno.readDirSync(root + d)) {
-      if (e.isFile && (e.name.endsWith(".ts") || e.name.endsWith(".json"))) {
-        paths.push(`${d}/${e.name}`);
-      }
+    const names = regularFiles(root + d);
+    if (!names) return undefined;
+    for (const name of names) {
+      if (name.endsWith(".ts") || name.endsWith(".json")) paths.push(`${d}/${name}`);
     }
   }
   const files: [string, number, number, number][] = [];
@@ -660,7 +730,7 @@ const DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/b
 
 /** What bundle/run.ts `which` finds for `name`: the first PATH directory holding it as an executable file. */
 function onPath(name: string): string | undefined {
-  for (const dir of (Deno.env.get("PATH") ?? DEFAULT_PATH).split(":")) {
+  for (const dir of (env("PATH") ?? DEFAULT_PATH).split(":")) {
     if (!dir) continue;
     const p = dir.endsWith("/") ? dir + name : `${dir}/${name}`;
     if (!access(p, X_OK, AT_EACCESS)) continue;
@@ -762,10 +832,10 @@ function lowerDirs(cacheRoot: string, rec: RunRecord): string[] | undefined {
  * `defaultCacheRoot`): `--cache`, `$STRATA_CACHE`, root's, or the user's.
  */
 function cacheRoot(given: string | undefined, uid: number): string | undefined {
-  let root = given ?? Deno.env.get("STRATA_CACHE");
+  let root = given ?? env("STRATA_CACHE");
   if (!root && given === undefined) {
-    const xdg = Deno.env.get("XDG_CACHE_HOME");
-    const home = Deno.env.get("HOME");
+    const xdg = env("XDG_CACHE_HOME");
+    const home = env("HOME");
     root = uid === 0
       ? "/var/lib/strata"
       : xdg
@@ -1073,8 +1143,8 @@ export async function fastRun(args: readonly string[]): Promise<number | undefin
   try {
     // Not re-executed by strata, default mounts; root in the initial
     // namespaces, or a user about to make one.
-    if (Deno.env.get("STRATA_NAMESPACE") !== undefined) return undefined;
-    if (Deno.env.get("STRATA_MOUNT_BACKEND") !== undefined) return undefined;
+    if (env("STRATA_NAMESPACE") !== undefined) return undefined;
+    if (env("STRATA_MOUNT_BACKEND") !== undefined) return undefined;
     uid = sys(NR.getuid);
     if (uid !== 0 && (unshare = onPath("unshare")) === undefined) return undefined;
     root = cacheRoot(a.cache, uid);
@@ -1135,7 +1205,7 @@ export async function fastRun(args: readonly string[]): Promise<number | undefin
       if (data === undefined || spec === undefined) return undefined;
       log = `${dir}/runtime.log`;
       if (rec.userns!.warning && !a.quiet) writeStderr(rec.userns!.warning + "\n");
-      const env = Object.entries(Deno.env.toObject()).map(([k, v]) => `${k}=${v}`);
+      const vars = [...environment()].map(([k, v]) => `${k}=${v}`);
       child = spawn(
         unshare,
         inUserns([
@@ -1157,7 +1227,7 @@ export async function fastRun(args: readonly string[]): Promise<number | undefin
           "json",
           ...runtimeArgs,
         ]),
-        [...env, `STRATA_SPEC=${spec}`],
+        [...vars, `STRATA_SPEC=${spec}`],
       );
     }
     const status = await wait(child);

@@ -192,7 +192,7 @@ export async function verifyCommand(ctx: Context): Promise<number> {
   // Run records (cli/cmd_run_warm.ts): a damaged one is removed; the next
   // run of its reference takes the long way and writes it again.
   for (const r of damagedRunRecords(root)) {
-    await Deno.remove(r.path).catch(() => {});
+    await remove(r.path).catch(() => {});
     const file = r.path.slice(root.length + 1);
     ctx.out.note(
       `run record ${file}: DAMAGED (${r.reason}); removed, the next run writes it again`,

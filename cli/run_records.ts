@@ -22,6 +22,15 @@ import { idMapKey } from "../overlay/idmap.ts";
 import { chainKey, layerKey } from "../overlay/resolver.ts";
 import { collapsedWarning, USERNS_ARGS_ENV } from "../overlay/userns.ts";
 import { readProcText } from "../sys/proc.ts";
+import { getEnv } from "../sys/env.ts";
+import {
+  mkdirSync,
+  readDirSync,
+  readTextFileSync,
+  removeSync,
+  renameSync,
+  writeTextFileSync,
+} from "../sys/files.ts";
 import { escapeControls } from "./output.ts";
 import type { Context } from "./context.ts";
 import {
@@ -44,7 +53,7 @@ import {
  *
  * @example Usage
  * ```ts ignore
- * Deno.writeTextFileSync(path, recordFile(record));
+ * writeTextFileSync(path, recordFile(record));
  * ```
  */
 export function recordFile(record: RunRecord): string {
@@ -83,7 +92,7 @@ export async function recordRun(
   // Unprivileged: how the namespace was made (overlay/userns.ts), and what it maps.
   let userns: RunRecordUserns | undefined;
   if (inUserNamespace()) {
-    const made = JSON.parse(Deno.env.get(USERNS_ARGS_ENV) ?? "null") as unknown;
+    const made = JSON.parse(getEnv(USERNS_ARGS_ENV) ?? "null") as unknown;
     if (!Array.isArray(made) || !made.length || !made.every((a) => typeof a === "string")) return;
     const line = (path: string) =>
       readProcText(path).split("\n").map((l) => l.trim().split(/\s+/).join(" ")).filter(Boolean)
@@ -161,14 +170,14 @@ export async function recordRun(
 
 /** Writes `record` to `path`: a temporary file renamed into place (a reader sees one or the other). */
 function writeRunRecord(path: string, record: RunRecord): void {
-  Deno.mkdirSync(join(path, ".."), { recursive: true, mode: 0o700 });
+  mkdirSync(join(path, ".."), { recursive: true, mode: 0o700 });
   const tmp = `${path}.tmp-${crypto.randomUUID().slice(0, 8)}`;
   try {
-    Deno.writeTextFileSync(tmp, recordFile(record), { mode: 0o600 });
-    Deno.renameSync(tmp, path);
+    writeTextFileSync(tmp, recordFile(record), { mode: 0o600 });
+    renameSync(tmp, path);
   } catch (e) {
     try {
-      Deno.removeSync(tmp);
+      removeSync(tmp);
     } catch {
       // not written
     }
@@ -197,7 +206,7 @@ export async function removeRunRecords(
   let n = 0;
   let entries: Deno.DirEntry[];
   try {
-    entries = [...Deno.readDirSync(runsDir(cacheRoot))];
+    entries = [...readDirSync(runsDir(cacheRoot))];
   } catch {
     return 0;
   }
@@ -207,7 +216,7 @@ export async function removeRunRecords(
     const rec = await readRunRecord(path);
     if (rec && !names.includes(rec.name)) continue;
     try {
-      Deno.removeSync(path);
+      removeSync(path);
       n++;
     } catch {
       // removed meanwhile
@@ -235,7 +244,7 @@ export function damagedRunRecords(cacheRoot: string): { path: string; reason: st
   const out: { path: string; reason: string }[] = [];
   let entries: Deno.DirEntry[];
   try {
-    entries = [...Deno.readDirSync(runsDir(cacheRoot))];
+    entries = [...readDirSync(runsDir(cacheRoot))];
   } catch {
     return out;
   }
@@ -243,7 +252,7 @@ export function damagedRunRecords(cacheRoot: string): { path: string; reason: st
     const [alg, hex] = digest.split(":");
     try {
       return JSON.parse(
-        Deno.readTextFileSync(join(cacheRoot, "images", "blobs", alg, hex)),
+        readTextFileSync(join(cacheRoot, "images", "blobs", alg, hex)),
       ) as unknown;
     } catch {
       return undefined;
@@ -255,7 +264,7 @@ export function damagedRunRecords(cacheRoot: string): { path: string; reason: st
     const why = (() => {
       let text: string;
       try {
-        text = Deno.readTextFileSync(path);
+        text = readTextFileSync(path);
       } catch (err) {
         return `it cannot be read (${(err as Error).message})`;
       }

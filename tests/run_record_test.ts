@@ -372,6 +372,49 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name:
+    "run record: with --allow-run --allow-ffi alone a warm run takes the short way, root and rootless",
+  ignore: skip,
+  fn: async () => {
+    const { uid, gid } = await ensureTestUser();
+    await using d = await tempDir("strata-record-narrow-");
+    const dir = String(d);
+    const built = await buildDemoImage(join(dir, "layout"));
+    const home = join(dir, "home");
+    await Deno.mkdir(home);
+    await sh("chmod", ["-R", "a+rX", dir]);
+    await sh("chown", [`${uid}:${gid}`, home]);
+    const cmd = ["sh", "-c", "id -u; cat /etc/motd"];
+    for (const who of ["root", "user"] as const) {
+      const cache = join(who === "root" ? dir : home, `cache-${who}`);
+      const argv = [
+        denoPath,
+        "run",
+        "--allow-run",
+        "--allow-ffi",
+        join(repoRoot, "cli.ts"),
+        "run",
+        "-q",
+        "--cache",
+        cache,
+        built.ref,
+        ...cmd,
+      ];
+      const strata = () => who === "root" ? run(argv[0], argv.slice(1)) : runAsUser(argv, {});
+      const long = await strata();
+      assertEquals(long.code, 0, `${who}: ${long.stderr}`);
+      assertEquals(long.stdout, "1000\nhello from layer 2 (it overrides layer 1)\n");
+      const inode = recordInode(cache, built.ref);
+      assert(inode !== undefined, `${who}: the long way recorded the run`);
+      const short = await strata();
+      assertEquals([short.code, short.stdout, short.stderr], [0, long.stdout, ""], who);
+      assertEquals(recordInode(cache, built.ref), inode, `${who}: the short way`);
+      assertEquals(await mountsBelow(cache), []);
+    }
+  },
+});
+
 Deno.test("run record: the short way's parser reads command lines as cli/args.ts does", () => {
   const globals = [...GLOBAL_OPTIONS, ...TOP_OPTIONS];
   const words = [
