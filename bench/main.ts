@@ -23,7 +23,7 @@ export interface BenchContext {
 /** What each benchmark module exports. */
 export type BenchFn = (ctx: BenchContext) => Promise<Record<string, number | string>>;
 
-const ALL = ["tar", "apply", "resolve", "pull", "mirror", "run"];
+const ALL = ["cli", "tar", "apply", "resolve", "pull", "mirror", "run"];
 
 async function sh(cmd: string, ...args: string[]): Promise<void> {
   const r = await new Deno.Command(cmd, { args, stderr: "piped" }).output();

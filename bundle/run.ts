@@ -25,6 +25,7 @@ import { adaptSpecToHost } from "./writer.ts";
 import { readProcText } from "../sys/proc.ts";
 import { accessible } from "../sys/fs.ts";
 import { ffiAvailable, libc } from "../sys/libc.ts";
+import { RuntimeError } from "./runtime_error.ts";
 import { commandOutput, spawnCommand, spawnInherited } from "../sys/spawn.ts";
 import { MissingPermissionError } from "../sys/permissions.ts";
 import { getEnv } from "../sys/env.ts";
@@ -40,6 +41,8 @@ import {
   writeTextFile,
 } from "../sys/files.ts";
 import { getUid } from "../sys/process.ts";
+
+export { RuntimeError };
 
 /** How one standard stream of the container is connected. */
 export type Stdio = "inherit" | "piped" | "null";
@@ -103,40 +106,6 @@ export interface RunResult {
   runtime: string;
   /** The container id used. */
   id: string;
-}
-
-/**
- * The runtime failed to create or start the container (as opposed to the
- * container exiting non-zero); the message is the runtime's own.
- *
- * @example Usage
- * ```ts
- * import { RuntimeError } from "./run.ts";
- * const e = new RuntimeError("runc", "exec: \"/x\": executable file not found in $PATH");
- * console.log(e.exitCode); // 127
- * ```
- */
-export class RuntimeError extends Error {
-  /**
-   * When the container's command itself could not be run, the shell's status
-   * for it, as docker and podman return: 127 not found, 126 found but not
-   * executable. Undefined for other failures.
-   */
-  readonly exitCode?: 126 | 127;
-  /** Creates the error for `runtime` with its message `detail`. */
-  constructor(readonly runtime: string, detail: string, options?: ErrorOptions) {
-    super(`${runtime} could not run the container: ${detail}`, options);
-    this.name = "RuntimeError";
-    // runc and crun: `exec: "CMD": executable file not found in $PATH`,
-    // `exec: "CMD": no such file or directory`, `exec: "CMD": permission denied`.
-    if (/exec[^:]*: .*(?:executable file not found|no such file or directory)/i.test(detail)) {
-      this.exitCode = 127;
-    } else if (
-      /exec[^:]*: .*(?:permission denied|is a directory|exec format error)/i.test(detail)
-    ) {
-      this.exitCode = 126;
-    }
-  }
 }
 
 /**
@@ -237,6 +206,20 @@ function search(name: string): string | undefined {
     }
   }
   return undefined;
+}
+
+/**
+ * Where {@linkcode selectRuntime} finds `name` (a name on PATH, or a path):
+ * the first PATH directory holding it as an executable file.
+ *
+ * @example Usage
+ * ```ts
+ * import { findRuntime } from "./run.ts";
+ * console.log(findRuntime("runc")); // "/usr/sbin/runc" here
+ * ```
+ */
+export function findRuntime(name: string): string | undefined {
+  return which(name);
 }
 
 /** A runtime chosen by {@linkcode selectRuntime}. */

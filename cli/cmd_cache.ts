@@ -5,6 +5,7 @@
  */
 import { join } from "@std/path";
 import { ImageNotFoundError, ImageStore } from "../image/store.ts";
+import { removeRunRecords } from "./run_records.ts";
 import { storedName } from "../image/open.ts";
 import { reclaimStaleBundles } from "../bundle/bundler.ts";
 import { reclaimTemp } from "../overlay/lock.ts";
@@ -204,6 +205,7 @@ export async function rmCommand(ctx: Context): Promise<number> {
     }
     throw e;
   }
+  await removeRunRecords(ctx.cacheRoot, names);
   for (const n of names) ctx.out.result(n);
   ctx.out.note("its layers stay in the cache until `strata prune`");
   return 0;

@@ -6,6 +6,15 @@
  */
 import type { Context } from "./context.ts";
 import { enterNamespace, pullImage } from "./pipeline.ts";
+import { getUid } from "../sys/process.ts";
+
+function isRoot(): boolean {
+  try {
+    return getUid() === 0;
+  } catch {
+    return false;
+  }
+}
 
 /**
  * Runs `strata pull`.
@@ -17,7 +26,9 @@ import { enterNamespace, pullImage } from "./pipeline.ts";
  * ```
  */
 export async function pullCommand(ctx: Context): Promise<number> {
-  await enterNamespace(ctx);
+  // Extraction mounts nothing (the resolver's direct mode): root needs no
+  // namespace of its own for it; a user needs one to own the layers' ids.
+  if (!isRoot()) await enterNamespace(ctx);
   const ref = ctx.args.positionals[0];
   const { image } = await pullImage(ctx, ref, "always");
   ctx.out.result(image.digest);

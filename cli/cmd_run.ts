@@ -26,7 +26,7 @@ import {
   withUser,
 } from "../bundle/options.ts";
 import { runContainer, selectRuntime } from "../bundle/run.ts";
-
+import { recordRun } from "./run_records.ts";
 import { SpecError, type SpecOption } from "../bundle/spec.ts";
 import type { SourceImage } from "../image/source.ts";
 import type { CachingLayerResolver } from "../overlay/resolver.ts";
@@ -329,6 +329,11 @@ export async function runCommand(ctx: Context): Promise<number> {
     });
     const id = `strata-${crypto.randomUUID().replaceAll("-", "").slice(0, 12)}`;
     const bundle = await bundler.bundle(image, id, ...specOptions, ctx.signal);
+    // Before the container can change the rootfs the record's spec is built from.
+    if (choosing) {
+      const rt = await choosing;
+      if (rt) await recordRun(ctx, ref, image, bundle, rt).catch(() => {});
+    }
     // From here runContainer owns Ctrl-C: it forwards it to the container and
     // cleans up the bundle whatever happens.
     ctx.releaseSignals();

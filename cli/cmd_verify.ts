@@ -21,6 +21,7 @@ import { formatBytes, formatMs, shortDigest } from "./output.ts";
 import { enterNamespace } from "./pipeline.ts";
 import { cachedLayers, exists, removeLayer } from "./cache_scan.ts";
 import { ImageStore } from "../image/store.ts";
+import { damagedRunRecords } from "./run_records.ts";
 import {
   readDir,
   readDirSync,
@@ -187,6 +188,17 @@ export async function verifyCommand(ctx: Context): Promise<number> {
       ctx.out.result(`damaged ${file}`);
       damaged.push(`image name record ${file}`);
     }
+  }
+  // Run records (cli/cmd_run_warm.ts): a damaged one is removed; the next
+  // run of its reference takes the long way and writes it again.
+  for (const r of damagedRunRecords(root)) {
+    await remove(r.path).catch(() => {});
+    const file = r.path.slice(root.length + 1);
+    ctx.out.note(
+      `run record ${file}: DAMAGED (${r.reason}); removed, the next run writes it again`,
+    );
+    ctx.out.result(`damaged ${file}`);
+    damaged.push(`run record ${file}`);
   }
   if (damaged.length) {
     throw new CliError(

@@ -28,6 +28,7 @@
  * @module
  */
 import { join } from "@std/path";
+import { importNpm } from "../sys/npm.ts";
 import type { RegistryRef } from "./ref.ts";
 import { getEnv } from "../sys/env.ts";
 import {
@@ -271,12 +272,18 @@ function readConf(file: string): string | undefined {
 }
 
 /**
- * smol-toml, loaded only when a file has to be parsed. The specifier is a
- * literal: Deno loads a computed one only with `--allow-read`, and strata
- * runs with `--allow-run --allow-ffi` alone.
+ * smol-toml's specifier: deno.json's import map pins the same
+ * (tests/registries_conf_test.ts checks that they agree).
+ */
+export const SMOL_TOML = "npm:smol-toml@1.9.1";
+
+/**
+ * smol-toml, loaded only when a file has to be parsed (sys/npm.ts): out of
+ * the module graph Deno reads when a command starts, so a warm `run` does
+ * not resolve an npm package it never uses.
  */
 function loadToml(): Promise<{ parse: Parse }> {
-  return import("./toml.ts");
+  return importNpm<{ parse: Parse }>(SMOL_TOML);
 }
 
 let cached: { key: string; conf: RegistriesConf | undefined } | undefined;

@@ -195,6 +195,19 @@ export class ImageStore {
     return join(this.dir, "refs", `${(await hashDocument(name)).slice(7)}.json`);
   }
 
+  /**
+   * The file that records `name` (canonicalised), whether or not it exists:
+   * `refs/<sha256 of the name>.json`.
+   *
+   * @example Usage
+   * ```ts ignore
+   * const file = await store.refFile("busybox"); // .../images/refs/<hex>.json
+   * ```
+   */
+  refFile(name: string): Promise<string> {
+    return this.#refPath(canonicalName(name));
+  }
+
   async #atomicWrite(path: string, bytes: Uint8Array): Promise<void> {
     await mkdir(join(path, ".."), { recursive: true, mode: 0o700 });
     const tmp = `${path}.tmp-${crypto.randomUUID()}`;

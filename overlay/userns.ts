@@ -522,7 +522,43 @@ function reexec(
   mark = "1",
   env: Record<string, string> = {},
 ): Promise<never> {
-  return replaceProcess("unshare", [...unshareArgs, "--", ...argv], { ...env, [USERNS_ENV]: mark });
+  // A user namespace's child is told how it was made: its run records
+  // (cli/cmd_run_warm.ts) make the next one the same way.
+  const made: Record<string, string> = mark === "1"
+    ? { [USERNS_ARGS_ENV]: JSON.stringify(unshareArgs) }
+    : {};
+  return replaceProcess("unshare", [...unshareArgs, "--", ...argv], {
+    ...env,
+    ...made,
+    [USERNS_ENV]: mark,
+  });
+}
+
+/**
+ * Set in the environment of a child re-executed into a user namespace: the
+ * `unshare` arguments (JSON) that made it.
+ */
+export const USERNS_ARGS_ENV = "STRATA_USERNS_ARGS";
+
+/**
+ * The warning a process in a user namespace that maps only root gives
+ * (every owner in images collapses to root), with why subordinate ids are
+ * not mapped; undefined when more than root is mapped, or not in a user
+ * namespace.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { collapsedWarning } from "./userns.ts";
+ * const w = await collapsedWarning();
+ * if (w) console.error(w);
+ * ```
+ */
+export async function collapsedWarning(): Promise<string | undefined> {
+  const info = await namespaceInfo();
+  if (!info.collapsed) return undefined;
+  const { reason } = await subordinateIds();
+  return `strata: warning: only root is mapped in this user namespace, so files owned by ` +
+    `other users in images will be owned by root: ${reason}`;
 }
 
 /**
@@ -633,11 +669,8 @@ export async function ensureUserNamespace(options: EnsureUserNamespaceOptions = 
   if (info.reexecuted || info.mode === "userns") {
     if (info.collapsed && !options.quiet && !warned) {
       warned = true;
-      const { reason } = await subordinateIds();
-      warn(
-        `strata: warning: only root is mapped in this user namespace, so files owned by ` +
-          `other users in images will be owned by root: ${reason}`,
-      );
+      const w = await collapsedWarning();
+      if (w) warn(w);
     }
     return;
   }

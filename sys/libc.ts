@@ -405,14 +405,16 @@ const x64 = Deno.build.arch === "x86_64";
 
 /**
  * Linux system call numbers (x86_64, else aarch64's generic table) of the
- * calls {@linkcode sys} makes for the libc routes of sys/files.ts, env.ts
- * and process.ts.
+ * calls {@linkcode sys} makes: the libc routes of sys/files.ts, env.ts
+ * and process.ts, and the warm run's mounts, spawns and waits.
  */
 export const NR = {
   read: x64 ? 0 : 63,
   write: x64 ? 1 : 64,
   close: x64 ? 3 : 57,
   lseek: x64 ? 8 : 62,
+  wait4: x64 ? 61 : 260,
+  kill: x64 ? 62 : 129,
   uname: x64 ? 63 : 160,
   flock: x64 ? 73 : 32,
   ftruncate: x64 ? 77 : 46,
@@ -420,6 +422,8 @@ export const NR = {
   fchmod: x64 ? 91 : 52,
   getuid: x64 ? 102 : 174,
   getgid: x64 ? 104 : 176,
+  mount: x64 ? 165 : 40,
+  umount2: x64 ? 166 : 39,
   getdents64: x64 ? 217 : 61,
   openat: x64 ? 257 : 56,
   mkdirat: x64 ? 258 : 34,
@@ -427,6 +431,8 @@ export const NR = {
   symlinkat: x64 ? 266 : 36,
   readlinkat: x64 ? 267 : 78,
   fchmodat: x64 ? 268 : 53,
+  faccessat: x64 ? 269 : 48,
+  unshare: x64 ? 272 : 97,
   renameat2: x64 ? 316 : 276,
   statx: x64 ? 332 : 291,
 } as const;
@@ -522,17 +528,17 @@ let readScratch: Uint8Array<ArrayBuffer> | undefined;
  * ```
  */
 export function readFdAll(fd: number, what: string, max = Infinity): Uint8Array {
-  const c = libc();
   const chunks: Uint8Array[] = [];
   let total = 0;
   // One buffer for every call (they are synchronous; chunks are copied out):
   // a warm run reads a dozen small files, and 64 KiB apiece of external
   // memory is what drives V8 to collect garbage early.
   const buf = readScratch ??= new Uint8Array(64 * 1024);
+  const at = addr(buf);
   for (;;) {
-    const n = Number(c.read(fd, buf, BigInt(buf.length)));
+    const n = sys(NR.read, fd, at, buf.length);
     if (n < 0) {
-      const e = errno();
+      const e = -n;
       if (e === Errno.EINTR) continue;
       if (e === Errno.EAGAIN) break;
       throw new ErrnoError("read", e, what);

@@ -8,7 +8,18 @@
  *
  * @module
  */
-import { cstr, errno, ErrnoError, ffiAvailable, libc, readFdAll } from "./libc.ts";
+import {
+  addr,
+  AT_FDCWD,
+  cstr,
+  errno,
+  ErrnoError,
+  ffiAvailable,
+  libc,
+  NR,
+  readFdAll,
+  sys,
+} from "./libc.ts";
 import { MissingPermissionError } from "./permissions.ts";
 
 const O_RDONLY = 0;
@@ -27,13 +38,13 @@ export class ProcPermissionError extends MissingPermissionError {
 }
 
 function readViaLibc(path: string): Uint8Array {
-  const c = libc();
-  const fd = c.open(cstr(path), O_RDONLY | O_CLOEXEC, 0);
-  if (fd < 0) throw new ErrnoError("open", errno(), path);
+  const p = cstr(path);
+  const fd = sys(NR.openat, AT_FDCWD, addr(p), O_RDONLY | O_CLOEXEC, 0);
+  if (fd < 0) throw new ErrnoError("open", -fd, path);
   try {
     return readFdAll(fd, path);
   } finally {
-    c.close(fd);
+    sys(NR.close, fd);
   }
 }
 

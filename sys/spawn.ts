@@ -16,21 +16,11 @@
  *
  * @module
  */
-import { cstr, errno, ErrnoError, libc } from "./libc.ts";
+import { addr, cstr, ErrnoError, libc, NR, sys } from "./libc.ts";
 import { asMissingPermission } from "./permissions.ts";
 
 /** The libc symbols {@linkcode spawnInherited} calls, for `bindLibc`. */
-export const SPAWN_SYMBOLS = [
-  "posix_spawn",
-  "posix_spawnattr_init",
-  "posix_spawnattr_setflags",
-  "posix_spawnattr_setsigdefault",
-  "posix_spawnattr_setsigmask",
-  "waitid",
-  "waitpid",
-  "kill",
-  "environ",
-] as const;
+export const SPAWN_SYMBOLS = ["posix_spawn", "waitid", "syscall", "environ"] as const;
 
 /** A child started by {@linkcode spawnInherited}. */
 export interface SpawnedChild {
@@ -53,11 +43,21 @@ const WEXITED = 4;
 const WNOWAIT = 0x01000000;
 const WNOHANG = 1;
 const ECHILD = 10;
+const ESRCH = 3;
 /** `sizeof(siginfo_t)`. */
 const SIGINFO_BYTES = 128;
-/** glibc's `sizeof(sigset_t)` (1024 bits) and `posix_spawnattr_t` (336 bytes), with room. */
-const SIGSET_BYTES = 128;
+/**
+ * glibc's `posix_spawnattr_t` (336 bytes; with room): `short __flags` at 0,
+ * `pid_t __pgrp` at 4, `sigset_t __sd` (the signals reset to their default
+ * action) at 8, `sigset_t __ss` (the signal mask) at 136, then scheduling
+ * fields and padding. Filled in here as `posix_spawnattr_init` (all zero)
+ * and its setters would fill it: the layout is part of glibc's ABI (every
+ * program calling posix_spawn has its size and offsets compiled in), and
+ * binding the four setters cost a warm `strata run` ~1 ms of `dlopen`.
+ */
 const ATTR_BYTES = 512;
+const ATTR_FLAGS = 0;
+const ATTR_SIGDEFAULT = 8;
 
 const ptr = (b: BufferSource) => Deno.UnsafePointer.of(b);
 /** Buffers passed as raw pointers to the call in progress (see below). */
@@ -88,25 +88,26 @@ export function spawnInherited(path: string, args: readonly string[]): SpawnedCh
   const argv = new BigUint64Array(strings.length + 1); // NULL-terminated
   strings.forEach((s, i) => argv[i] = address(s));
 
+  // What posix_spawnattr_init, _setsigdefault (SIGPIPE), _setsigmask (no
+  // signal blocked: all zero) and _setflags would make of it.
   const attr = new Uint8Array(ATTR_BYTES);
-  const sigdefault = new Uint8Array(SIGSET_BYTES);
-  sigdefault[(SIGPIPE - 1) >> 3] |= 1 << ((SIGPIPE - 1) & 7); // the kernel's bit layout, glibc's too
-  const emptyMask = new Uint8Array(SIGSET_BYTES);
-  const a = ptr(attr);
-  let r = c.posix_spawnattr_init(a);
-  if (r === 0) r = c.posix_spawnattr_setsigdefault(a, ptr(sigdefault));
-  if (r === 0) r = c.posix_spawnattr_setsigmask(a, ptr(emptyMask));
-  if (r === 0) r = c.posix_spawnattr_setflags(a, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
-  if (r !== 0) throw new ErrnoError("posix_spawnattr", r, path);
+  new DataView(attr.buffer).setInt16(
+    ATTR_FLAGS,
+    POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK,
+    true,
+  );
+  // Bit n-1 of a set is signal n: the kernel's layout, and glibc's.
+  attr[ATTR_SIGDEFAULT + ((SIGPIPE - 1) >> 3)] |= 1 << ((SIGPIPE - 1) & 7);
 
   const environ = new Deno.UnsafePointerView(c.environ!).getPointer();
   const pid = new Int32Array(1);
   // Raw pointers do not keep their buffers alive (Deno's "buffer" parameters
   // would, but bind slower): held from a module variable until the call is over.
-  inFlight.push(strings, argv, attr, sigdefault, emptyMask, pid);
+  inFlight.push(strings, argv, attr, pid);
+  let r: number;
   try {
     // posix_spawn returns the error number rather than setting errno.
-    r = c.posix_spawn(ptr(pid), ptr(strings[0]), null, a, ptr(argv), environ);
+    r = c.posix_spawn(ptr(pid), ptr(strings[0]), null, ptr(attr), ptr(argv), environ);
   } finally {
     inFlight.length = 0;
   }
@@ -124,16 +125,14 @@ export function spawnInherited(path: string, args: readonly string[]): SpawnedCh
       // process. errno is the pool thread's, out of reach: a failure (EINTR)
       // is retried while the child is there.
       if (await c.waitid(P_PID, child, info, WEXITED | WNOWAIT) === 0) break;
-      if (tries > 100 || c.kill(child, 0) !== 0) {
+      if (tries > 100 || sys(NR.kill, child, 0) !== 0) {
         throw new ErrnoError("waitid", ECHILD, `${path} (pid ${child})`);
       }
     }
     const raw = new Int32Array(1);
-    inFlight.push(raw);
-    const got = c.waitpid(child, ptr(raw), WNOHANG);
-    inFlight.length = 0;
+    const got = sys(NR.wait4, child, addr(new Uint8Array(raw.buffer)), WNOHANG, 0);
     reaped = true;
-    if (got !== child) throw new ErrnoError("waitpid", errno(), `${path} (pid ${child})`);
+    if (got !== child) throw new ErrnoError("waitpid", -got, `${path} (pid ${child})`);
     const w = raw[0];
     const signal = w & 0x7f;
     if (signal === 0) return { code: (w >> 8) & 0xff };
@@ -146,10 +145,10 @@ export function spawnInherited(path: string, args: readonly string[]): SpawnedCh
     kill(signal: number): boolean {
       // Once reaped, the pid may belong to another process: never signal it.
       if (reaped) return false;
-      if (c.kill(child, signal) === 0) return true;
-      const e = errno();
-      if (e === 3 /* ESRCH */) return false;
-      throw new ErrnoError("kill", e, `${path} (pid ${child})`);
+      const r = sys(NR.kill, child, signal);
+      if (r === 0) return true;
+      if (-r === ESRCH) return false;
+      throw new ErrnoError("kill", -r, `${path} (pid ${child})`);
     },
   };
 }

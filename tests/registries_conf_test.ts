@@ -24,6 +24,7 @@ import {
   pullSources,
   RegistriesConfError,
   registriesConfSources,
+  SMOL_TOML,
 } from "../image/registries_conf.ts";
 import { parseRegistryRef, registryRefString } from "../image/ref.ts";
 import { chooseCandidates, resolveShortName, ShortNameError } from "../image/short_name.ts";
@@ -551,4 +552,15 @@ Deno.test("registries.conf: the parsed configuration is kept in the cache while 
   for (let i = 0; i < 2; i++) {
     await assertRejects(() => loadRegistriesConf(opts), RegistriesConfError, "20.conf:1");
   }
+});
+
+Deno.test("registries.conf: the TOML parser is the one deno.json pins, out of the start-up graph", async () => {
+  const denoJson = JSON.parse(await Deno.readTextFile(join(repoRoot, "deno.json")));
+  assertEquals(denoJson.imports["smol-toml"], SMOL_TOML);
+  // The module graph Deno reads when the CLI starts holds no npm package.
+  const info = await run(denoPath, ["info", "--json", join(repoRoot, "cli.ts")]);
+  assertEquals(info.code, 0, info.stderr);
+  const graph = JSON.parse(info.stdout) as { modules: { specifier: string }[] };
+  assert(graph.modules.length > 20, "the whole graph was listed");
+  assertEquals(graph.modules.map((m) => m.specifier).filter((s) => s.startsWith("npm:")), []);
 });

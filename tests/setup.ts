@@ -40,6 +40,7 @@ export const PACKAGES: Record<string, string> = {
   tar: "tar",
   gzip: "gzip",
   script: "bsdutils",
+  hyperfine: "hyperfine",
   pax: "pax",
   python3: "python3",
 };
