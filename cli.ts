@@ -22,6 +22,8 @@
  */
 import denoJson from "./deno.json" with { type: "json" };
 import type { OutputSinks } from "./cli/output.ts";
+import { cannotLoadCommands, reportFastRun } from "./cli/run_report.ts";
+import { importOwnModule, runAsEntry } from "./sys/own_modules.ts";
 
 export type { OutputSinks };
 
@@ -29,21 +31,32 @@ export type { OutputSinks };
 export const VERSION: string = denoJson.version;
 
 /**
- * The two halves of the command line, each imported when it is first
- * needed: the short way of a warm `run` (one module that imports nothing)
- * and everything else. The specifiers are string literals: Deno loads a
- * module named by a computed one only with `--allow-read` on it, and strata
- * runs with `--allow-run --allow-ffi` alone. (Deno reads the literal ones'
- * module graph when it starts; executing it waits for the import.)
+ * The short way of a warm `run`: one module that imports nothing, imported
+ * by a literal specifier (so it loads without `--allow-read`).
  */
-const loaders = {
-  run_warm: () => import("./cli/cmd_run_warm.ts"),
-  main: () => import("./cli/cmd_main.ts"),
-};
+const warmRun = () => import("./cli/cmd_run_warm.ts");
 
-function load<T>(name: keyof typeof loaders): Promise<T> {
-  return loaders[name]() as Promise<T>;
+/**
+ * Everything else (cli/cmd_main.ts and the ~80 modules it imports), loaded
+ * only when needed (sys/own_modules.ts): imported now when Deno lets this
+ * process read it; else, for the program itself, the same command line runs
+ * again with it as the main module (no permission added); undefined when
+ * neither can be done.
+ */
+async function commandLineModule(program: boolean): Promise<CommandLine | undefined> {
+  const m = await importOwnModule<CommandLine>(COMMAND_LINE);
+  if (m || !program) return m;
+  runAsEntry(COMMAND_LINE); // returns only when it cannot
+  return undefined;
 }
+
+/** cli/cmd_main.ts, or its own bundle beside this one's (`deno task build`). */
+const COMMAND_LINE = new URL(
+  import.meta.url.endsWith(".ts") ? "./cli/cmd_main.ts" : "./cli/cmd_main.js",
+  import.meta.url,
+);
+/** Set when this module is the program's main module. */
+let program = false;
 
 type WarmRun = typeof import("./cli/cmd_run_warm.ts");
 type CommandLine = typeof import("./cli/cmd_main.ts");
@@ -70,18 +83,21 @@ export async function main(args: string[], options: MainOptions = {}): Promise<n
   // `run` of an image its run record still covers: the short way, before
   // anything else loads (cli/cmd_run_warm.ts), else the long way below.
   if (args[0] === "run" && !options.sinks && !options.signal) {
-    const warm = await load<WarmRun>("run_warm");
+    const warm: WarmRun = await warmRun();
     let status: number | undefined;
     try {
       status = await warm.fastRun(args);
     } catch (e) {
-      return (await load<CommandLine>("main")).reportFastRun(warm.fastArgs(args)?.ref ?? "", e);
+      return reportFastRun(warm.fastArgs(args)?.ref ?? "", e);
     }
     if (status !== undefined) return status;
   }
-  return await (await load<CommandLine>("main")).commandLine(args, options, VERSION);
+  const commands = await commandLineModule(program && !options.sinks && !options.signal);
+  if (!commands) return cannotLoadCommands(decodeURIComponent(new URL(".", COMMAND_LINE).pathname));
+  return await commands.commandLine(args, options, VERSION);
 }
 
 if (import.meta.main) {
+  program = true;
   Deno.exit(await main(Deno.args));
 }

@@ -1,7 +1,8 @@
 /**
  * The command line but for the short way of `run` (cli.ts): parse,
  * dispatch, turn failures into one line and an exit status. Loaded by
- * `cli.ts` on demand, so that a warm `strata run` loads none of it.
+ * `cli.ts` on demand, so that a warm `strata run` loads none of it; without
+ * `--allow-read`, cli.ts runs it as the main module instead.
  *
  * @module
  */
@@ -14,6 +15,7 @@ import type { Context } from "./context.ts";
 import { defaultCacheRoot } from "../overlay/cache.ts";
 import { statSync } from "../sys/files.ts";
 import { getUid } from "../sys/process.ts";
+import denoJson from "../deno.json" with { type: "json" };
 
 /** What {@linkcode commandLine} takes besides the arguments (cli.ts `MainOptions`). */
 export interface CommandLineOptions {
@@ -176,21 +178,6 @@ function cacheProblem(root: string | undefined, e: unknown): Error | undefined {
 }
 
 /**
- * Reports a failure of the short way of `run` (cli/cmd_run_warm.ts: the
- * runtime could not run the container) as the long way reports it, and
- * returns the exit status.
- *
- * @example Usage
- * ```ts ignore
- * return reportFastRun("oci:/x:v1", error); // 127 for a command not found
- * ```
- */
-export function reportFastRun(ref: string, e: unknown): number {
-  new Output(detectMode(false), processSinks).error(errorLine(`run ${ref}`, e));
-  return exitCodeFor(e, "run");
-}
-
-/**
  * Runs the command line `args` (without the program name) the long way and
  * returns the exit status; `version` is strata's (cli.ts `version`).
  *
@@ -273,4 +260,11 @@ export async function commandLine(
     if (debug) out.error(debugReport(e));
     return exitCodeFor(err, parsed?.command);
   }
+}
+
+// Run as the main module by cli.ts (sys/own_modules.ts `runAsEntry`) when
+// Deno may not read strata's modules after start-up: this module's literal
+// imports are then the start-up graph.
+if (import.meta.main) {
+  Deno.exit(await commandLine(Deno.args, {}, denoJson.version));
 }

@@ -9,7 +9,8 @@
 import { currentIdMap, formatRanges, type IdMap, type IdRange, isIdentityMap } from "./cache.ts";
 import { readProcLink, readProcText } from "../sys/proc.ts";
 import { cstr, ffiAvailable, libc } from "../sys/libc.ts";
-import { deleteEnv, getEnv, setEnv } from "../sys/env.ts";
+import { execInPlace } from "../sys/exec.ts";
+import { getEnv } from "../sys/env.ts";
 import { readTextFile, realPath, stat } from "../sys/files.ts";
 import { execPath, getUid } from "../sys/process.ts";
 import { granted, MissingPermissionError } from "../sys/permissions.ts";
@@ -476,39 +477,6 @@ const SIGNALS: Record<string, number> = {
   SIGPIPE: 13,
   SIGTERM: 15,
 };
-
-const SIGPIPE = 13;
-
-/**
- * Replaces this process with `file argv...` found on PATH (execvp(3)), with
- * this environment plus `env`; returns only if that is not possible.
- * Everything a child would get it keeps: the pid, stdio, the working
- * directory; signals then reach the program itself. SIGPIPE goes back to its
- * default first, as for a child Deno spawns (Deno ignores it, and exec would
- * pass that on).
- */
-function execInPlace(file: string, argv: string[], env: Record<string, string>): void {
-  if (!ffiAvailable()) return;
-  try {
-    for (const [k, v] of Object.entries(env)) setEnv(k, v);
-  } catch {
-    return; // a name or value the environment refuses: let Deno.Command pass it on
-  }
-  const keep: Uint8Array[] = [];
-  const ptrs = new BigUint64Array(argv.length + 2); // file, argv..., NULL
-  [file, ...argv].forEach((s, i) => {
-    const b = cstr(s);
-    keep.push(b);
-    ptrs[i] = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(b)));
-  });
-  const c = libc();
-  const previous = c.signal(SIGPIPE, null);
-  c.execvp(cstr(file), ptrs);
-  // Still here: exec failed (no such program); undo and let the caller spawn.
-  c.signal(SIGPIPE, previous);
-  for (const k of Object.keys(env)) deleteEnv(k);
-  keep.length = 0;
-}
 
 /**
  * Runs `argv` under `unshare unshareArgs` and exits with its status; never
