@@ -88,6 +88,7 @@ const symbols = {
 const libcSymbols = {
   strlen: { parameters: ["pointer"], result: "usize" },
   setlocale: { parameters: ["i32", "buffer"], result: "pointer" },
+  __errno_location: { parameters: [], result: "pointer" },
 } as const;
 
 type Lib = Deno.DynamicLibrary<typeof symbols>["symbols"];
@@ -101,6 +102,18 @@ const cstr = (s: string | Uint8Array) => {
   out.set(b);
   return out;
 };
+
+/**
+ * Sets errno to 0 before a libarchive call that converts names: where a
+ * conversion fails (a Latin-1 name in a UTF-8 locale) libarchive reads errno
+ * to tell "out of memory" (fatal, or an abort in its string code) from "cannot
+ * translate" (a warning), and errno still holds whatever an earlier call on
+ * this thread left there (V8's own mmap calls set ENOMEM now and then).
+ */
+function clearErrno(): void {
+  const p = libc.__errno_location();
+  if (p) new Int32Array(Deno.UnsafePointerView.getArrayBuffer(p, 4))[0] = 0;
+}
 
 function load(): Lib | null {
   if (lib !== undefined) return lib;
@@ -168,6 +181,14 @@ export const MAX_CONTENT = 16 << 20;
 const ARCHIVE_WARN = -20;
 
 /**
+ * The archives libarchive is reading: it keeps the pointer
+ * `archive_read_open_memory` was given, and a buffer only a local variable
+ * refers to may be collected while it reads (V8 drops locals it sees no
+ * further use of), which libarchive then reports as a "Fatal Internal Error".
+ */
+const reading = new Set<Uint8Array>();
+
+/**
  * Reads `bytes` as bsdtar does (`archive_read_support_format_all`,
  * `archive_read_support_filter_all`), returning the entries read before the
  * end or the first error.
@@ -182,6 +203,7 @@ export function libarchiveList(bytes: Uint8Array): LaListing {
   };
   const out: LaListing = { entries: [], format: 0 };
   const keep = bytes.slice(); // libarchive reads it after this call returns
+  reading.add(keep);
   try {
     l.archive_read_support_format_all(a);
     l.archive_read_support_filter_all(a);
@@ -192,6 +214,7 @@ export function libarchiveList(bytes: Uint8Array): LaListing {
     const ep = new BigUint64Array(1);
     const buf = new Uint8Array(1 << 16);
     while (true) {
+      clearErrno();
       const r = l.archive_read_next_header(a, ep);
       out.format = l.archive_format(a);
       if (r === ARCHIVE_EOF) break;
@@ -244,6 +267,7 @@ export function libarchiveList(bytes: Uint8Array): LaListing {
         continue;
       }
       while (true) {
+        clearErrno();
         const n = Number(l.archive_read_data(a, buf, BigInt(buf.length)));
         if (n === 0) break;
         if (n < 0) {
@@ -264,6 +288,7 @@ export function libarchiveList(bytes: Uint8Array): LaListing {
     }
   } finally {
     l.archive_read_free(a);
+    reading.delete(keep);
   }
   return out;
 }
@@ -322,6 +347,7 @@ export function libarchiveWrite(format: LaFormat, entries: LaWriteEntry[]): Uint
     for (const en of entries) {
       const e = l.archive_entry_new();
       try {
+        clearErrno();
         l.archive_entry_set_pathname(e, cstr(en.name));
         l.archive_entry_set_filetype(e, TYPE_BITS[en.type]);
         l.archive_entry_set_perm(e, en.mode ?? (en.type === "directory" ? 0o755 : 0o644));
@@ -344,6 +370,7 @@ export function libarchiveWrite(format: LaFormat, entries: LaWriteEntry[]): Uint
         for (const s of en.sparse ?? []) {
           l.archive_entry_sparse_add_entry(e, BigInt(s.offset), BigInt(s.size));
         }
+        clearErrno();
         check(l.archive_write_header(a, e), `header of ${en.name}`);
         if (en.sparse) {
           for (const s of en.sparse) {
