@@ -96,45 +96,48 @@ export async function bench(
     } entries`,
   );
 
-  // Warm run against runc alone on a bundle of the same image, prepared once.
-  const cache = join(dir, "cache");
-  await sh(Deno.execPath(), ["run", "-A", CLI, "pull", "-q", "--cache", cache, ref]);
-  const bundler = await CachingBundler.create(cache, { onWarning: () => {} });
-  const prepared = await bundler.bundle(await openImage(ref), "prepared", withArgs("/bin/true"));
-  const runc = (await sh("sh", ["-c", "command -v runc"])).trim();
-  const root = { uid: 0, gid: 0, home: "/root" };
-  const user = await ensureTestUser();
-  const userCache = join(dir, "user-cache");
-  await Deno.mkdir(userCache);
-  await sh("chown", [`${user.uid}:${user.gid}`, userCache]);
+  // `STRATA_BENCH_ONLY=pull`: the cold pull alone (the warm runs take minutes).
   let out: Record<string, number | string> = {};
-  try {
-    const strata = `${Deno.execPath()} run -A ${CLI} run --cache ${cache} ${ref} -- /bin/true`;
-    const peer = `${runc} run --bundle ${prepared.path} bench-cli-peer`;
-    const [warm, alone] = await rounds(dir, [strata, peer]);
-    ctx.log(
-      `warm run (deno run -A cli.ts, hyperfine -N -w 3 -r 20): ${r2(warm)} ms vs runc alone ` +
-        `${r2(alone)} ms: ${r2(warm / alone)}x`,
-    );
-    // Rootless against root, both through setpriv and env -i.
-    const cli = `${Deno.execPath()} run -A ${CLI} run`;
-    const [asRoot, asUser] = await rounds(dir, [
-      `${as(root.uid, root.gid, root.home)} ${cli} --cache ${cache} ${ref} -- /bin/true`,
-      `${as(user.uid, user.gid, user.home)} ${cli} --cache ${userCache} ${ref} -- /bin/true`,
-    ]);
-    ctx.log(
-      `rootless warm run: ${r2(asUser)} ms vs root ${r2(asRoot)} ms: ${r2(asUser / asRoot)}x`,
-    );
-    out = {
-      warm_run_ms: r2(warm),
-      runc_alone_ms: r2(alone),
-      warm_run_vs_runc: r2(warm / alone),
-      rootless_run_ms: r2(asUser),
-      root_run_ms: r2(asRoot),
-      rootless_vs_root: r2(asUser / asRoot),
-    };
-  } finally {
-    await prepared.cleanup();
+  if (Deno.env.get("STRATA_BENCH_ONLY") !== "pull") {
+    // Warm run against runc alone on a bundle of the same image, prepared once.
+    const cache = join(dir, "cache");
+    await sh(Deno.execPath(), ["run", "-A", CLI, "pull", "-q", "--cache", cache, ref]);
+    const bundler = await CachingBundler.create(cache, { onWarning: () => {} });
+    const prepared = await bundler.bundle(await openImage(ref), "prepared", withArgs("/bin/true"));
+    const runc = (await sh("sh", ["-c", "command -v runc"])).trim();
+    const root = { uid: 0, gid: 0, home: "/root" };
+    const user = await ensureTestUser();
+    const userCache = join(dir, "user-cache");
+    await Deno.mkdir(userCache);
+    await sh("chown", [`${user.uid}:${user.gid}`, userCache]);
+    try {
+      const strata = `${Deno.execPath()} run -A ${CLI} run --cache ${cache} ${ref} -- /bin/true`;
+      const peer = `${runc} run --bundle ${prepared.path} bench-cli-peer`;
+      const [warm, alone] = await rounds(dir, [strata, peer]);
+      ctx.log(
+        `warm run (deno run -A cli.ts, hyperfine -N -w 3 -r 20): ${r2(warm)} ms vs runc alone ` +
+          `${r2(alone)} ms: ${r2(warm / alone)}x`,
+      );
+      // Rootless against root, both through setpriv and env -i.
+      const cli = `${Deno.execPath()} run -A ${CLI} run`;
+      const [asRoot, asUser] = await rounds(dir, [
+        `${as(root.uid, root.gid, root.home)} ${cli} --cache ${cache} ${ref} -- /bin/true`,
+        `${as(user.uid, user.gid, user.home)} ${cli} --cache ${userCache} ${ref} -- /bin/true`,
+      ]);
+      ctx.log(
+        `rootless warm run: ${r2(asUser)} ms vs root ${r2(asRoot)} ms: ${r2(asUser / asRoot)}x`,
+      );
+      out = {
+        warm_run_ms: r2(warm),
+        runc_alone_ms: r2(alone),
+        warm_run_vs_runc: r2(warm / alone),
+        rootless_run_ms: r2(asUser),
+        root_run_ms: r2(asRoot),
+        rootless_vs_root: r2(asUser / asRoot),
+      };
+    } finally {
+      await prepared.cleanup();
+    }
   }
 
   // Cold pull against GNU tar of the same blobs, interleaved, each into empty directories.
