@@ -70,7 +70,14 @@
  * @module
  */
 import type { Layer } from "../image/types.ts";
-import { asDamaged, DamagedLayerError, EntryWriteError, reviveError } from "./errors.ts";
+import type { FileDigest, TreeRecord } from "./record.ts";
+import {
+  asDamaged,
+  DamagedLayerError,
+  EntryWriteError,
+  reviveError,
+  serializeError,
+} from "./errors.ts";
 import { TarParser } from "./tar.ts";
 import { type FromWorker, LayerWriter, type ToWorker } from "./writer.ts";
 import { workerModule } from "../sys/worker.ts";
@@ -122,6 +129,22 @@ export interface ApplyOptions {
    * the other core is free; about even when it is busy.
    */
   threads?: "auto" | "main" | "worker";
+  /**
+   * Direct mode: hash each regular file's content as it is written (sparse
+   * files aside) and return the digests as {@linkcode ApplyResult.fileDigests},
+   * so that a tree record of the fresh tree (`treeRecord`'s `fileDigests`)
+   * need not read the files again. Loads `node:crypto`.
+   */
+  fileDigests?: boolean;
+  /**
+   * Also make the tree record of the root once the layer is written
+   * (`treeRecord` of `layer/record.ts`, from the files' digests taken while
+   * writing, so it reads no file content in direct mode), as
+   * {@linkcode ApplyResult.record}. A worker that applied the layer records
+   * it after `apply` has resolved, while the caller goes on (with the next
+   * layer, say); the root must not change until the record settles.
+   */
+  record?: boolean;
 }
 
 /** What an apply did. */
@@ -149,6 +172,13 @@ export interface ApplyResult {
    * set those ids).
    */
   ownersLost: boolean;
+  /**
+   * With the `fileDigests` option: the sha256 of every regular file written
+   * whole, by inode number (for `treeRecord`'s `fileDigests`).
+   */
+  fileDigests?: Map<bigint, FileDigest>;
+  /** With the `record` option: the tree record of the root as written. */
+  record?: Promise<TreeRecord>;
 }
 
 /**
@@ -260,7 +290,10 @@ export class TarApplicator implements TarballApplicator {
 
   async #here(root: string, read: () => Promise<Uint8Array | undefined>): Promise<ApplyResult> {
     const o = this.#options;
-    const w = new LayerWriter(root, o);
+    const createHash = o.fileDigests || o.record
+      ? (await import("node:crypto")).createHash
+      : undefined;
+    const w = new LayerWriter(root, o, createHash);
     try {
       const parser = new TarParser(w, { onWarning: (m) => w.warn(m) });
       const push = (c: Uint8Array) => {
@@ -277,12 +310,18 @@ export class TarApplicator implements TarballApplicator {
         throw asDamaged(e, o.layer);
       }
       w.finish();
+      const record = o.record
+        ? import("./record.ts").then((m) => m.treeRecord(root, { fileDigests: w.fileDigests }))
+        : undefined;
+      record?.catch(() => {}); // the caller's to handle; never unhandled meanwhile
       return {
         entries: w.entries,
         bytes: w.bytes,
         warnings: w.warnings,
         dependsOnLowers: w.dependsOnLowers,
         ownersLost: w.ownersLost,
+        ...(o.fileDigests && w.fileDigests ? { fileDigests: w.fileDigests } : {}),
+        ...(record ? { record } : {}),
       };
     } finally {
       w.dispose();
@@ -296,6 +335,18 @@ export class TarApplicator implements TarballApplicator {
   ): Promise<ApplyResult> {
     const { onWarning, threads: _, ...options } = this.#options;
     const worker = new Worker(workerModule(WORKER_URL), { type: "module" });
+    // With `record`, the worker goes on after `done`: the record settles this.
+    let recorded: ((m: FromWorker) => void) | undefined;
+    const record = options.record
+      ? new Promise<TreeRecord>((resolve, reject) => {
+        recorded = (m) => {
+          if (m.t === "record") resolve(m.record);
+          else if (m.t === "record-error") reject(reviveError(m.e));
+          else reject(new Error("the applicator worker stopped before recording the tree"));
+        };
+      })
+      : undefined;
+    record?.catch(() => {});
     let inflight = 0;
     const pool: Uint8Array<ArrayBuffer>[] = [];
     let failure: unknown;
@@ -323,8 +374,13 @@ export class TarApplicator implements TarballApplicator {
           warnings: m.warnings,
           dependsOnLowers: m.dependsOnLowers,
           ownersLost: m.ownersLost,
+          ...(m.fileDigests ? { fileDigests: m.fileDigests } : {}),
+          ...(record ? { record } : {}),
         };
         settle();
+      } else if (m.t === "record" || m.t === "record-error") {
+        worker.terminate();
+        recorded?.(m);
       } else if (m.t === "error") {
         failure ??= reviveError(m.e);
         settle();
@@ -336,13 +392,16 @@ export class TarApplicator implements TarballApplicator {
     };
     worker.onerror = (ev) => {
       ev.preventDefault();
-      failure ??= new EntryWriteError(
+      const e = new EntryWriteError(
         `the applicator worker failed: ${ev.message}`,
         undefined,
         options.layer,
       );
+      failure ??= e;
       settle();
       kick();
+      worker.terminate();
+      recorded?.({ t: "record-error", e: serializeError(e) });
     };
     stop.abort = () => {
       // Let the worker close its fds (they are the process's) before it goes.
@@ -398,7 +457,11 @@ export class TarApplicator implements TarballApplicator {
       }
       throw e;
     } finally {
-      worker.terminate();
+      // Recording, the worker ends itself (above); otherwise it goes now.
+      if (!record || result === undefined || failure !== undefined) {
+        worker.terminate();
+        recorded?.({ t: "aborted" });
+      }
     }
   }
 }

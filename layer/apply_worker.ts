@@ -10,7 +10,9 @@
  */
 import { asDamaged, serializeError } from "./errors.ts";
 import { TarParser } from "./tar.ts";
-import { type FromWorker, LayerWriter, type ToWorker } from "./writer.ts";
+import { treeRecord } from "./record.ts";
+import type * as NodeCrypto from "node:crypto";
+import { type FromWorker, LayerWriter, type ToWorker, type WriterOptions } from "./writer.ts";
 
 // The worker global scope, typed without the deno.worker lib (which would
 // clash with the window types of the modules checked together with this one).
@@ -23,6 +25,7 @@ let writer: LayerWriter | undefined;
 let parser: TarParser | undefined;
 let failed = false;
 let layer: string | undefined;
+let settings: { root: string; options: WriterOptions } | undefined;
 
 function post(m: FromWorker): void {
   scope.postMessage(m);
@@ -35,8 +38,19 @@ function fail(e: unknown): void {
   post({ t: "error", e: serializeError(asDamaged(e, layer)) });
 }
 
+/** Messages that came while node:crypto loaded (with `fileDigests`). */
+let queued: ToWorker[] | undefined;
+
 scope.onmessage = (ev: MessageEvent<ToWorker>) => {
   const m = ev.data;
+  if (queued && m.t !== "abort") {
+    queued.push(m);
+    return;
+  }
+  handle(m);
+};
+
+function handle(m: ToWorker): void {
   if (m.t === "abort") {
     writer?.dispose();
     writer = undefined;
@@ -48,12 +62,23 @@ scope.onmessage = (ev: MessageEvent<ToWorker>) => {
   try {
     if (m.t === "init") {
       layer = m.options.layer;
-      writer = new LayerWriter(m.root, {
-        ...m.options,
-        onWarning: (w) => post({ t: "warn", m: w }),
-      });
-      const w = writer;
-      parser = new TarParser(w, { onWarning: (x) => w.warn(x) });
+      if (m.options.fileDigests || m.options.record) {
+        // Loaded only when asked for (~35 ms of this thread); what comes meanwhile waits.
+        queued = [];
+        import("node:crypto").then(({ createHash }) => {
+          const waiting = queued!;
+          queued = undefined;
+          if (failed) return;
+          try {
+            init(m.root, m.options, createHash);
+          } catch (e) {
+            return fail(e);
+          }
+          for (const q of waiting) handle(q);
+        }, fail);
+        return;
+      }
+      init(m.root, m.options);
     } else if (m.t === "data") {
       parser!.push(m.buf);
       // The buffer goes back (transferred) for the next batch.
@@ -61,12 +86,34 @@ scope.onmessage = (ev: MessageEvent<ToWorker>) => {
     } else {
       parser!.end();
       writer!.finish();
-      const { entries, bytes, warnings, dependsOnLowers, ownersLost } = writer!;
+      const { entries, bytes, warnings, dependsOnLowers, ownersLost, fileDigests } = writer!;
       writer!.dispose();
       writer = undefined;
-      post({ t: "done", entries, bytes, warnings, dependsOnLowers, ownersLost });
+      const asked = settings!.options.fileDigests ? fileDigests : undefined;
+      post({ t: "done", entries, bytes, warnings, dependsOnLowers, ownersLost, fileDigests: asked });
+      if (settings!.options.record) {
+        // The tree is written: its record, while the caller goes on.
+        treeRecord(settings!.root, { fileDigests }).then(
+          (record) => post({ t: "record", record }),
+          (e) => post({ t: "record-error", e: serializeError(e) }),
+        );
+      }
     }
   } catch (e) {
     fail(e);
   }
-};
+}
+
+function init(
+  root: string,
+  options: WriterOptions,
+  createHash?: typeof NodeCrypto.createHash,
+): void {
+  settings = { root, options };
+  writer = new LayerWriter(root, {
+    ...options,
+    onWarning: (w) => post({ t: "warn", m: w }),
+  }, createHash);
+  const w = writer;
+  parser = new TarParser(w, { onWarning: (x) => w.warn(x) });
+}
