@@ -145,6 +145,17 @@ export interface ApplyOptions {
    * layer, say); the root must not change until the record settles.
    */
   record?: boolean;
+  /**
+   * Workers to apply in (see {@linkcode ApplyWorkers}): one started ahead is
+   * taken instead of starting one (~50-150 ms before it takes data), and
+   * given back for the next layer once this one is done (and recorded).
+   */
+  workers?: ApplyWorkers;
+  /**
+   * The layer's blob size, when known: under `threads: "auto"`, a layer of
+   * 4 MiB or more goes to a worker at once, without reading ahead to see.
+   */
+  expectedSize?: number;
 }
 
 /** What an apply did. */
@@ -255,7 +266,10 @@ export class TarApplicator implements TarballApplicator {
       const threads = o.threads ?? "auto";
       let head: Uint8Array[] = [];
       let ended = false;
-      if (threads === "auto" && (navigator.hardwareConcurrency ?? 1) >= 2) {
+      const cores = navigator.hardwareConcurrency ?? 1;
+      if (threads === "auto" && cores >= 2 && (o.expectedSize ?? 0) >= WORKER_MIN) {
+        // Big enough to be worth a worker: no need to look.
+      } else if (threads === "auto" && cores >= 2) {
         // Look ahead: a layer that ends within WORKER_MIN is applied here.
         let n = 0;
         while (n < WORKER_MIN) {
@@ -333,8 +347,15 @@ export class TarApplicator implements TarballApplicator {
     read: () => Promise<Uint8Array | undefined>,
     stop: { abort?: () => void },
   ): Promise<ApplyResult> {
-    const { onWarning, threads: _, ...options } = this.#options;
-    const worker = new Worker(workerModule(WORKER_URL), { type: "module" });
+    const { onWarning, threads: _, workers, expectedSize: __, ...options } = this.#options;
+    const worker = workers?.take() ?? newApplyWorker();
+    // Given back to the pool when the layer is done (and recorded), not
+    // after a failure or an abort.
+    let reusable = false;
+    const finished = () => {
+      if (workers && reusable) workers.give(worker);
+      else worker.terminate();
+    };
     // With `record`, the worker goes on after `done`: the record settles this.
     let recorded: ((m: FromWorker) => void) | undefined;
     const record = options.record
@@ -379,7 +400,8 @@ export class TarApplicator implements TarballApplicator {
         };
         settle();
       } else if (m.t === "record" || m.t === "record-error") {
-        worker.terminate();
+        reusable = m.t === "record";
+        finished();
         recorded?.(m);
       } else if (m.t === "error") {
         failure ??= reviveError(m.e);
@@ -459,10 +481,83 @@ export class TarApplicator implements TarballApplicator {
     } finally {
       // Recording, the worker ends itself (above); otherwise it goes now.
       if (!record || result === undefined || failure !== undefined) {
-        worker.terminate();
+        reusable = !record && result !== undefined && failure === undefined;
+        finished();
         recorded?.({ t: "aborted" });
       }
     }
+  }
+}
+
+/** A new applicator worker. */
+function newApplyWorker(): Worker {
+  return new Worker(workerModule(WORKER_URL), { type: "module" });
+}
+
+/**
+ * Applicator workers started ahead and reused across layers, for a caller
+ * that knows layers are coming (a pull): a worker's start (a V8 isolate, its
+ * modules, the libc bindings, node:crypto) takes ~50-150 ms before it takes
+ * the first byte, and started ahead it does so while the calling thread
+ * opens the image and the first layer's stream. Pass it as
+ * {@linkcode ApplyOptions.workers}; {@linkcode ApplyWorkers.close} (or
+ * `using`) ends the idle ones, and those still busy when they finish. An
+ * idle worker keeps the process alive until then.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { applyLayer, ApplyWorkers } from "./applicator.ts";
+ * using workers = new ApplyWorkers({ hashes: true });
+ * workers.warm(2);
+ * for (const [i, layer] of image.layers.entries()) {
+ *   await applyLayer(layer, `/tmp/layers/${i}`, { workers });
+ * }
+ * ```
+ */
+export class ApplyWorkers implements Disposable {
+  #idle: Worker[] = [];
+  #closed = false;
+  readonly #hashes: boolean;
+
+  /**
+   * A pool of none yet. `hashes`: the layers will hash what they write
+   * (`fileDigests` or `record`), so warmed workers load node:crypto ahead.
+   */
+  constructor(options: { hashes?: boolean } = {}) {
+    this.#hashes = options.hashes ?? false;
+  }
+
+  /** Starts workers until `count` are idle (none once closed). */
+  warm(count: number): void {
+    while (!this.#closed && this.#idle.length < count) {
+      const w = newApplyWorker();
+      w.postMessage({ t: "warm", crypto: this.#hashes } satisfies ToWorker);
+      this.#idle.push(w);
+    }
+  }
+
+  /** An idle worker, or a new one. */
+  take(): Worker {
+    return this.#idle.pop() ?? newApplyWorker();
+  }
+
+  /** Takes back a worker that finished a layer cleanly (ends it once closed). */
+  give(worker: Worker): void {
+    worker.onmessage = null;
+    worker.onerror = null;
+    if (this.#closed) worker.terminate();
+    else this.#idle.push(worker);
+  }
+
+  /** Ends the idle workers, and the busy ones when they are given back. */
+  close(): void {
+    this.#closed = true;
+    for (const w of this.#idle.splice(0)) w.terminate();
+  }
+
+  /** Same as {@linkcode ApplyWorkers.close}. */
+  [Symbol.dispose](): void {
+    this.close();
   }
 }
 
@@ -504,5 +599,6 @@ export async function applyLayer(
 ): Promise<ApplyResult> {
   const { signal, ...o } = options;
   const stream = await layer.uncompressed(signal);
-  return await new TarApplicator({ layer: layer.digest, ...o }).apply(stream, root, signal);
+  return await new TarApplicator({ layer: layer.digest, expectedSize: layer.size, ...o })
+    .apply(stream, root, signal);
 }

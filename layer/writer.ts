@@ -57,11 +57,12 @@ import {
   WhiteoutError,
 } from "./errors.ts";
 
-/** What a writer needs from {@linkcode ApplyOptions} (all of it but the threading choice). */
-export type WriterOptions = Omit<ApplyOptions, "threads">;
+/** What a writer needs from {@linkcode ApplyOptions} (all of it but the threading choices). */
+export type WriterOptions = Omit<ApplyOptions, "threads" | "workers" | "expectedSize">;
 
 /** Messages to the worker (`apply_worker.ts`). */
 export type ToWorker =
+  | { t: "warm"; crypto: boolean }
   | { t: "init"; root: string; options: WriterOptions }
   | { t: "data"; buf: Uint8Array }
   | { t: "end" }
