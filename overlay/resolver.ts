@@ -745,11 +745,17 @@ export class CachingLayerResolver implements LayerResolver {
           // Opened now, while the owner's fd surely names the tree: ours
           // stays valid whatever the owner does next.
           const fd = openat(AT.FDCWD, st.path, O.PATH | O.DIRECTORY, 0);
-          if (fd < 0) throw new ErrnoError("open", -fd, st.final);
-          out.fds.push(fd);
-          out.dirs.push(`/proc/self/fd/${fd}`);
-          out.finals.push(st.final);
-          out.staged.push(st);
+          if (fd >= 0) {
+            out.fds.push(fd);
+            out.dirs.push(`/proc/self/fd/${fd}`);
+            out.finals.push(st.final);
+            out.staged.push(st);
+            continue;
+          }
+          // No /proc here: the parent once it is published (or its failure).
+          const dir = await st.published;
+          out.dirs.push(dir);
+          out.finals.push(dir);
           continue;
         }
         const dir = await this.resolve(parents[i], parents.slice(0, i), signal);
