@@ -6,10 +6,11 @@
  */
 import type { Context } from "./context.ts";
 import { enterNamespace, pullImage } from "./pipeline.ts";
+import { getUid } from "../sys/process.ts";
 
 function isRoot(): boolean {
   try {
-    return Deno.uid() === 0;
+    return getUid() === 0;
   } catch {
     return false;
   }
