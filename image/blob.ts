@@ -370,8 +370,12 @@ export function sniffCompression(head: Uint8Array): Compression | undefined {
   return undefined;
 }
 
-/** Output chunk size of the decompressors: large chunks keep per-chunk overhead low. */
-const ZLIB_CHUNK = 256 * 1024;
+/**
+ * Output chunk size of the decompressors: large chunks keep per-chunk
+ * overhead low (1 MiB against 256 KiB, with 1 MiB file reads: ~10% less
+ * time to inflate and verify the bench's Debian and 32 MiB layers).
+ */
+const ZLIB_CHUNK = 1024 * 1024;
 
 /**
  * Returns a stage that decompresses a layer blob of `mediaType` into its tar

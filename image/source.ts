@@ -588,8 +588,8 @@ export function readSmallFile(
   }
 }
 
-/** Bytes per read when streaming blobs from files: large reads keep per-chunk overhead low. */
-export const FILE_CHUNK = 256 * 1024;
+/** Bytes per read when streaming blobs from files (1 MiB): large reads keep per-chunk overhead low. */
+export const FILE_CHUNK = 1024 * 1024;
 
 /**
  * Streams `length` bytes of the file at `path` from `offset` (the whole file

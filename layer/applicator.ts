@@ -70,7 +70,14 @@
  * @module
  */
 import type { Layer } from "../image/types.ts";
-import { asDamaged, DamagedLayerError, EntryWriteError, reviveError } from "./errors.ts";
+import type { FileDigest, TreeRecord } from "./record.ts";
+import {
+  asDamaged,
+  DamagedLayerError,
+  EntryWriteError,
+  reviveError,
+  serializeError,
+} from "./errors.ts";
 import { TarParser } from "./tar.ts";
 import { type FromWorker, LayerWriter, type ToWorker } from "./writer.ts";
 import { workerModule } from "../sys/worker.ts";
@@ -122,6 +129,33 @@ export interface ApplyOptions {
    * the other core is free; about even when it is busy.
    */
   threads?: "auto" | "main" | "worker";
+  /**
+   * Direct mode: hash each regular file's content as it is written (sparse
+   * files aside) and return the digests as {@linkcode ApplyResult.fileDigests},
+   * so that a tree record of the fresh tree (`treeRecord`'s `fileDigests`)
+   * need not read the files again. Loads `node:crypto`.
+   */
+  fileDigests?: boolean;
+  /**
+   * Also make the tree record of the root once the layer is written
+   * (`treeRecord` of `layer/record.ts`, from the files' digests taken while
+   * writing, so it reads no file content in direct mode), as
+   * {@linkcode ApplyResult.record}. A worker that applied the layer records
+   * it after `apply` has resolved, while the caller goes on (with the next
+   * layer, say); the root must not change until the record settles.
+   */
+  record?: boolean;
+  /**
+   * Workers to apply in (see {@linkcode ApplyWorkers}): one started ahead is
+   * taken instead of starting one (~50-150 ms before it takes data), and
+   * given back for the next layer once this one is done (and recorded).
+   */
+  workers?: ApplyWorkers;
+  /**
+   * The layer's blob size, when known: under `threads: "auto"`, a layer of
+   * 4 MiB or more goes to a worker at once, without reading ahead to see.
+   */
+  expectedSize?: number;
 }
 
 /** What an apply did. */
@@ -149,6 +183,13 @@ export interface ApplyResult {
    * set those ids).
    */
   ownersLost: boolean;
+  /**
+   * With the `fileDigests` option: the sha256 of every regular file written
+   * whole, by inode number (for `treeRecord`'s `fileDigests`).
+   */
+  fileDigests?: Map<bigint, FileDigest>;
+  /** With the `record` option: the tree record of the root as written. */
+  record?: Promise<TreeRecord>;
 }
 
 /**
@@ -225,7 +266,10 @@ export class TarApplicator implements TarballApplicator {
       const threads = o.threads ?? "auto";
       let head: Uint8Array[] = [];
       let ended = false;
-      if (threads === "auto" && (navigator.hardwareConcurrency ?? 1) >= 2) {
+      const cores = navigator.hardwareConcurrency ?? 1;
+      if (threads === "auto" && cores >= 2 && (o.expectedSize ?? 0) >= WORKER_MIN) {
+        // Big enough to be worth a worker: no need to look.
+      } else if (threads === "auto" && cores >= 2) {
         // Look ahead: a layer that ends within WORKER_MIN is applied here.
         let n = 0;
         while (n < WORKER_MIN) {
@@ -260,7 +304,10 @@ export class TarApplicator implements TarballApplicator {
 
   async #here(root: string, read: () => Promise<Uint8Array | undefined>): Promise<ApplyResult> {
     const o = this.#options;
-    const w = new LayerWriter(root, o);
+    const createHash = o.fileDigests || o.record
+      ? (await import("node:crypto")).createHash
+      : undefined;
+    const w = new LayerWriter(root, o, createHash);
     try {
       const parser = new TarParser(w, { onWarning: (m) => w.warn(m) });
       const push = (c: Uint8Array) => {
@@ -277,12 +324,18 @@ export class TarApplicator implements TarballApplicator {
         throw asDamaged(e, o.layer);
       }
       w.finish();
+      const record = o.record
+        ? import("./record.ts").then((m) => m.treeRecord(root, { fileDigests: w.fileDigests }))
+        : undefined;
+      record?.catch(() => {}); // the caller's to handle; never unhandled meanwhile
       return {
         entries: w.entries,
         bytes: w.bytes,
         warnings: w.warnings,
         dependsOnLowers: w.dependsOnLowers,
         ownersLost: w.ownersLost,
+        ...(o.fileDigests && w.fileDigests ? { fileDigests: w.fileDigests } : {}),
+        ...(record ? { record } : {}),
       };
     } finally {
       w.dispose();
@@ -294,8 +347,27 @@ export class TarApplicator implements TarballApplicator {
     read: () => Promise<Uint8Array | undefined>,
     stop: { abort?: () => void },
   ): Promise<ApplyResult> {
-    const { onWarning, threads: _, ...options } = this.#options;
-    const worker = new Worker(workerModule(WORKER_URL), { type: "module" });
+    const { onWarning, threads: _, workers, expectedSize: __, ...options } = this.#options;
+    const worker = workers?.take() ?? newApplyWorker();
+    // Given back to the pool when the layer is done (and recorded), not
+    // after a failure or an abort.
+    let reusable = false;
+    const finished = () => {
+      if (workers && reusable) workers.give(worker);
+      else worker.terminate();
+    };
+    // With `record`, the worker goes on after `done`: the record settles this.
+    let recorded: ((m: FromWorker) => void) | undefined;
+    const record = options.record
+      ? new Promise<TreeRecord>((resolve, reject) => {
+        recorded = (m) => {
+          if (m.t === "record") resolve(m.record);
+          else if (m.t === "record-error") reject(reviveError(m.e));
+          else reject(new Error("the applicator worker stopped before recording the tree"));
+        };
+      })
+      : undefined;
+    record?.catch(() => {});
     let inflight = 0;
     const pool: Uint8Array<ArrayBuffer>[] = [];
     let failure: unknown;
@@ -323,8 +395,14 @@ export class TarApplicator implements TarballApplicator {
           warnings: m.warnings,
           dependsOnLowers: m.dependsOnLowers,
           ownersLost: m.ownersLost,
+          ...(m.fileDigests ? { fileDigests: m.fileDigests } : {}),
+          ...(record ? { record } : {}),
         };
         settle();
+      } else if (m.t === "record" || m.t === "record-error") {
+        reusable = m.t === "record";
+        finished();
+        recorded?.(m);
       } else if (m.t === "error") {
         failure ??= reviveError(m.e);
         settle();
@@ -336,13 +414,16 @@ export class TarApplicator implements TarballApplicator {
     };
     worker.onerror = (ev) => {
       ev.preventDefault();
-      failure ??= new EntryWriteError(
+      const e = new EntryWriteError(
         `the applicator worker failed: ${ev.message}`,
         undefined,
         options.layer,
       );
+      failure ??= e;
       settle();
       kick();
+      worker.terminate();
+      recorded?.({ t: "record-error", e: serializeError(e) });
     };
     stop.abort = () => {
       // Let the worker close its fds (they are the process's) before it goes.
@@ -398,8 +479,85 @@ export class TarApplicator implements TarballApplicator {
       }
       throw e;
     } finally {
-      worker.terminate();
+      // Recording, the worker ends itself (above); otherwise it goes now.
+      if (!record || result === undefined || failure !== undefined) {
+        reusable = !record && result !== undefined && failure === undefined;
+        finished();
+        recorded?.({ t: "aborted" });
+      }
     }
+  }
+}
+
+/** A new applicator worker. */
+function newApplyWorker(): Worker {
+  return new Worker(workerModule(WORKER_URL), { type: "module" });
+}
+
+/**
+ * Applicator workers started ahead and reused across layers, for a caller
+ * that knows layers are coming (a pull): a worker's start (a V8 isolate, its
+ * modules, the libc bindings, node:crypto) takes ~50-150 ms before it takes
+ * the first byte, and started ahead it does so while the calling thread
+ * opens the image and the first layer's stream. Pass it as
+ * {@linkcode ApplyOptions.workers}; {@linkcode ApplyWorkers.close} (or
+ * `using`) ends the idle ones, and those still busy when they finish. An
+ * idle worker keeps the process alive until then.
+ *
+ * @example Usage
+ * ```ts ignore
+ * import { applyLayer, ApplyWorkers } from "./applicator.ts";
+ * using workers = new ApplyWorkers({ hashes: true });
+ * workers.warm(2);
+ * for (const [i, layer] of image.layers.entries()) {
+ *   await applyLayer(layer, `/tmp/layers/${i}`, { workers });
+ * }
+ * ```
+ */
+export class ApplyWorkers implements Disposable {
+  #idle: Worker[] = [];
+  #closed = false;
+  readonly #hashes: boolean;
+
+  /**
+   * A pool of none yet. `hashes`: the layers will hash what they write
+   * (`fileDigests` or `record`), so warmed workers load node:crypto ahead.
+   */
+  constructor(options: { hashes?: boolean } = {}) {
+    this.#hashes = options.hashes ?? false;
+  }
+
+  /** Starts workers until `count` are idle (none once closed). */
+  warm(count: number): void {
+    while (!this.#closed && this.#idle.length < count) {
+      const w = newApplyWorker();
+      w.postMessage({ t: "warm", crypto: this.#hashes } satisfies ToWorker);
+      this.#idle.push(w);
+    }
+  }
+
+  /** An idle worker, or a new one. */
+  take(): Worker {
+    return this.#idle.pop() ?? newApplyWorker();
+  }
+
+  /** Takes back a worker that finished a layer cleanly (ends it once closed). */
+  give(worker: Worker): void {
+    worker.onmessage = null;
+    worker.onerror = null;
+    if (this.#closed) worker.terminate();
+    else this.#idle.push(worker);
+  }
+
+  /** Ends the idle workers, and the busy ones when they are given back. */
+  close(): void {
+    this.#closed = true;
+    for (const w of this.#idle.splice(0)) w.terminate();
+  }
+
+  /** Same as {@linkcode ApplyWorkers.close}. */
+  [Symbol.dispose](): void {
+    this.close();
   }
 }
 
@@ -441,5 +599,6 @@ export async function applyLayer(
 ): Promise<ApplyResult> {
   const { signal, ...o } = options;
   const stream = await layer.uncompressed(signal);
-  return await new TarApplicator({ layer: layer.digest, ...o }).apply(stream, root, signal);
+  return await new TarApplicator({ layer: layer.digest, expectedSize: layer.size, ...o })
+    .apply(stream, root, signal);
 }

@@ -11,6 +11,7 @@ export {
   applyLayer,
   type ApplyOptions,
   type ApplyResult,
+  ApplyWorkers,
   DamagedLayerError,
   DeviceNotPermittedError,
   EntryWriteError,
@@ -22,6 +23,7 @@ export {
 } from "./applicator.ts";
 export { confine } from "./path.ts";
 export {
+  type FileDigest,
   type IdSpan,
   idSpans,
   type TreeIds,

@@ -76,8 +76,24 @@ export interface TreeRecord {
   lines?: string[];
 }
 
+/** The content digest of a regular file, known from when it was written (see {@linkcode TreeRecordOptions.fileDigests}). */
+export interface FileDigest {
+  /** Its size in bytes when it was hashed. */
+  size: number;
+  /** The hex sha256 of its content. */
+  sha256: string;
+}
+
 /** Options of {@linkcode treeRecord}. */
 export interface TreeRecordOptions {
+  /**
+   * The content digests of files in the tree by inode number, from the
+   * writer that just made it (the applicator's `fileDigests`): a regular
+   * file whose inode is listed, with the same size and no holes, is not
+   * read. Only for a tree nobody else could have written to since; the
+   * record is then what reading every file would give.
+   */
+  fileDigests?: ReadonlyMap<bigint, FileDigest>;
   /** Keep the per-entry lines in the result. */
   lines?: boolean;
   /** Which xattrs to record (default: all). */
@@ -135,6 +151,7 @@ function recordTree(
   let files = 0, bytes = 0;
   const filter = options.xattrs;
   const uids = new Set<number>(), gids = new Set<number>();
+  let known: FileDigest | undefined;
 
   const root = openat(AT.FDCWD, dir, O.RDONLY | O.DIRECTORY, 0);
   if (root < 0) return Promise.reject(new ErrnoError("open", -root, dir));
@@ -168,6 +185,13 @@ function recordTree(
       const first = st.nlink > 1 ? links.get(id) : undefined;
       if (first !== undefined) {
         line += ` link:${JSON.stringify(first)}`;
+      } else if (
+        (known = options.fileDigests?.get(st.ino)) !== undefined && known.size === st.size &&
+        !(st.size > 0 && st.blocks * 512 < st.size)
+      ) {
+        if (st.nlink > 1) links.set(id, path);
+        bytes += st.size;
+        line += ` c:${known.sha256}${xattrsOf(-1, dirfd, name)}`;
       } else {
         if (st.nlink > 1) links.set(id, path);
         const fd = openat(dirfd, name, O.RDONLY | O.NOFOLLOW, 0);

@@ -41,9 +41,11 @@ import {
   utimensat,
   writeAll,
 } from "../sys/fs.ts";
+import type * as NodeCrypto from "node:crypto";
 import { ErrnoError, errnoName, libc } from "../sys/libc.ts";
 import { confine, isWithin, joinPath, splitPath } from "./path.ts";
 import type { TarHeader, TarSink } from "./tar.ts";
+import type { FileDigest, TreeRecord } from "./record.ts";
 import type { ApplyOptions, WhiteoutMode } from "./applicator.ts";
 import {
   ApplyError,
@@ -55,11 +57,12 @@ import {
   WhiteoutError,
 } from "./errors.ts";
 
-/** What a writer needs from {@linkcode ApplyOptions} (all of it but the threading choice). */
-export type WriterOptions = Omit<ApplyOptions, "threads">;
+/** What a writer needs from {@linkcode ApplyOptions} (all of it but the threading choices). */
+export type WriterOptions = Omit<ApplyOptions, "threads" | "workers" | "expectedSize">;
 
 /** Messages to the worker (`apply_worker.ts`). */
 export type ToWorker =
+  | { t: "warm"; crypto: boolean }
   | { t: "init"; root: string; options: WriterOptions }
   | { t: "data"; buf: Uint8Array }
   | { t: "end" }
@@ -76,7 +79,10 @@ export type FromWorker =
     warnings: string[];
     dependsOnLowers: boolean;
     ownersLost: boolean;
+    fileDigests?: Map<bigint, FileDigest>;
   }
+  | { t: "record"; record: TreeRecord }
+  | { t: "record-error"; e: SerializedError }
   | { t: "error"; e: SerializedError }
   | { t: "aborted" };
 
@@ -195,9 +201,22 @@ export class LayerWriter implements TarSink {
   #fd = -1;
   #hdr: TarHeader | undefined;
   #sparse = false;
+  /**
+   * With `fileDigests` asked for: the sha256 of each regular file written
+   * whole (not sparse), by inode; a copied-up file has none.
+   */
+  readonly fileDigests: Map<bigint, FileDigest> | undefined;
+  readonly #createHash: typeof NodeCrypto.createHash | undefined;
+  /** The current file's content hash (with `fileDigests`). */
+  #hash: NodeCrypto.Hash | undefined;
 
-  /** Opens `root` (which must exist) for one layer; throws {@linkcode EntryWriteError} when it cannot. */
-  constructor(root: string, o: WriterOptions) {
+  /**
+   * Opens `root` (which must exist) for one layer; throws
+   * {@linkcode EntryWriteError} when it cannot. `createHash` (node:crypto's)
+   * is needed for `fileDigests`, which it is passed apart from the options
+   * since a worker receives those as a message.
+   */
+  constructor(root: string, o: WriterOptions, createHash?: typeof NodeCrypto.createHash) {
     this.#root = root;
     this.#mode = o.whiteouts ?? "direct";
     this.#opaqueName = `${o.overlayXattr ?? "user"}.overlay.opaque`;
@@ -205,6 +224,11 @@ export class LayerWriter implements TarSink {
     this.#layer = o.layer;
     this.#onWarning = o.onWarning;
     this.#lowerPaths = o.lowerDirs ?? [];
+    if ((o.fileDigests || o.record) && this.#mode === "direct") {
+      if (!createHash) throw new TypeError("fileDigests needs createHash");
+      this.#createHash = createHash;
+      this.fileDigests = new Map();
+    }
     this.#euid = libc().geteuid();
     const fd = openat(AT.FDCWD, root, DIR_OPEN, 0);
     if (fd < 0) {
@@ -507,6 +531,7 @@ export class LayerWriter implements TarSink {
     }
     this.#fd = -1;
     this.#sparse = false;
+    this.#hash = undefined;
     try {
       if (h.name.includes("\0") || h.linkname?.includes("\0")) {
         throw new DamagedLayerError("name holds a NUL byte", h.name, this.#layer);
@@ -547,6 +572,7 @@ export class LayerWriter implements TarSink {
     // pwrite leaves the holes as holes.
     const r = this.#sparse ? pwriteAll(this.#fd, chunk, offset) : writeAll(this.#fd, chunk);
     if (r < 0) this.#fail(new Fail(-r, "write"));
+    this.#hash?.update(chunk);
     this.bytes += chunk.length;
   }
 
@@ -567,6 +593,15 @@ export class LayerWriter implements TarSink {
       if (h.xattrs) this.#xattrs(h.xattrs, (n, v) => fsetxattr(fd, n, v));
       const t = futimens(fd, atimeOf(h), h.mtime, atimeNsecOf(h), h.mtimeNsec);
       if (t < 0) throw new Fail(-t, "futimens");
+      const hash = this.#hash;
+      if (hash) {
+        this.#hash = undefined;
+        const st = statx(fd, "", AT.EMPTY_PATH);
+        if (typeof st === "number") throw new Fail(-st, "statx");
+        // By inode: a later inode of the same number (this one removed,
+        // another file made) replaces it, or drops it (#forget).
+        this.fileDigests!.set(st.ino, { size: st.size, sha256: hash.digest("hex") });
+      }
     } catch (e) {
       this.#fail(e, h.name);
     } finally {
@@ -593,6 +628,16 @@ export class LayerWriter implements TarSink {
     this.#fd = fd;
     this.#markCreated(path);
     this.#sparse = h.sparse !== undefined;
+    if (this.#createHash && !this.#sparse) this.#hash = this.#createHash("sha256");
+    else this.#forget(fd);
+  }
+
+  /** A regular file made here whose content is not hashed: no digest of an earlier inode of its number stands for it. */
+  #forget(fd: number): void {
+    if (!this.fileDigests) return;
+    const st = statx(fd, "", AT.EMPTY_PATH);
+    if (typeof st === "number") throw new Fail(-st, "statx");
+    this.fileDigests.delete(st.ino);
   }
 
   #directory(h: TarHeader, path: string, dir: string, base: string): void {
@@ -1198,6 +1243,7 @@ export class LayerWriter implements TarSink {
       throw new Fail(-dst, "openat");
     }
     try {
+      this.#forget(dst);
       const buf = copyBuf();
       for (;;) {
         const n = read(src, buf);

@@ -64,7 +64,10 @@ export interface LayerEvent {
    * - `fetch-end`: the blob is downloaded (and, when spooled, verified).
    * - `apply-start`: its turn came; extraction reads it from now on.
    * - `apply-bytes`: `bytes` more uncompressed bytes were applied.
-   * - `done`: it is in the cache at `path` (`extracted`: by this call).
+   * - `applied`: its tree is written (or was found cached); the next layer
+   *   may be applied over it while it is recorded and published.
+   * - `done`: it is in the cache at `path` (`extracted`: by this call);
+   *   layers are done in order.
    * - `failed`: it failed with `error`.
    */
   type:
@@ -74,6 +77,7 @@ export interface LayerEvent {
     | "fetch-end"
     | "apply-start"
     | "apply-bytes"
+    | "applied"
     | "done"
     | "failed";
   /** The layer's position in the image (0 is the bottom). */
@@ -127,6 +131,16 @@ export interface PrefetchTarget {
   cachedPath(diffID: string, parents: readonly Layer[]): string | undefined;
   /** Resolves one layer whose parents are all resolved, extracting it from `layer.uncompressed()`. */
   resolve(layer: Layer, parents?: readonly Layer[], signal?: AbortSignal): Promise<string>;
+  /**
+   * As `resolve`, but settles once the layer's tree is written, its parents
+   * being resolved or written: the next layer is then applied while this
+   * one is recorded and published (`published`). Optional.
+   */
+  resolveEarly?(
+    layer: Layer,
+    parents: readonly Layer[],
+    signal?: AbortSignal,
+  ): Promise<{ published: Promise<string> }>;
 }
 
 /** Reads of a spool file: 1 MiB (async reads of 256 KiB cost three times as much per byte). */
@@ -558,6 +572,7 @@ export async function resolveLayers(
   signal?.addEventListener("abort", onAbort, { once: true });
   const spools = new Map<number, LayerSpool>();
   let current = -1; // the layer being applied
+  const publishing: Promise<void>[] = []; // layers written, being recorded and published (never rejects)
   const startSpool = (i: number) => {
     emit?.("fetch-start", i, { spooled: true });
     const spool = LayerSpool.start(target.root, layers[i], {
@@ -621,21 +636,36 @@ export async function resolveLayers(
         layer = layers[i];
       }
       emit?.("apply-start", i);
-      let path: string;
       try {
-        path = await target.resolve(layer, layers.slice(0, i), ctl.signal);
+        if (target.resolveEarly) {
+          // Written: the next layer goes on while this one is recorded and published.
+          const { published } = await target.resolveEarly(layer, layers.slice(0, i), ctl.signal);
+          if (!failure) emit?.("applied", i);
+          publishing.push(published.then((path) => {
+            paths[i] = path;
+            emit?.("done", i, { path, extracted: applied });
+          }, (e) => {
+            if (!failure) emit?.("failed", i, { error: e });
+            fail(e);
+          }));
+        } else {
+          const path = await target.resolve(layer, layers.slice(0, i), ctl.signal);
+          paths[i] = path;
+          if (!failure) emit?.("applied", i);
+          if (!failure) emit?.("done", i, { path, extracted: applied });
+        }
       } catch (e) {
         throw failure ?? e;
       }
       if (failure) throw failure;
-      paths[i] = path;
-      emit?.("done", i, { path, extracted: applied });
       current = -1;
       if (spool) {
         spools.delete(i);
         await spool.remove();
       }
     }
+    await Promise.all(publishing);
+    if (failure) throw failure;
     // Repeated diff_ids, resolved by their first occurrence.
     for (let i = 0; i < layers.length; i++) {
       if (paths[i] !== undefined) continue;
@@ -649,6 +679,8 @@ export async function resolveLayers(
     ctl.abort(err);
     throw err;
   } finally {
+    // Written layers finish (publish or fail) before this returns.
+    await Promise.all(publishing);
     signal?.removeEventListener("abort", onAbort);
     const left = [...spools.values()];
     spools.clear();

@@ -7,13 +7,14 @@
  */
 import { join } from "@std/path";
 import { sha256Hex } from "../sys/sha256.ts";
-import { accessible, readSmallText } from "../sys/fs.ts";
+import { accessible, AT, close, O, openat, readSmallText } from "../sys/fs.ts";
+import { ErrnoError } from "../sys/libc.ts";
 import type { TreeIds } from "../layer/record.ts";
 import type { Layer } from "../image/types.ts";
 // The extraction code (the applicator, the tar parser, the tree record, the
 // workdir overlay) loads when a layer is actually extracted: a warm run
 // resolves every layer with one stat and must not pay for ~150 KB of modules.
-import type { ApplyOptions, ApplyResult } from "../layer/applicator.ts";
+import type { ApplyOptions, ApplyResult, ApplyWorkers } from "../layer/applicator.ts";
 import { type IdMap, onOverlayfs, openCache } from "./cache.ts";
 import {
   describeMisfit,
@@ -278,6 +279,18 @@ export function keyOfLayerDir(name: string): string | undefined {
 }
 
 /** A lower directory of a layer extracted for one mapping alone (`layers/<key>~<id map key>/fs`). */
+/** A layer written and not yet published: its tree, through an fd, for the layers over it. */
+interface Staged {
+  /** `/proc/self/fd/<fd>`: the staged tree. */
+  path: string;
+  /** The `O_PATH` fd of the tree, closed once the layer is published or failed. */
+  fd: number;
+  /** Where its tree will be published. */
+  final: string;
+  /** Settles when it is published (or failed). */
+  published: Promise<string>;
+}
+
 function isOwnCopy(fs: string): boolean {
   return /~[a-f0-9]{16}\/fs$/.test(fs);
 }
@@ -346,6 +359,11 @@ export class CachingLayerResolver implements LayerResolver {
   /** Whether the cache's filesystem can hold layers (checked before the first extraction). */
   #fsChecked?: Promise<void>;
   #inflight = new Map<string, Promise<string>>();
+  /** Layers this resolver has written and is recording, by chain key (see {@linkcode resolveEarly}). */
+  #staged = new Map<string, Staged>();
+  /** Applicator workers started ahead while a {@linkcode resolveAll} extracts, and how many run. */
+  #workers?: ApplyWorkers;
+  #workersUsers = 0;
   /**
    * Per published layer directory read here: the key of the mapping that
    * extracted it (its {@linkcode idmapMarker}), and why this mapping may not
@@ -606,7 +624,10 @@ export class CachingLayerResolver implements LayerResolver {
           // before anything is fetched or extracted.
           const refusal = this.#firstRefusal(layers, i);
           if (refusal) return Promise.reject(refusal);
-          return import("./prefetch.ts").then((m) => m.resolveLayers(this, layers, options));
+          return this.#withWorkers(
+            layers.slice(i),
+            () => import("./prefetch.ts").then((m) => m.resolveLayers(this, layers, options)),
+          );
         }
         paths.push(path);
       }
@@ -625,6 +646,31 @@ export class CachingLayerResolver implements LayerResolver {
     return Promise.resolve(paths);
   }
 
+  /**
+   * Runs `resolve` with applicator workers started ahead for the layers of
+   * `layers` big enough to be applied in one (4 MiB of blob or more), two
+   * at most: one applies a layer while the other records the one before.
+   * Started now, they load while the image's first layer is opened. Not
+   * with an `apply` of the caller's own.
+   */
+  async #withWorkers<T>(layers: readonly Layer[], resolve: () => Promise<T>): Promise<T> {
+    const big = layers.filter((l) => l.size >= 4 << 20).length;
+    const cores = navigator.hardwareConcurrency ?? 1;
+    if (this.#o.apply || big === 0 || cores < 2) return await resolve();
+    const { ApplyWorkers } = await import("../layer/applicator.ts");
+    const workers = this.#workers ??= new ApplyWorkers({ hashes: this.mode === "direct" });
+    this.#workersUsers++;
+    workers.warm(Math.min(big, 2));
+    try {
+      return await resolve();
+    } finally {
+      if (--this.#workersUsers === 0) {
+        workers.close();
+        this.#workers = undefined;
+      }
+    }
+  }
+
   /** Reads the `layer.json` of a published layer (over `parents`, bottom first). */
   async record(
     diffID: string,
@@ -635,7 +681,100 @@ export class CachingLayerResolver implements LayerResolver {
     );
   }
 
-  async #extract(layer: Layer, parents: Layer[], signal?: AbortSignal): Promise<string> {
+  /**
+   * Resolves `layer` as {@linkcode resolve} does, but settles as soon as the
+   * layer is in the cache or, when this call extracts it, once its tree is
+   * written: the next layer (over this one) may then be extracted while this
+   * one is recorded and published. `published` settles with the published
+   * lower directory, as `resolve` would. Used by {@linkcode resolveAll}.
+   *
+   * @example Usage
+   * ```ts ignore
+   * const { published } = await resolver.resolveEarly(image.layers[0], []);
+   * const next = resolver.resolve(image.layers[1], [image.layers[0]]);
+   * console.log(await published, await next);
+   * ```
+   */
+  resolveEarly(
+    layer: Layer,
+    parents: readonly Layer[],
+    signal?: AbortSignal,
+  ): Promise<{ published: Promise<string> }> {
+    try {
+      const found = this.#lookup(layer.diffID, parents);
+      if (found.path) return Promise.resolve({ published: Promise.resolve(found.path) });
+      const refusal = this.#o.reextractUnmapped
+        ? undefined
+        : found.refusal ?? this.#firstRefusal(parents);
+      if (refusal) return Promise.reject(refusal);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    const key = chainKey(layer.diffID, parents);
+    const running = this.#inflight.get(key);
+    if (running) return Promise.resolve({ published: running });
+    let written!: () => void;
+    const early = new Promise<void>((r) => (written = r));
+    const published = this.#extract(layer, [...parents], signal, written)
+      .finally(() => this.#inflight.delete(key));
+    this.#inflight.set(key, published);
+    return Promise.race([early, published]).then(() => ({ published }));
+  }
+
+  /**
+   * The lower directories for a layer over `parents`: each parent's
+   * published one (resolving it first), or, for a parent this resolver has
+   * written and is still recording (`#staged`), a path to its staged tree
+   * through an `O_PATH` fd of our own (`fds`, to close once the layer is
+   * applied). `finals` are where each parent is or will be published.
+   */
+  async #lowersFor(
+    parents: readonly Layer[],
+    signal?: AbortSignal,
+  ): Promise<{ dirs: string[]; finals: string[]; staged: Staged[]; fds: number[] }> {
+    const out = {
+      dirs: [] as string[],
+      finals: [] as string[],
+      staged: [] as Staged[],
+      fds: [] as number[],
+    };
+    try {
+      for (let i = 0; i < parents.length; i++) {
+        const st = this.#staged.get(chainKey(parents[i].diffID, parents.slice(0, i)));
+        if (st) {
+          // Opened now, while the owner's fd surely names the tree: ours
+          // stays valid whatever the owner does next.
+          const fd = openat(AT.FDCWD, st.path, O.PATH | O.DIRECTORY, 0);
+          if (fd >= 0) {
+            out.fds.push(fd);
+            out.dirs.push(`/proc/self/fd/${fd}`);
+            out.finals.push(st.final);
+            out.staged.push(st);
+            continue;
+          }
+          // No /proc here: the parent once it is published (or its failure).
+          const dir = await st.published;
+          out.dirs.push(dir);
+          out.finals.push(dir);
+          continue;
+        }
+        const dir = await this.resolve(parents[i], parents.slice(0, i), signal);
+        out.dirs.push(dir);
+        out.finals.push(dir);
+      }
+    } catch (e) {
+      for (const fd of out.fds) close(fd);
+      throw e;
+    }
+    return out;
+  }
+
+  async #extract(
+    layer: Layer,
+    parents: Layer[],
+    signal?: AbortSignal,
+    written?: () => void,
+  ): Promise<string> {
     // Extraction on an overlayfs would publish layers until the first
     // whiteout fails (EPERM, as if unprivileged), and no mount of them could
     // work anyway. Checked before the first extraction, not when the cache
@@ -646,16 +785,30 @@ export class CachingLayerResolver implements LayerResolver {
     await this.#fsChecked;
     const key = layerKey(layer.diffID);
     const chained = chainKey(layer.diffID, parents);
-    // Parents first, one at a time, before taking this layer's lock: a
-    // process never waits for a lock while holding another.
-    const lowerDirs: string[] = [];
-    for (let i = 0; i < parents.length; i++) {
-      lowerDirs.push(await this.resolve(parents[i], parents.slice(0, i), signal));
+    const lockPath = join(this.root, "locks", `${key}.lock`);
+    // Parents first, one at a time, before taking this layer's lock.
+    let lowers = await this.#lowersFor(parents, signal);
+    let lock: FileLock | null = null;
+    try {
+      signal?.throwIfAborted();
+      // One lock per diff_id: one process extracts, the others then find
+      // either key. A process never waits for a lock while holding another:
+      // a parent still being recorded holds its lock, so this one is only
+      // tried; when it is taken, the parents are waited for first.
+      if (lowers.staged.length) lock = FileLock.tryAcquire(lockPath);
+      if (!lock) {
+        if (lowers.staged.length) {
+          for (const fd of lowers.fds.splice(0)) close(fd);
+          await Promise.allSettled(lowers.staged.map((s) => s.published));
+          lowers = await this.#lowersFor(parents, signal);
+        }
+        lock = await FileLock.acquire(lockPath, signal);
+      }
+    } catch (e) {
+      for (const fd of lowers.fds) close(fd);
+      throw e;
     }
-    signal?.throwIfAborted();
-    // One lock per diff_id: one process extracts, the others then find
-    // either key.
-    const lock = await FileLock.acquire(join(this.root, "locks", `${key}.lock`), signal);
+    let staging: Staged | undefined;
     try {
       // Another process published it while we waited.
       const published = this.#lookup(layer.diffID, parents);
@@ -668,24 +821,53 @@ export class CachingLayerResolver implements LayerResolver {
       try {
         const staged = join(work.path, "layer");
         await mkdir(staged, { mode: 0o700 });
-        const result = await this.#applyTo(layer, join(staged, "fs"), work.path, lowerDirs, signal)
-          .catch((e) => {
-            throw new LayerResolveError(layer.diffID, `extraction failed: ${e.message}`, {
-              cause: e,
+        let result: ApplyResult;
+        try {
+          result = await this.#applyTo(layer, join(staged, "fs"), work.path, lowers.dirs, signal)
+            .catch((e) => {
+              throw new LayerResolveError(layer.diffID, `extraction failed: ${e.message}`, {
+                cause: e,
+              });
             });
-          });
-        const { treeRecord } = await import("../layer/record.ts");
-        const tree = await treeRecord(join(staged, "fs"));
+        } finally {
+          for (const fd of lowers.fds.splice(0)) close(fd);
+        }
+        // The applicator hashed the files as it wrote them, and records the
+        // tree from those digests (in its worker, while the next layer is
+        // applied); else the record reads the files. The tree is in our
+        // private tmp/ dir: nobody else writes to it meanwhile.
+        const tree = result.record ??
+          import("../layer/record.ts").then((m) =>
+            m.treeRecord(join(staged, "fs"), { fileDigests: result.fileDigests })
+          );
+        tree.catch(() => {});
         // This mapping's own copy, never the shared key: when the shared
         // copy is one it may not use, when it could not set the owners the
         // layer names (that tree is right for this mapping only), or when
         // the tree took metadata from a parent that is such a copy.
         const own = published.refusal !== undefined || result.ownersLost ||
-          (result.dependsOnLowers && lowerDirs.some(isOwnCopy));
+          (result.dependsOnLowers && lowers.finals.some(isOwnCopy));
         const mapKey = this.#mapKey ??= idMapKey(this.idmap);
         const name = (result.dependsOnLowers ? chained : key) + (own ? `~${mapKey}` : "");
         dest = join(this.root, "layers", name);
         const fs = join(dest, "fs");
+        if (written) {
+          // Written: the next layer may read this tree from here on.
+          const fd = openat(AT.FDCWD, join(staged, "fs"), O.PATH | O.DIRECTORY, 0);
+          if (fd < 0) throw new ErrnoError("open", -fd, join(staged, "fs"));
+          staging = {
+            path: `/proc/self/fd/${fd}`,
+            fd,
+            final: fs,
+            // This very extraction's promise (resolveEarly set it before
+            // the first await here).
+            published: this.#inflight.get(chained) ??
+              Promise.reject(new Error(`layer ${layer.diffID} is not in flight`)),
+          };
+          staging.published.catch(() => {});
+          this.#staged.set(chained, staging);
+          written();
+        }
         const record: LayerRecord = {
           diffID: layer.diffID,
           dependsOnLowers: result.dependsOnLowers,
@@ -693,8 +875,8 @@ export class CachingLayerResolver implements LayerResolver {
           digest: layer.digest,
           mediaType: layer.mediaType,
           size: layer.size,
-          record: { digest: tree.digest, files: tree.files, bytes: tree.bytes },
-          ids: tree.ids,
+          record: await tree.then((t) => ({ digest: t.digest, files: t.files, bytes: t.bytes })),
+          ids: (await tree).ids,
           ownersLost: result.ownersLost,
           ...(own ? { idmapKey: mapKey } : {}),
           created: new Date().toISOString(),
@@ -708,6 +890,9 @@ export class CachingLayerResolver implements LayerResolver {
           { mode: 0o600 },
         );
         await writeFile(join(staged, idmapMarker(mapKey)), new Uint8Array(), { mode: 0o600 });
+        // Parents first: a layer written over a staged parent is published
+        // only once that parent is (had it failed, this tree could be wrong).
+        for (const st of lowers.staged) await st.published;
         try {
           await rename(staged, dest);
         } catch (e) {
@@ -728,6 +913,10 @@ export class CachingLayerResolver implements LayerResolver {
         });
         return fs;
       } finally {
+        if (staging) {
+          this.#staged.delete(chained);
+          close(staging.fd);
+        }
         await work.remove();
       }
     } finally {
@@ -745,7 +934,14 @@ export class CachingLayerResolver implements LayerResolver {
     const onWarning = this.#o.onWarning;
     if (this.mode === "direct") {
       await mkdir(fs, { mode: 0o755 });
-      return await this.#apply(layer, fs, { whiteouts: "direct", lowerDirs, signal, onWarning });
+      return await this.#apply(layer, fs, {
+        whiteouts: "direct",
+        lowerDirs,
+        signal,
+        onWarning,
+        record: true,
+        workers: this.#workers,
+      });
     }
     const workdir = await import("./workdir.ts");
     const wd = await workdir.LayerWorkdir.create(workPath, layer.diffID, lowerDirs, {
@@ -757,6 +953,7 @@ export class CachingLayerResolver implements LayerResolver {
         lowerDirs,
         signal,
         onWarning,
+        workers: this.#workers,
       });
       await wd.seal();
       await rename(wd.resultPath(), fs);

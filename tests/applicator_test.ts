@@ -11,6 +11,7 @@ import { type Layer, MediaType } from "../image/types.ts";
 import {
   applyLayer,
   type ApplyOptions,
+  ApplyWorkers,
   DamagedLayerError,
   DeviceNotPermittedError,
   HardlinkTargetError,
@@ -717,6 +718,70 @@ Deno.test("treeRecord changes with content, mode, owner, time, xattrs and links"
     await apply(w(), dirs[1]);
     await change();
     assert((await treeRecord(dirs[1])).digest !== base.digest, what);
+  }
+});
+
+Deno.test("record: digests taken while writing give the record that reading every file gives", async () => {
+  await using d_ = await tempDir();
+  const d = String(d_);
+  // Files replaced within the layer (their inodes freed and maybe reused),
+  // hardlinks, a sparse file, an empty one, xattrs; then a layer over it
+  // that copies a lower file up for a hardlink and replaces another.
+  const lower = () =>
+    new TarWriter({ defaultMtime: 20 })
+      .directory("./")
+      .file("a", "first", { xattrs: { "user.k": "v" } })
+      .file("b", "bee")
+      .file("a", "second, longer")
+      .hardlink("c", "b")
+      .file("b", "replaced")
+      .file("e", "")
+      .file("dir", "a file first")
+      .directory("dir/")
+      .file("dir/x", new Uint8Array(300_000).fill(3))
+      .sparseFile("holes", 1 << 20, [{ offset: 4096, data: "data" }, {
+        offset: 900_000,
+        data: "end",
+      }])
+      .file("gone", "soon")
+      .file(".wh.gone", "");
+  const upper = () =>
+    new TarWriter({ defaultMtime: 30 })
+      .hardlink("up", "dir/x")
+      .file("a", "upper's a")
+      .file("new", new Uint8Array(5 << 20).fill(9));
+  const check = async (root: string, r: Awaited<ReturnType<typeof apply>>, what: string) => {
+    assert(r.record, what);
+    const written = await r.record;
+    const read = await treeRecord(root, { lines: true });
+    assertEquals(written.digest, read.digest, `${what}: ${read.lines!.join("\n")}`);
+    assertEquals([written.files, written.bytes, written.ids], [read.files, read.bytes, read.ids]);
+  };
+  const workers = new ApplyWorkers({ hashes: true });
+  try {
+    workers.warm(1);
+    for (const threads of ["main", "worker", "pooled"] as const) {
+      const l = join(d, `${threads}-lower`), u = join(d, `${threads}-upper`);
+      await Deno.mkdir(l);
+      await Deno.mkdir(u);
+      const o: ApplyOptions = threads === "pooled"
+        ? { record: true, workers, threads: "worker" }
+        : { record: true, threads };
+      await check(l, await apply(lower(), l, o), `${threads} lower`);
+      await check(u, await apply(upper(), u, { ...o, lowerDirs: [l] }), `${threads} upper`);
+      assertEquals(Deno.readTextFileSync(join(u, "up")).length, 300_000);
+    }
+    // The pool's worker took both layers and went back idle: a third
+    // layer runs in it as well.
+    const third = join(d, "third");
+    await Deno.mkdir(third);
+    await check(
+      third,
+      await apply(lower(), third, { record: true, workers, threads: "worker" }),
+      "third",
+    );
+  } finally {
+    workers.close();
   }
 });
 

@@ -131,12 +131,15 @@ Deno.test({
     }
     assert(events.some((e) => e.type === "fetch-start" && e.index === 1 && e.spooled));
     assert(events.some((e) => e.type === "fetch-start" && e.index === 0 && !e.spooled));
-    // ... yet each layer's application started after the previous one was published.
+    // ... yet each layer's application started after the previous one was
+    // written, and each was published after the previous one.
     const applies = events.filter((e) => e.type === "apply-start").map((e) => e.index);
     assertEquals(applies, [0, 1, 2, 3]);
     for (const i of [1, 2, 3]) {
-      assert(firstAt(events, "apply-start", i) >= firstAt(events, "done", i - 1));
+      assert(firstAt(events, "apply-start", i) >= firstAt(events, "applied", i - 1));
+      assert(firstAt(events, "done", i) >= firstAt(events, "done", i - 1));
     }
+    assertEquals(events.filter((e) => e.type === "done").map((e) => e.index), [0, 1, 2, 3]);
     assertEquals(events.filter((e) => e.type === "done").map((e) => e.extracted), [
       true,
       true,
