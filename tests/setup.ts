@@ -14,6 +14,7 @@
  *
  * @module
  */
+import { SMOL_TOML } from "../image/registries_conf.ts";
 
 /** Debian packages the tests and benchmarks use, by the command they provide. */
 export const PACKAGES: Record<string, string> = {
@@ -95,8 +96,23 @@ async function cacheDependencies(): Promise<boolean> {
     stdout: "null",
     stderr: "inherit",
   }).output();
-  if (!r.success) console.error("strata: `deno install` (the import map's packages) failed");
-  return r.success;
+  if (!r.success) {
+    console.error("strata: `deno install` (the import map's packages) failed");
+    return false;
+  }
+  // smol-toml is imported by a computed `npm:` specifier when a registries.conf
+  // is parsed (image/registries_conf.ts): `deno install` leaves node_modules
+  // ready, but the first process to resolve it at run time still fetches its
+  // npm metadata ("Download https://registry.npmjs.org/smol-toml" on stderr),
+  // which a sandboxed CLI cannot write. Resolve it once here.
+  const warm = await new Deno.Command(Deno.execPath(), {
+    args: ["eval", `await import(${JSON.stringify(SMOL_TOML)});`],
+    cwd: new URL("..", import.meta.url).pathname,
+    stdout: "null",
+    stderr: "inherit",
+  }).output();
+  if (!warm.success) console.error(`strata: cannot load ${SMOL_TOML} into the Deno cache`);
+  return warm.success;
 }
 
 function exists(path: string): boolean {
