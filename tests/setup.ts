@@ -90,29 +90,47 @@ async function apt(args: string[]): Promise<boolean> {
  * to create its npm cache directories.
  */
 async function cacheDependencies(): Promise<boolean> {
-  const r = await new Deno.Command(Deno.execPath(), {
-    args: ["install", "--quiet"],
-    cwd: new URL("..", import.meta.url).pathname,
-    stdout: "null",
-    stderr: "inherit",
-  }).output();
-  if (!r.success) {
-    console.error("strata: `deno install` (the import map's packages) failed");
+  if (!(await denoInstall([]))) return false;
+  // A computed `npm:` import (smol-toml, image/registries_conf.ts) needs the
+  // package's npm metadata in the Deno cache. `deno install` over a
+  // node_modules that Deno set up from the lockfile alone (as `deno task`
+  // does on a fresh clone) leaves that metadata out, and then every process
+  // that imports the package asks the registry for it again, printing
+  // "Download https://registry.npmjs.org/smol-toml" and failing inside the
+  // read-only sandbox. Probe for that, and install again with `--reload`
+  // (which writes the metadata) when it happens.
+  if (!(await downloadsOnImport())) return true;
+  if (!(await denoInstall(["--reload"]))) return false;
+  if (await downloadsOnImport()) {
+    console.error(`strata: ${SMOL_TOML} still fetches npm metadata on import after deno install`);
     return false;
   }
-  // smol-toml is imported by a computed `npm:` specifier when a registries.conf
-  // is parsed (image/registries_conf.ts): `deno install` leaves node_modules
-  // ready, but the first process to resolve it at run time still fetches its
-  // npm metadata ("Download https://registry.npmjs.org/smol-toml" on stderr),
-  // which a sandboxed CLI cannot write. Resolve it once here.
-  const warm = await new Deno.Command(Deno.execPath(), {
-    args: ["eval", `await import(${JSON.stringify(SMOL_TOML)});`],
+  return true;
+}
+
+/** Runs `deno install --quiet ARGS` in the repository. */
+async function denoInstall(args: string[]): Promise<boolean> {
+  const r = await new Deno.Command(Deno.execPath(), {
+    args: ["install", "--quiet", ...args],
     cwd: new URL("..", import.meta.url).pathname,
     stdout: "null",
     stderr: "inherit",
   }).output();
-  if (!warm.success) console.error(`strata: cannot load ${SMOL_TOML} into the Deno cache`);
-  return warm.success;
+  if (!r.success) console.error("strata: `deno install` (the import map's packages) failed");
+  return r.success;
+}
+
+/** Whether importing smol-toml by its computed specifier makes Deno fetch anything. */
+async function downloadsOnImport(): Promise<boolean> {
+  const r = await new Deno.Command(Deno.execPath(), {
+    args: ["eval", `const s = ${JSON.stringify(SMOL_TOML)}; await import(s);`],
+    cwd: new URL("..", import.meta.url).pathname,
+    env: { NO_COLOR: "1" },
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  const err = new TextDecoder().decode(r.stderr);
+  return !r.success || /^Download /m.test(err);
 }
 
 function exists(path: string): boolean {
